@@ -1,0 +1,58 @@
+"""Key/value cache for incremental decoding.
+
+Slots are shared across the batch: `end` counts the slots written so far, and every forward pass
+with a cache writes its L new tokens at slots [end, end + L). Rows of a left-padded batch keep
+their padding slots, marked invalid in `valid_BxS`, so a row's RoPE position (its count of valid
+tokens) may differ from its slot index.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from sftrl.models.model_config import ModelConfig
+from sftrl.sharding import Layout
+
+CACHE_AXES = ("layers", "activation_batch", "cache_length", "activation_kv_heads", None)
+
+
+@flax.struct.dataclass
+class KVCache:
+    k_LxBxSxKxD: jax.Array
+    v_LxBxSxKxD: jax.Array
+    valid_BxS: jax.Array  # bool: slot holds a real (non-padding) token
+    end: jax.Array  # int32 scalar: slots written so far
+
+    @classmethod
+    def init(
+        cls,
+        config: ModelConfig,
+        batch_size: int,
+        max_length: int,
+        dtype: jnp.dtype = jnp.float32,
+        layout: Layout | None = None,
+    ) -> KVCache:
+        shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+        k = jnp.zeros(shape, dtype)
+        v = jnp.zeros(shape, dtype)
+        valid = jnp.zeros((batch_size, max_length), bool)
+        if layout is not None:
+            kv_sharding = layout.sharding(CACHE_AXES, shape)
+            k = jax.device_put(k, kv_sharding)
+            v = jax.device_put(v, kv_sharding)
+            valid = jax.device_put(
+                valid, layout.sharding(("activation_batch", "cache_length"), valid.shape)
+            )
+        return cls(k, v, valid, jnp.zeros((), jnp.int32))
+
+    @property
+    def max_length(self) -> int:
+        return self.valid_BxS.shape[1]
+
+    def next_positions(self, attention_mask_BxL: jax.Array) -> jax.Array:
+        """RoPE positions of the next tokens: each row continues from its count of valid tokens."""
+        seen_B = jnp.sum(self.valid_BxS, axis=1, dtype=jnp.int32)
+        mask = attention_mask_BxL.astype(jnp.int32)
+        return jnp.maximum(seen_B[:, None] + jnp.cumsum(mask, axis=1) - 1, 0)
