@@ -1,0 +1,45 @@
+# Set-up and entry points. Every target installs what it needs into .venv/ first.
+#   make run                       the tiny default, end to end, on this machine's CPU/GPU/TPU
+#   make run CONFIG=configs/llama8b.py WORKDIR=runs/llama8b ARGS='--config.model.hf_path=/ckpt'
+#   make test                      lint + the test suite (CPU, fake 8-device mesh)
+#   make bench                     benchmarks/ (writes JSON + a table under runs/bench)
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/tiny.py
+WORKDIR ?= runs/tiny
+ARGS ?=
+# test-only; a CPU build of this version is what parity tests are run with
+TORCH ?= torch==2.13.0
+
+.PHONY: run test lint bench setup setup-test clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "sftrl needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet "$(TORCH)" -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
+
+run: $(VENV)/.installed
+	$(PY) -m sftrl.main --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
+
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check .
+
+test: $(VENV)/.installed-test lint
+	$(PY) -m pytest -q $(ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/forward.py --out=runs/bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

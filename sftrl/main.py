@@ -1,0 +1,76 @@
+"""sftrl entry point: flags, config, mesh, then one stage.
+
+python -m sftrl.main --config=configs/tiny.py --workdir=runs/tiny [--stage=model]
+                     [--config.model.num_layers=8 ...]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from sftrl import config_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; everything a run writes goes here.")
+_STAGE = flags.DEFINE_enum("stage", None, config_lib.STAGES, "Overrides config.stage.")
+
+log = logging.getLogger("sftrl")
+
+
+def _model_stage(config, workdir: Path, layout) -> dict:
+    from sftrl import model_check
+
+    return model_check.run(config, workdir, layout)
+
+
+STAGE_FUNCTIONS: dict[str, Callable] = {"model": _model_stage}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/tiny.py")
+    if _WORKDIR.value is None:
+        raise app.UsageError("--workdir is required")
+    if _STAGE.value is not None:
+        config.stage = _STAGE.value
+    try:
+        config_lib.validate(config)
+    except config_lib.ConfigError as e:
+        print(f"sftrl: invalid config: {e}", file=sys.stderr)
+        return 2
+    stage = STAGE_FUNCTIONS.get(config.stage)
+    if stage is None:
+        print(
+            f"sftrl: stage {config.stage!r} is not implemented yet "
+            f"(available: {', '.join(STAGE_FUNCTIONS)})",
+            file=sys.stderr,
+        )
+        return 2
+    workdir = Path(_WORKDIR.value).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    layout = config_lib.make_layout(config)
+    log.info("mesh %s on %d %s devices", dict(layout.mesh.shape), layout.mesh.size,
+             layout.mesh.devices.flat[0].platform)
+    result = stage(config, workdir, layout)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def run() -> None:
+    app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    run()
