@@ -223,7 +223,7 @@ def load_hf(
         for key in entry.path[:-1]:
             node = node.setdefault(key, {})
         node[entry.path[-1]] = array
-    log.info("loaded %s (%s, %.2fB params)", folder, config.model_type, config.num_params() / 1e9)
+    log.info("loaded %s (%s, %.1fM params)", folder, config.model_type, config.num_params() / 1e6)
     return Model(module, params), config
 
 

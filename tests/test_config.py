@@ -1,0 +1,128 @@
+"""Every config file loads and validates; bad values and keys fail with the key named."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from ml_collections import config_flags
+
+from sftrl import config_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
+
+
+def load(spec: str):
+    return config_flags.config_flags._LoadConfigModule(  # noqa: SLF001 - the flag's own loader
+        "cfg", str(ROOT / "configs" / spec.split(":")[0])
+    ).get_config(*(spec.split(":")[1:] or [None]))
+
+
+def test_config_files_present():
+    assert {"tiny.py", "llama8b.py", "mistral_nemo12b.py", "qwen3_4b.py"} <= set(CONFIG_FILES)
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+@pytest.mark.parametrize("arg", [None, "tiny"])
+def test_every_config_validates(name, arg):
+    config = load(name if arg is None else f"{name}:{arg}")
+    arch = config_lib.validate(config, num_devices=8)
+    if arg == "tiny":
+        assert arch.num_params() < 2_000_000
+
+
+@pytest.mark.parametrize(
+    "name, params, extra",
+    [
+        ("llama8b.py", 8_030_261_248, {"head_dim": 128, "vocab_size": 128256}),
+        ("mistral_nemo12b.py", 12_247_782_400, {"head_dim": 128, "hidden_size": 5120}),
+        ("qwen3_4b.py", 4_022_468_096, {"qk_norm": True, "tie_embeddings": True}),
+    ],
+)
+def test_real_architectures(name, params, extra):
+    arch = config_lib.model_config(load(name))
+    assert arch.num_params() == params
+    for key, value in extra.items():
+        assert getattr(arch, key) == value
+
+
+def test_llama31_variant_has_rope_scaling():
+    arch = config_lib.model_config(load("llama8b.py:llama3.1"))
+    assert arch.rope_scaling is not None and arch.rope_scaling.factor == 8.0
+
+
+def test_unknown_variant_is_named():
+    with pytest.raises(config_lib.ConfigError, match="'huge' is not a variant"):
+        load("qwen3_4b.py:huge")
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("model.num_layers=three", r"model.num_layers"),
+        ("model.num_heads=5", r"model: num_heads \(5\) must be a multiple"),
+        ("model.nonsense=1", r"model.nonsense: unknown config key"),
+        ("mesh.tensor=3", r"mesh"),
+        ("stage=train", r"stage: 'train' is not one of"),
+        ("dtype=float64", r"dtype: 'float64'"),
+        ("remat=sometimes", r"remat: 'sometimes'"),
+        ("model_check.seq_len=999999", r"model_check.seq_len"),
+        ("nokey", r"key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, match):
+    with pytest.raises(config_lib.ConfigError, match=match):
+        config = config_lib.apply_overrides(load("tiny.py"), [override])
+        config_lib.validate(config, num_devices=8)
+
+
+def test_unknown_key_added_by_a_config_file_is_caught():
+    config = load("tiny.py")
+    with config.unlocked():
+        config.model.typo_field = 3
+    with pytest.raises(config_lib.ConfigError, match="model.typo_field: unknown config key"):
+        config_lib.validate(config, num_devices=1)
+
+
+def test_wrong_type_in_file_is_caught():
+    config = load("tiny.py")
+    with config.unlocked():
+        del config["seed"]
+        config.seed = "zero"
+    with pytest.raises(config_lib.ConfigError, match="seed: expected int, got str"):
+        config_lib.validate(config, num_devices=1)
+
+
+def test_impossible_mesh_names_mesh():
+    config = config_lib.apply_overrides(load("tiny.py"), ["mesh.data=2", "mesh.fsdp=3"])
+    with pytest.raises(config_lib.ConfigError, match="mesh: data\\*fsdp\\*tensor = 6"):
+        config_lib.validate(config, num_devices=8)
+
+
+def _main(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sftrl.main", *args], cwd=ROOT, capture_output=True, text=True,
+        timeout=300, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_main_rejects_a_bad_flag_override_naming_the_key(tmp_path):
+    result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.model.layerz=3")
+    assert result.returncode != 0
+    assert "layerz" in result.stderr
+
+
+def test_main_reports_stages_not_built_yet(tmp_path):
+    result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}", "--stage=rl")
+    assert result.returncode == 2
+    assert "stage 'rl' is not implemented yet" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_main_invalid_config_value(tmp_path):
+    result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.mesh.tensor=3")
+    assert result.returncode == 2
+    assert "invalid config: mesh" in result.stderr

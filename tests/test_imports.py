@@ -1,0 +1,91 @@
+"""The import direction of DESIGN.md, and our `kernels` beside transformers."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# module prefix -> prefixes it may import (besides the standard library and third parties)
+ALLOWED = {
+    "kernels": ("kernels",),
+    "sftrl.sharding": (),
+    "sftrl.models": ("sftrl.models", "sftrl.sharding", "kernels"),
+    "sftrl.sampling": ("sftrl.sampling", "sftrl.models", "sftrl.sharding", "kernels"),
+    "sftrl.losses": ("sftrl.losses",),
+    "sftrl.rewards": ("sftrl.rewards",),
+    "sftrl.data": ("sftrl.data", "sftrl.models", "sftrl.sharding"),
+    "sftrl.eval": ("sftrl.eval", "sftrl.models", "sftrl.losses", "sftrl.sampling",
+                   "sftrl.rewards", "sftrl.data", "sftrl.sharding", "kernels"),
+    "sftrl.train": ("sftrl.train", "sftrl.models", "sftrl.losses", "sftrl.sampling",
+                    "sftrl.rewards", "sftrl.data", "sftrl.eval", "sftrl.sharding", "kernels"),
+    # config_lib validates configs, so it may describe models and meshes
+    "sftrl.config_lib": ("sftrl.models", "sftrl.sharding"),
+}
+TOP = ("sftrl.main", "sftrl.launch", "sftrl.report", "sftrl.model_check")
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: pathlib.Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module in ("sftrl", "kernels"):  # `from sftrl import sharding`
+                names += [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                names.append(node.module)
+    return [n for n in names if n.split(".")[0] in ("sftrl", "kernels")]
+
+
+def _rule_for(module: str) -> tuple[str, ...] | None:
+    best = max((p for p in ALLOWED if module == p or module.startswith(p + ".")), key=len,
+               default=None)
+    return None if best is None else ALLOWED[best]
+
+
+def test_import_direction():
+    violations = []
+    files = list((ROOT / "sftrl").rglob("*.py")) + list((ROOT / "kernels").rglob("*.py"))
+    for path in files:
+        module = _module_name(path)
+        for imported in _imports(path):
+            if imported.startswith("sftrl.main"):
+                violations.append(f"{module} imports sftrl.main (nothing imports main)")
+                continue
+            if module in TOP or module == "sftrl":
+                continue
+            allowed = _rule_for(module)
+            if allowed is None:
+                violations.append(f"{module}: no import rule; add it to ALLOWED or TOP")
+                continue
+            if imported == "sftrl" or not any(
+                imported == a or imported.startswith(a + ".") for a in allowed
+            ):
+                violations.append(f"{module} imports {imported}")
+    assert not violations, "\n".join(violations)
+
+
+def test_kernels_is_ours_even_beside_transformers():
+    code = (
+        "import transformers, kernels, pathlib, sys;"
+        "p = pathlib.Path(kernels.__file__).resolve().parent;"
+        "sys.exit(0 if p == pathlib.Path.cwd().resolve() / 'kernels' else 1)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_kernels_is_not_packaged():
+    setup = (ROOT / "setup.cfg").read_text()
+    include = setup.split("[options.packages.find]")[1].split("[")[0]
+    assert "kernels" not in include
