@@ -158,3 +158,17 @@ def test_load_places_each_parameter_on_its_shards(llama_folder):
     assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
     shard_shapes = {s.data.shape for s in q.addressable_shards}
     assert shard_shapes == {(2, 16, 32)}  # [layers, embed/4, heads*dim/2]
+
+
+def test_float16_file_loads_into_float32(tmp_path):
+    import torch
+
+    hf32 = save_hf_model("qwen3", tmp_path / "f32")
+    save_hf_model("qwen3", tmp_path / "f16", dtype=torch.float16)
+    assert {t.dtype.name for t in SafetensorsFile(tmp_path / "f16" / "model.safetensors")
+            .tensors.values()} == {"float16"}
+    model, _ = load_hf(tmp_path / "f16", dtype="float32")
+    assert {str(x.dtype) for x in jax.tree.leaves(model.params)} == {"float32"}
+    # only the f16 rounding of the weights separates the two
+    np.testing.assert_allclose(np.asarray(model(TOKENS)), hf_logits(hf32, TOKENS), atol=2e-2,
+                               rtol=0)

@@ -156,3 +156,13 @@ def test_logical_rules_resolution():
     )
     with pytest.raises(KeyError, match="no rule"):
         sharding.logical_to_spec(("nonsense",), rules, mesh)
+
+
+def test_shard_batch_splits_rows_over_data_axes():
+    layout = sharding.Layout(sharding.make_mesh(2, 2, 2))
+    batch = {"tokens": np.arange(8 * 6).reshape(8, 6), "weights": np.ones(8, np.float32)}
+    placed = sharding.shard_batch(batch, layout)
+    assert placed["tokens"].sharding.spec == PartitionSpec(("data", "fsdp"))
+    assert {s.data.shape for s in placed["tokens"].addressable_shards} == {(2, 6)}
+    np.testing.assert_array_equal(np.asarray(placed["tokens"]), batch["tokens"])
+    np.testing.assert_array_equal(np.asarray(placed["weights"]), batch["weights"])
