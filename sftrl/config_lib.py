@@ -26,7 +26,9 @@ class ConfigError(ValueError):
     """An invalid config; the message starts with the offending key."""
 
 
-def _rope_scaling(factor: float, low: float, high: float, original: int) -> ml_collections.ConfigDict:
+def _rope_scaling(
+    factor: float, low: float, high: float, original: int
+) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(factor=factor, low_freq_factor=low, high_freq_factor=high,
              original_max_position_embeddings=original)

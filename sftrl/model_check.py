@@ -117,7 +117,9 @@ def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dic
         restored.params,
     ))
     if not same or data_state != {"position": 0}:
-        raise ModelCheckError(f"orbax restore of {ckpt_dir} step {step} differs from what was saved")
+        raise ModelCheckError(
+            f"orbax restore of {ckpt_dir} step {step} differs from what was saved"
+        )
     results["orbax_step"] = step
 
     if config.model_check.export_hf:

@@ -89,7 +89,7 @@ def make_mesh(
         try:
             # Topology-aware placement on TPU/GPU; plain reshape where that is not available.
             device_grid = mesh_utils.create_device_mesh(shape, devices)
-        except Exception:  # noqa: BLE001 - fall back to a plain reshape on any topology error
+        except Exception:
             device_grid = np.asarray(devices).reshape(shape)
     else:
         device_grid = np.asarray(devices).reshape(shape)

@@ -68,7 +68,7 @@ def hf_logits(
         out = model(
             input_ids=torch.as_tensor(tokens, dtype=torch.long),
             attention_mask=None if attention_mask is None else torch.as_tensor(attention_mask),
-            position_ids=None if positions is None else torch.as_tensor(positions, dtype=torch.long),
+            position_ids=None if positions is None else torch.as_tensor(positions).long(),
         )
     return out.logits.float().numpy()
 

@@ -16,7 +16,7 @@ CONFIG_FILES = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
 
 
 def load(spec: str):
-    return config_flags.config_flags._LoadConfigModule(  # noqa: SLF001 - the flag's own loader
+    return config_flags.config_flags._LoadConfigModule(
         "cfg", str(ROOT / "configs" / spec.split(":")[0])
     ).get_config(*(spec.split(":")[1:] or [None]))
 
@@ -83,7 +83,7 @@ def test_unknown_key_added_by_a_config_file_is_caught():
     config = load("tiny.py")
     with config.unlocked():
         config.model.typo_field = 3
-    with pytest.raises(config_lib.ConfigError, match="model.typo_field: unknown config key"):
+    with pytest.raises(config_lib.ConfigError, match=r"model\.typo_field: unknown config key"):
         config_lib.validate(config, num_devices=1)
 
 

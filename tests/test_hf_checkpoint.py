@@ -87,11 +87,11 @@ def test_missing_files(tmp_path, llama_folder):
         load_hf(tmp_path / "nowhere")
     folder = _copy(llama_folder, tmp_path / "noconfig")
     (folder / "config.json").unlink()
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         load_hf(folder)
     folder = _copy(llama_folder, tmp_path / "noweights")
     (folder / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"no model\.safetensors"):
         load_hf(folder)
 
 

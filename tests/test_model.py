@@ -123,7 +123,7 @@ def test_bad_inputs_fail_with_a_clear_error(reference):
 
 
 def test_model_config_errors():
-    with pytest.raises(ModelConfigError, match="num_heads .* multiple of num_kv_heads"):
+    with pytest.raises(ModelConfigError, match=r"num_heads .* multiple of num_kv_heads"):
         ModelConfig("llama", 10, 16, 1, 3, 2, 8, 16)
     with pytest.raises(ModelConfigError, match="model_type 'gpt2'"):
         ModelConfig("gpt2", 10, 16, 1, 2, 2, 8, 16)
@@ -132,7 +132,7 @@ def test_model_config_errors():
 
 
 def test_mesh_errors():
-    with pytest.raises(sharding.MeshError, match="fsdp=3 x tensor=1 = 3 devices, but 8 are present"):
+    with pytest.raises(sharding.MeshError, match="fsdp=3 x tensor=1 = 3 devices, but 8 are"):
         sharding.make_mesh(1, 3, 1)
     with pytest.raises(sharding.MeshError, match="not divisible"):
         sharding.make_mesh(3, -1, 1)
@@ -145,7 +145,8 @@ def test_mesh_errors():
 def test_logical_rules_resolution():
     mesh = sharding.make_mesh(2, 2, 2)
     rules = sharding.TRAIN_RULES
-    assert sharding.logical_to_spec(("embed", "mlp"), rules, mesh) == PartitionSpec("fsdp", "tensor")
+    spec = sharding.logical_to_spec(("embed", "mlp"), rules, mesh)
+    assert spec == PartitionSpec("fsdp", "tensor")
     # batch takes data+fsdp; embed then cannot reuse fsdp in the same array
     assert sharding.logical_to_spec(("activation_batch", "embed"), rules, mesh) == PartitionSpec(
         ("data", "fsdp")

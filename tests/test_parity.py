@@ -54,7 +54,7 @@ def test_left_and_right_padded_batches_match(hf_model):
 
 
 def test_bf16_is_as_accurate_as_transformers_bf16(hf_model, tmp_path):
-    kind, folder, hf = hf_model
+    kind, _, hf = hf_model
     tokens = _tokens(2, 32, seed=2)
     reference = hf_logits(hf, tokens)
     bf16_folder = tmp_path / "bf16"
@@ -70,7 +70,7 @@ def test_bf16_is_as_accurate_as_transformers_bf16(hf_model, tmp_path):
 
 
 def test_legacy_rope_config_format(tmp_path):
-    """Released checkpoints write rope_theta + rope_scaling, not transformers v5's rope_parameters."""
+    """Released checkpoints write rope_theta + rope_scaling, not v5's rope_parameters."""
     folder = tmp_path / "llama"
     hf = save_hf_model("llama3", folder)
     config_path = folder / "config.json"

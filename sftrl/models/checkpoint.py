@@ -124,7 +124,7 @@ def _open_weights(folder: Path) -> dict[str, SafetensorsFile]:
                     f"{index_path}: maps tensor {name!r} to {filename}, which does not contain it"
                 )
             owner[name] = files[filename]
-        for filename, f in files.items():
+        for f in files.values():
             for name in f.tensors:
                 owner.setdefault(name, f)
         return owner

@@ -137,7 +137,9 @@ def write_safetensors(
             raise SafetensorsError(f"{path}: tensor {t.name!r}: dtype {t.dtype} not writable")
         nbytes = math.prod(t.shape) * t.dtype.itemsize
         header[t.name] = {
-            "dtype": _CODES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]
+            "dtype": _CODES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + nbytes],
         }
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()

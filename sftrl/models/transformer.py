@@ -145,8 +145,12 @@ class Attention(_Sharded):
         else:
             k_cache, v_cache = layer_cache
             start = (0, cache_end, 0, 0)
-            k_BxSxKxD = jax.lax.dynamic_update_slice(k_cache, k_BxLxKxD.astype(k_cache.dtype), start)
-            v_BxSxKxD = jax.lax.dynamic_update_slice(v_cache, v_BxLxKxD.astype(v_cache.dtype), start)
+            k_BxSxKxD = jax.lax.dynamic_update_slice(
+                k_cache, k_BxLxKxD.astype(k_cache.dtype), start
+            )
+            v_BxSxKxD = jax.lax.dynamic_update_slice(
+                v_cache, v_BxLxKxD.astype(v_cache.dtype), start
+            )
             new_cache = (k_BxSxKxD, v_BxSxKxD)
         out_BxLxHxD = dot_product_attention(
             q_BxLxHxD, k_BxSxKxD.astype(self.dtype), v_BxSxKxD.astype(self.dtype), mask_BxLxS
