@@ -16,14 +16,10 @@ Restore therefore checks the target against ``meta`` before reading and the chec
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
-import logging
 import re
-import sys
 import time
-import traceback
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -244,39 +240,6 @@ def _json_digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-class _DropNeverRetrieved(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "exception was never retrieved" not in record.getMessage()
-
-
-def _discard_orphaned_reads(error: BaseException) -> None:
-    """Silence the duplicate reports of a failed orbax read; its error is already being raised.
-
-    orbax stops its event loop at the first failing shard read, leaving the other reads' tasks and
-    coroutines orphaned. Whenever they are garbage collected (often at some unrelated later point)
-    Python prints each one's tensorstore error in full. Collecting them here, with only those
-    reports filtered out, keeps the output to our one CheckpointError. The error's finished frames
-    are cleared first (their locals hold the tasks); the traceback itself stays printable.
-    """
-    traceback.clear_frames(error.__traceback__)
-    log = logging.getLogger("asyncio")
-    drop = _DropNeverRetrieved()
-    previous_hook = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-        code = getattr(unraisable.object, "cr_code", None)
-        if code is None or "orbax" not in code.co_filename:
-            previous_hook(unraisable)
-
-    log.addFilter(drop)
-    sys.unraisablehook = hook
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = previous_hook
-        log.removeFilter(drop)
-
-
 def _is_meta_record(meta: Any) -> bool:
     """Whether ``meta`` has the fields restore relies on (so damage to it is not a KeyError)."""
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
@@ -456,7 +419,6 @@ class Checkpointer:
                 ),
             )
         except Exception as e:
-            _discard_orphaned_reads(e)
             raise self._damaged(
                 step, "corrupt or partial", f"reading it failed ({_first_line(e)})"
             ) from e
