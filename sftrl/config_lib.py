@@ -67,8 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.tie_embeddings = False
     c.model.max_position_embeddings = 8192
     c.model.sliding_window = ml_collections.config_dict.placeholder(int)
-    # A local Hugging Face folder: when set, weights (and the architecture, which must then match
-    # the fields above) come from it; when empty, the model is initialised at random from `seed`.
+    # A local Hugging Face folder: when set, weights and architecture come from it (its config.json
+    # wins; a difference from the fields above is logged); when empty, the model is initialised at
+    # random from `seed` with the fields above.
     c.model.hf_path = ""
 
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))

@@ -118,6 +118,12 @@ def test_bad_inputs_fail_with_a_clear_error(reference):
         model(tokens[0])
     with pytest.raises(ValueError, match="attention_mask must have the tokens' shape"):
         model(tokens, mask[:, :5])
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 97\), got \[0, 97\]"):
+        model(np.where(mask, tokens, 97))
+    with pytest.raises(ValueError, match="tokens must be integers"):
+        model(tokens.astype(np.float32))
+    with pytest.raises(ValueError, match="tokens have batch 8, the cache 2"):
+        model.step(tokens, model.init_cache(2, 32))
     with pytest.raises(ValueError, match="remat must be one of"):
         build_model(CONFIGS["llama3"], sharding.single_device_layout(), remat="sometimes")
 

@@ -383,9 +383,7 @@ class Model:
         positions: Any = None,
         segment_ids: Any = None,
     ) -> jax.Array:
-        tokens_BxL = jnp.asarray(tokens_BxL)
-        if tokens_BxL.ndim != 2:
-            raise ValueError(f"tokens must be [batch, length], got shape {tokens_BxL.shape}")
+        tokens_BxL = self._check_tokens(tokens_BxL)
         for name, value in (("attention_mask", attention_mask), ("positions", positions),
                             ("segment_ids", segment_ids)):
             if value is not None and np.shape(value) != tokens_BxL.shape:
@@ -398,6 +396,25 @@ class Model:
             self._batch(positions), self._batch(segment_ids),
         )
 
+    def _check_tokens(self, tokens_BxL: Any) -> jax.Array:
+        """Shape check always; range check for host arrays (a device array would need a sync).
+
+        Out-of-range ids would otherwise be clamped silently by the embedding gather.
+        """
+        if not isinstance(tokens_BxL, jax.Array):
+            host = np.asarray(tokens_BxL)
+            if host.size and (host.min() < 0 or host.max() >= self.config.vocab_size):
+                raise ValueError(
+                    f"token ids must be in [0, {self.config.vocab_size}), got "
+                    f"[{host.min()}, {host.max()}]"
+                )
+        tokens_BxL = jnp.asarray(tokens_BxL)
+        if tokens_BxL.ndim != 2:
+            raise ValueError(f"tokens must be [batch, length], got shape {tokens_BxL.shape}")
+        if not jnp.issubdtype(tokens_BxL.dtype, jnp.integer):
+            raise ValueError(f"tokens must be integers, got {tokens_BxL.dtype}")
+        return tokens_BxL
+
     def init_cache(self, batch_size: int, max_length: int) -> KVCache:
         return KVCache.init(
             self.config, batch_size, max_length, self.module.dtype, self.module.layout
@@ -407,7 +424,11 @@ class Model:
         self, tokens_BxL: Any, cache: KVCache, attention_mask: Any = None, positions: Any = None
     ) -> tuple[jax.Array, KVCache]:
         """Prefill (L > 1) or decode (L = 1) against `cache`; the cache passed in is consumed."""
-        tokens_BxL = jnp.asarray(tokens_BxL)
+        tokens_BxL = self._check_tokens(tokens_BxL)
+        if tokens_BxL.shape[0] != cache.valid_BxS.shape[0]:
+            raise ValueError(
+                f"tokens have batch {tokens_BxL.shape[0]}, the cache {cache.valid_BxS.shape[0]}"
+            )
         if attention_mask is None:
             attention_mask = jnp.ones(tokens_BxL.shape, bool)
         return self._forward_with_cache(
