@@ -172,3 +172,26 @@ def test_float16_file_loads_into_float32(tmp_path):
     # only the f16 rounding of the weights separates the two
     np.testing.assert_allclose(np.asarray(model(TOKENS)), hf_logits(hf32, TOKENS), atol=2e-2,
                                rtol=0)
+
+
+def test_failed_export_leaves_nothing_behind(llama_folder, tmp_path):
+    model, config = load_hf(llama_folder, dtype="float32")
+    with pytest.raises(ValueError, match="cannot export parameters as int8"):
+        export_hf(model, config, tmp_path / "bad", dtype=np.int8)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_interrupted_mid_write_leaves_no_partial_folder(llama_folder, tmp_path,
+                                                               monkeypatch):
+    from sftrl.models import checkpoint
+
+    model, config = load_hf(llama_folder, dtype="float32")
+
+    def disk_full(path, tensors, metadata=None):
+        path.write_bytes(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write_safetensors", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_hf(model, config, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
@@ -213,7 +214,7 @@ def load_hf(
     _check_tensors(folder, config, shapes, owner)
 
     params: dict[str, Any] = {}
-    for entry in _entries(config):
+    for entry in tqdm.tqdm(_entries(config), desc="load_hf", unit="tensor", disable=None):
         shape = _get(shapes, entry.path).shape
         sharding = _get(shardings, entry.path)
         array = jax.make_array_from_callback(
@@ -303,34 +304,44 @@ def export_hf(
         shards[-1].append(t)
         shard_bytes += nbytes
 
-    writer = jax.process_index() == 0
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent)) if writer else None
+    torch_dtype = _torch_dtype_name(out_dtype)  # fail before writing anything
+    if jax.process_index() != 0:  # other processes only take part in the gathers
+        for t in tensors:
+            t.produce()
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        total = _write_shards(tmp, shards)
+        (tmp / "config.json").write_text(
+            json.dumps(to_hf_config(config, torch_dtype=torch_dtype), indent=2)
+        )
+        os.chmod(tmp, 0o755)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported %s (%d files, %.1f MB)", folder, len(shards), total / 1e6)
+    return folder
+
+
+def _write_shards(folder: Path, shards: list[list[TensorToWrite]]) -> int:
+    """Writes the safetensors files (+ the index when there are several); returns data bytes."""
     weight_map: dict[str, str] = {}
     total = 0
-    for k, shard in enumerate(shards):
+    for k, shard in enumerate(tqdm.tqdm(shards, desc="export", unit="file", disable=None)):
         filename = (
             SINGLE_FILE if len(shards) == 1
             else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
         )
-        if writer:
-            total += write_safetensors(tmp / filename, shard)
-        else:  # other processes still take part in the gathers
-            for t in shard:
-                t.produce()
+        total += write_safetensors(folder / filename, shard)
         weight_map.update({t.name: filename for t in shard})
-    if not writer:
-        return folder
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2))
-    hf_config = to_hf_config(config, torch_dtype=_torch_dtype_name(out_dtype))
-    (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
-    os.chmod(tmp, 0o755)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    log.info("exported %s (%d files, %.1f MB)", folder, len(shards), total / 1e6)
-    return folder
+        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    return total
 
 
 def _torch_dtype_name(dtype: np.dtype) -> str:
