@@ -85,11 +85,16 @@ def test_kv_cache_decode_on_a_mesh(reference):
     assert cache.k_LxBxSxKxD.sharding.spec[1] == "data"
 
 
-def test_sampling_rules_do_not_shard_weights_over_fsdp():
-    layout = sharding.Layout(sharding.make_mesh(1, 4, 2), sharding.SAMPLING_RULES)
-    model = build_model(CONFIGS["qwen3"], layout)
-    for leaf in jax.tree.leaves(model.params):
+def test_reshard_to_sampling_rules_keeps_logits_and_drops_fsdp():
+    mesh = sharding.make_mesh(1, 4, 2)
+    train = build_model(CONFIGS["qwen3"], sharding.Layout(mesh, sharding.TRAIN_RULES))
+    assert any("fsdp" in str(leaf.sharding.spec) for leaf in jax.tree.leaves(train.params))
+    sample = train.reshard(sharding.Layout(mesh, sharding.SAMPLING_RULES))
+    for leaf in jax.tree.leaves(sample.params):
         assert "fsdp" not in str(leaf.sharding.spec)
+    tokens, mask = _batch()
+    np.testing.assert_allclose(np.asarray(sample(tokens, mask)), np.asarray(train(tokens, mask)),
+                               atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])

@@ -415,6 +415,11 @@ class Model:
             raise ValueError(f"tokens must be integers, got {tokens_BxL.dtype}")
         return tokens_BxL
 
+    def reshard(self, layout: Layout) -> Model:
+        """The same weights on another mesh or rules table (e.g. TRAIN_RULES -> SAMPLING_RULES)."""
+        module = self.module.clone(layout=layout)
+        return Model(module, jax.device_put(self.params, param_shardings(module, layout)))
+
     def init_cache(self, batch_size: int, max_length: int) -> KVCache:
         return KVCache.init(
             self.config, batch_size, max_length, self.module.dtype, self.module.layout
