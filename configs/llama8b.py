@@ -13,13 +13,9 @@ def _llama31(c):
 
 
 def get_config(arg: str | None = None):
-    c = config_lib.base_config()
-    c.model.update(
+    c = config_lib.full_size_config(
         model_type="llama", vocab_size=128256, hidden_size=4096, num_layers=32, num_heads=32,
         num_kv_heads=8, head_dim=128, intermediate_size=14336, rope_theta=500000.0,
         rms_norm_eps=1e-5, tie_embeddings=False, max_position_embeddings=8192,
     )
-    c.dtype = "auto"
-    c.remat = "dots_no_batch"
-    c.mesh.update(data=1, fsdp=-1, tensor=1)
     return config_lib.apply_variant(c, arg, {"llama3.1": _llama31})

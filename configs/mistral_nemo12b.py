@@ -7,13 +7,9 @@ from sftrl import config_lib
 
 
 def get_config(arg: str | None = None):
-    c = config_lib.base_config()
-    c.model.update(
+    c = config_lib.full_size_config(
         model_type="mistral", vocab_size=131072, hidden_size=5120, num_layers=40, num_heads=32,
         num_kv_heads=8, head_dim=128, intermediate_size=14336, rope_theta=1000000.0,
         rms_norm_eps=1e-5, tie_embeddings=False, max_position_embeddings=1024000,
     )
-    c.dtype = "auto"
-    c.remat = "dots_no_batch"
-    c.mesh.update(data=1, fsdp=-1, tensor=1)
     return config_lib.apply_variant(c, arg)

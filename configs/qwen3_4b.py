@@ -7,13 +7,9 @@ from sftrl import config_lib
 
 
 def get_config(arg: str | None = None):
-    c = config_lib.base_config()
-    c.model.update(
+    c = config_lib.full_size_config(
         model_type="qwen3", vocab_size=151936, hidden_size=2560, num_layers=36, num_heads=32,
         num_kv_heads=8, head_dim=128, intermediate_size=9728, rope_theta=1000000.0,
         rms_norm_eps=1e-6, qk_norm=True, tie_embeddings=True, max_position_embeddings=32768,
     )
-    c.dtype = "auto"
-    c.remat = "dots_no_batch"
-    c.mesh.update(data=1, fsdp=-1, tensor=1)
     return config_lib.apply_variant(c, arg)

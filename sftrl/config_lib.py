@@ -81,6 +81,17 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def full_size_config(**model_fields: Any) -> ml_collections.ConfigDict:
+    """base_config() for a released model: its architecture, bf16 on accelerators, remat of
+    activations (dots without batch dims kept), FSDP over all devices."""
+    c = base_config()
+    c.model.update(**model_fields)
+    c.dtype = "auto"
+    c.remat = "dots_no_batch"
+    c.mesh.update(data=1, fsdp=-1, tensor=1)
+    return c
+
+
 def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
                 prefix: str) -> None:
     for key in config.keys():
