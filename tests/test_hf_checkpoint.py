@@ -82,6 +82,11 @@ def _copy(src, dst):
     return dst
 
 
+def _edit_config(folder, **changes):
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
 def test_missing_files(tmp_path, llama_folder):
     with pytest.raises(FileNotFoundError, match="not a directory"):
         load_hf(tmp_path / "nowhere")
@@ -97,18 +102,14 @@ def test_missing_files(tmp_path, llama_folder):
 
 def test_unknown_model_type(tmp_path, llama_folder):
     folder = _copy(llama_folder, tmp_path / "gpt2")
-    config = json.loads((folder / "config.json").read_text())
-    config["model_type"] = "gpt2"
-    (folder / "config.json").write_text(json.dumps(config))
+    _edit_config(folder, model_type="gpt2")
     with pytest.raises(ModelConfigError, match="model_type 'gpt2' is not supported"):
         load_hf(folder)
 
 
 def test_shape_mismatch_names_tensor_and_shapes(tmp_path, llama_folder):
     folder = _copy(llama_folder, tmp_path / "shape")
-    config = json.loads((folder / "config.json").read_text())
-    config["intermediate_size"] = 100
-    (folder / "config.json").write_text(json.dumps(config))
+    _edit_config(folder, intermediate_size=100)
     with pytest.raises(CheckpointFormatError,
                        match=r"model.layers.0.mlp.gate_proj.weight.*\[96, 64\].*\[100, 64\]"):
         load_hf(folder)
@@ -116,13 +117,10 @@ def test_shape_mismatch_names_tensor_and_shapes(tmp_path, llama_folder):
 
 def test_missing_and_unexpected_tensors_listed(tmp_path, llama_folder):
     folder = _copy(llama_folder, tmp_path / "layers")
-    config = json.loads((folder / "config.json").read_text())
-    config["num_hidden_layers"] = 3
-    (folder / "config.json").write_text(json.dumps(config))
+    _edit_config(folder, num_hidden_layers=3)
     with pytest.raises(CheckpointFormatError, match=r"missing tensors: model.layers.2\."):
         load_hf(folder)
-    config["num_hidden_layers"] = 1
-    (folder / "config.json").write_text(json.dumps(config))
+    _edit_config(folder, num_hidden_layers=1)
     with pytest.raises(CheckpointFormatError, match=r"unexpected tensors: model.layers.1\."):
         load_hf(folder)
 
