@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -36,6 +38,20 @@ pytestmark = [
     pytest.mark.filterwarnings(f"ignore:(?s).*{pattern}:pytest.PytestUnraisableExceptionWarning")
     for pattern in ("_read_array_index_and_device_put", "Event loop is closed")
 ]
+
+
+@pytest.fixture(autouse=True)
+def _collect_orphaned_reads():
+    """Collect those leftovers after each test with asyncio's "never retrieved" report muted;
+    otherwise they are printed in full at interpreter exit, after pytest's summary."""
+    yield
+    asyncio_log = logging.getLogger("asyncio")
+    disabled = asyncio_log.disabled
+    asyncio_log.disabled = True
+    try:
+        gc.collect()
+    finally:
+        asyncio_log.disabled = disabled
 
 
 def _mesh(shape: tuple[int, int, int], reverse: bool = False) -> Mesh:
