@@ -2,7 +2,8 @@
 #   make run                       the tiny default, end to end, on this machine's CPU/GPU/TPU
 #   make run CONFIG=configs/llama8b.py WORKDIR=runs/llama8b ARGS='--config.model.hf_path=/ckpt'
 #   make test                      lint + the test suite (CPU, fake 8-device mesh)
-#   make bench                     benchmarks/ (writes JSON + a table under runs/bench)
+#   make bench                     benchmarks/ (forward throughput, verifier speed: JSON + tables
+#                                  under runs/bench)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -40,6 +41,7 @@ test: $(VENV)/.installed-test lint
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/forward.py --out=runs/bench $(ARGS)
+	$(PY) benchmarks/rewards.py --out=runs/bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
