@@ -1,0 +1,1 @@
+"""Evaluation of checkpoints and the predictor of which SFT checkpoint is best after RL."""
