@@ -76,6 +76,21 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
 
+    # The 'predict' stage (sftrl.eval.predict): proxies vs post-RL outcomes, and a ranking.
+    c.predict = ml_collections.ConfigDict()
+    c.predict.k = ml_collections.config_dict.placeholder(int)  # None: largest k all share
+    c.predict.proxies = ()  # extra metric names used as proxies beside the defaults
+    c.predict.benchmarks = ml_collections.config_dict.placeholder(tuple)  # None: all
+    c.predict.per_benchmark = False
+    c.predict.calibration_sizes = (3, 4)
+    c.predict.max_subsets = 500
+    c.predict.n_permutations = 10_000
+    c.predict.n_bootstrap = 1000
+    c.predict.confidence = 0.95
+    # A flat CSV/JSON table of results from elsewhere (schema in sftrl/eval/predict.py), read
+    # besides <workdir>/eval/*.json and <workdir>/predict_inputs.{csv,json}.
+    c.predict.inputs = ""
+
     # The 'model' stage: load or init, forward, orbax save/restore, HF export round trip.
     c.model_check = ml_collections.ConfigDict(dict(batch_size=4, seq_len=64, export_hf=True))
     return c

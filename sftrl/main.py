@@ -30,7 +30,13 @@ def _model_stage(config, workdir: Path, layout) -> dict:
     return model_check.run(config, workdir, layout)
 
 
-STAGE_FUNCTIONS: dict[str, Callable] = {"model": _model_stage}
+def _predict_stage(config, workdir: Path, layout) -> dict:
+    from sftrl import predict_stage
+
+    return predict_stage.run(config, workdir, layout)
+
+
+STAGE_FUNCTIONS: dict[str, Callable] = {"model": _model_stage, "predict": _predict_stage}
 
 
 def main(argv: list[str]) -> int:

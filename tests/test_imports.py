@@ -25,7 +25,7 @@ ALLOWED = {
     # config_lib validates configs, so it may describe models and meshes
     "sftrl.config_lib": ("sftrl.models", "sftrl.sharding"),
 }
-TOP = ("sftrl.main", "sftrl.launch", "sftrl.report", "sftrl.model_check")
+TOP = ("sftrl.main", "sftrl.launch", "sftrl.report", "sftrl.model_check", "sftrl.predict_stage")
 
 
 def _module_name(path: pathlib.Path) -> str:

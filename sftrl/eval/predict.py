@@ -1,0 +1,744 @@
+"""Predictor: which SFT checkpoint of a group will be best after RL.
+
+A *group* is the set of SFT checkpoints of one base model (several SFT data sets, lengths,
+epochs). Each checkpoint has *proxies* measured after SFT and, for some or all of them, an
+*outcome* measured after RL. We score how well each proxy predicts the outcome and predict the
+outcome (with an interval) for checkpoints that have no RL result yet.
+
+Inputs
+------
+1. Per-checkpoint eval files, ``<workdir>/eval/<ckpt>.json`` (the schema this module reads)::
+
+       {
+         "checkpoint": "sft-math-ep2",      # unique id within the inputs
+         "group": "llama-1b",               # base model; candidates are compared within a group
+         "dataset": "math",                 # SFT data set id (data-set level averages over it)
+         "stage": "sft" | "rl",
+         "sft_checkpoint": "sft-math-ep2",  # required when stage == "rl": the SFT checkpoint
+                                            # this RL run started from
+         "generalization_loss": 1.23,       # held-out loss after SFT (lower is better)
+         "benchmarks": {"<name>": {"pass@1": 0.31,
+                                   "pass@k": {"1": 0.31, "2": 0.40, ..., "256": 0.83}}},
+         "metrics": {"<extra>": 0.5},       # optional: any extra numeric proxy, by name
+         "<extra>": 0.5                     # top-level numbers are extra proxies too
+       }
+
+   Proxies of an SFT file: ``pass@1`` and ``pass@<k>`` (each averaged over the benchmarks),
+   ``generalization_loss`` and every extra number. ``pass@1`` may come from either the
+   ``"pass@1"`` field or ``pass@k["1"]``. The outcome of an RL file is its per-benchmark
+   ``pass@1``; several RL files for one SFT checkpoint (seeds) are averaged.
+
+2. A flat table of results from elsewhere, CSV or JSON (a list of row objects, or
+   ``{"rows": [...]}``), one row per SFT checkpoint. Columns ``group``, ``dataset``,
+   ``checkpoint`` are required; ``rl_pass@1`` is the outcome and ``rl_pass@1:<benchmark>`` the
+   per-benchmark outcome (``rl_pass@1`` defaults to their mean); every other column is a
+   numeric proxy by name (``pass@1``, ``pass@256``, ``generalization_loss``, ...). An empty
+   cell (or null) means missing; a row without an outcome is a candidate to predict.
+
+Conventions
+-----------
+* Sign: proxies whose name contains ``loss`` are "lower is better" and are NEGATED before any
+  z-scoring, correlation, fit or ranking, so that higher always means better. Outputs name them
+  ``-generalization_loss``.
+* ``average`` is the mean of the base proxies (pass@1, -generalization_loss, pass@k), each
+  z-scored within the group over all its candidates (population std).
+* Spearman: Pearson correlation of average ranks (ties share the mean rank). The permutation
+  p-value is two-sided, P(|rho_perm| >= |rho|): exact enumeration for n <= 8, otherwise Monte
+  Carlo ``(hits + 1) / (n_perm + 1)`` with a seed. The interval is a percentile bootstrap over
+  points (resamples with a constant side are dropped).
+* R²: ``outcome = a * proxy + b`` is fitted by least squares on a calibration subset of size m
+  and scored on the remaining points as ``1 - SS_res / SS_tot``, SS_tot around the held-out
+  mean, so it can be negative. Reported as mean ± std over subsets (all subsets when there are
+  at most ``max_subsets``, else a seeded random sample). Subsets whose calibration proxy or
+  held-out outcome is constant are skipped and counted.
+* Leave-one-out: fit on n - 1 points, predict the one left out; RMSE and MAE.
+* Levels: ``instance`` (one point per checkpoint) and ``dataset`` (one point per SFT data set,
+  proxy and outcome averaged over its checkpoints that have an outcome).
+* Prediction: for checkpoints without an outcome, the instance-level proxy with the lowest
+  leave-one-out RMSE gives ``a * x + b`` with a 95% OLS prediction interval; with fewer than 3
+  RL results the candidates are only ranked by ``average``.
+
+Everything is deterministic given ``Options.seed``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats as sp_stats
+
+OUTCOME = "rl_pass@1"
+AVERAGE = "average"
+LEVELS = ("instance", "dataset")
+_RESERVED = {"checkpoint", "group", "dataset", "stage", "sft_checkpoint", "benchmarks", "metrics"}
+_EXACT_PERMUTATION_MAX_N = 8
+
+
+class PredictError(ValueError):
+    """Bad predictor input or a question the data cannot answer; the message names the culprit."""
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One SFT checkpoint: its raw proxies and (if RL was run from it) its outcomes."""
+
+    group: str
+    dataset: str
+    checkpoint: str
+    source: str  # file (and row) it came from, for error messages
+    proxies: dict[str, float] = dataclasses.field(default_factory=dict)
+    outcomes: dict[str, float] = dataclasses.field(default_factory=dict)  # OUTCOME[:bench]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    k: int | None = None  # pass@k proxy; None: the largest k > 1 every candidate has
+    proxies: tuple[str, ...] = ()  # extra proxies by name, scored besides the defaults
+    benchmarks: tuple[str, ...] | None = None  # None: every benchmark in the files
+    per_benchmark: bool = False  # also score each benchmark's outcome on its own
+    calibration_sizes: tuple[int, ...] = (3, 4)
+    max_subsets: int = 500
+    n_permutations: int = 10_000
+    n_bootstrap: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PredictError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise PredictError(f"{where}: not finite ({value!r})")
+    return float(value)
+
+
+def _string(record: Mapping[str, Any], key: str, where: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str) or not value:
+        raise PredictError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _benchmark_scores(
+    record: Mapping[str, Any], where: str, benchmarks: Sequence[str] | None
+) -> dict[str, dict[str, float]]:
+    """{benchmark: {"1": pass@1, "k": pass@k, ...}} of the chosen benchmarks."""
+    raw = record.get("benchmarks")
+    if not isinstance(raw, dict) or not raw:
+        raise PredictError(f"{where}: field 'benchmarks' must be a non-empty object")
+    names = sorted(raw) if benchmarks is None else list(benchmarks)
+    out = {}
+    for name in names:
+        if name not in raw:
+            raise PredictError(f"{where}: benchmark {name!r} missing from 'benchmarks'")
+        entry = raw[name]
+        if not isinstance(entry, dict):
+            raise PredictError(f"{where}: benchmarks.{name} must be an object")
+        curve = {str(k): _number(v, f"{where}: benchmarks.{name}.pass@k[{k}]")
+                 for k, v in (entry.get("pass@k") or {}).items()}
+        if "pass@1" in entry:
+            curve["1"] = _number(entry["pass@1"], f"{where}: benchmarks.{name}.pass@1")
+        if "1" not in curve:
+            raise PredictError(f"{where}: benchmarks.{name} has no 'pass@1'")
+        out[name] = curve
+    return out
+
+
+def _sft_proxies(record: Mapping[str, Any], where: str,
+                 benchmarks: Sequence[str] | None) -> dict[str, float]:
+    scores = _benchmark_scores(record, where, benchmarks)
+    # pass@k averaged over benchmarks, for the ks every benchmark reports
+    ks = set.intersection(*(set(curve) for curve in scores.values()))
+    proxies = {f"pass@{k}": float(np.mean([c[k] for c in scores.values()])) for k in ks}
+    for key, value in {**record, **(record.get("metrics") or {})}.items():
+        if key not in _RESERVED and isinstance(value, int | float) and not isinstance(value, bool):
+            proxies[key] = _number(value, f"{where}: {key}")
+    return proxies
+
+
+def candidates_from_records(
+    records: Iterable[tuple[str, Mapping[str, Any]]], benchmarks: Sequence[str] | None = None
+) -> list[Candidate]:
+    """Candidates from (source, eval-record) pairs; RL records are attached to their SFT one."""
+    sft: dict[str, Candidate] = {}
+    rl: dict[str, list[tuple[str, dict[str, dict[str, float]]]]] = {}
+    for where, record in records:
+        if not isinstance(record, dict):
+            raise PredictError(f"{where}: expected a JSON object")
+        stage = record.get("stage")
+        name = _string(record, "checkpoint", where)
+        if stage == "sft":
+            if name in sft:
+                raise PredictError(f"{where}: checkpoint {name!r} also in {sft[name].source}")
+            sft[name] = Candidate(_string(record, "group", where),
+                                  _string(record, "dataset", where), name, where,
+                                  _sft_proxies(record, where, benchmarks))
+        elif stage == "rl":
+            parent = _string(record, "sft_checkpoint", where)
+            rl.setdefault(parent, []).append((where, _benchmark_scores(record, where, benchmarks)))
+        else:
+            raise PredictError(f"{where}: field 'stage' must be 'sft' or 'rl', got {stage!r}")
+    for parent, runs in rl.items():
+        if parent not in sft:
+            raise PredictError(f"{runs[0][0]}: sft_checkpoint {parent!r} has no SFT eval file")
+        names = set(runs[0][1])
+        for where, scores in runs:
+            if set(scores) != names:
+                raise PredictError(f"{where}: benchmarks {sorted(scores)} differ from "
+                                   f"{runs[0][0]}'s {sorted(names)}")
+        per_bench = {b: float(np.mean([s[b]["1"] for _, s in runs])) for b in sorted(names)}
+        sft[parent].outcomes = {f"{OUTCOME}:{b}": v for b, v in per_bench.items()}
+        sft[parent].outcomes[OUTCOME] = float(np.mean(list(per_bench.values())))
+    return list(sft.values())
+
+
+def load_eval_dir(directory: Path, benchmarks: Sequence[str] | None = None) -> list[Candidate]:
+    """Candidates from every ``*.json`` in ``directory`` (see the module docstring)."""
+    records = []
+    for path in sorted(Path(directory).glob("*.json")):
+        try:
+            records.append((str(path), json.loads(path.read_text())))
+        except json.JSONDecodeError as e:
+            raise PredictError(f"{path}: invalid JSON ({e})") from e
+    return candidates_from_records(records, benchmarks)
+
+
+def _flat_value(value: Any, where: str) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError as e:
+            raise PredictError(f"{where}: expected a number, got {value!r}") from e
+    return _number(value, where)
+
+
+def candidates_from_rows(rows: Sequence[Mapping[str, Any]], source: str) -> list[Candidate]:
+    """Candidates from flat rows (see the module docstring)."""
+    out: dict[str, Candidate] = {}
+    for i, row in enumerate(rows):
+        where = f"{source} row {i + 1}"
+        if not isinstance(row, Mapping):
+            raise PredictError(f"{where}: expected an object")
+        c = Candidate(_string(row, "group", where), _string(row, "dataset", where),
+                      _string(row, "checkpoint", where), where)
+        if c.checkpoint in out:
+            raise PredictError(f"{where}: checkpoint {c.checkpoint!r} repeats "
+                               f"{out[c.checkpoint].source}")
+        for key, raw in row.items():
+            if key in ("group", "dataset", "checkpoint"):
+                continue
+            value = _flat_value(raw, f"{where}: column {key!r}")
+            if value is None:
+                continue
+            if key == OUTCOME or key.startswith(OUTCOME + ":"):
+                c.outcomes[key] = value
+            else:
+                c.proxies[key] = value
+        per_bench = [v for k, v in c.outcomes.items() if k != OUTCOME]
+        if OUTCOME not in c.outcomes and per_bench:
+            c.outcomes[OUTCOME] = float(np.mean(per_bench))
+        out[c.checkpoint] = c
+    return list(out.values())
+
+
+def load_flat(path: Path) -> list[Candidate]:
+    """Candidates from a flat CSV or JSON table of results from elsewhere."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            rows: Any = list(csv.DictReader(f))
+    else:
+        try:
+            rows = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise PredictError(f"{path}: invalid JSON ({e})") from e
+        if isinstance(rows, dict):
+            rows = rows.get("rows")
+        if not isinstance(rows, list):
+            raise PredictError(f"{path}: expected a list of rows or {{'rows': [...]}}")
+    return candidates_from_rows(rows, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based); ties share the mean of the ranks they span."""
+    x = np.asarray(x, dtype=float)
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    # boundaries of runs of equal values
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_x) != 0) + 1]
+    ends = np.r_[starts[1:], len(x)]
+    ranks = np.empty(len(x))
+    for s, e in zip(starts, ends, strict=True):
+        ranks[order[s:e]] = (s + e + 1) / 2.0  # mean of ranks s+1 .. e
+    return ranks
+
+
+def _standardize(v: np.ndarray) -> np.ndarray | None:
+    centered = v - v.mean()
+    norm = float(np.sqrt(centered @ centered))
+    return None if norm <= 1e-12 * max(1.0, float(np.abs(v).max())) else centered / norm
+
+
+def _check_points(x: np.ndarray, y: np.ndarray, what: str, need: int = 3) -> None:
+    if len(x) != len(y):
+        raise PredictError(f"{what}: {len(x)} proxy values but {len(y)} outcomes")
+    if len(x) < need:
+        raise PredictError(f"{what}: needs at least {need} points, got {len(x)}")
+    if np.ptp(x) == 0:
+        raise PredictError(f"{what}: proxy is constant ({x[0]:g}) over all {len(x)} points")
+    if np.ptp(y) == 0:
+        raise PredictError(f"{what}: outcome is constant ({y[0]:g}) over all {len(y)} points")
+
+
+def spearman(x: Sequence[float], y: Sequence[float], what: str = "spearman") -> float:
+    """Spearman's rho (ties handled by average ranks), like ``scipy.stats.spearmanr``."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    _check_points(x, y, what, need=2)
+    rx, ry = _standardize(rankdata(x)), _standardize(rankdata(y))
+    assert rx is not None and ry is not None  # non-constant inputs have non-constant ranks
+    return float(np.clip(rx @ ry, -1.0, 1.0))
+
+
+def permutation_pvalue(x: Sequence[float], y: Sequence[float], n_permutations: int = 10_000,
+                       seed: int = 0, what: str = "permutation test") -> float:
+    """Two-sided P(|rho| >= |rho_observed|) under random pairing of x and y."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    _check_points(x, y, what, need=2)
+    rx, ry = _standardize(rankdata(x)), _standardize(rankdata(y))
+    assert rx is not None and ry is not None
+    observed = abs(float(rx @ ry))
+    n = len(x)
+    tol = 1e-9  # permutations that tie the observed |rho| must count as hits
+    if n <= _EXACT_PERMUTATION_MAX_N:
+        perms = np.array(list(itertools.permutations(range(n))))
+        rhos = ry[perms] @ rx
+        return float(np.mean(np.abs(rhos) >= observed - tol))
+    rng = np.random.default_rng(seed)
+    perms = rng.permuted(np.tile(np.arange(n), (n_permutations, 1)), axis=1)
+    hits = int(np.sum(np.abs(ry[perms] @ rx) >= observed - tol))
+    return (hits + 1) / (n_permutations + 1)
+
+
+def bootstrap_spearman_ci(x: Sequence[float], y: Sequence[float], n_bootstrap: int = 1000,
+                          confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of Spearman's rho; NaNs if every resample is degenerate."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_bootstrap, len(x)))
+    rhos = []
+    for row in idx:
+        rx, ry = _standardize(rankdata(x[row])), _standardize(rankdata(y[row]))
+        if rx is not None and ry is not None:
+            rhos.append(float(rx @ ry))
+    if not rhos:
+        return (math.nan, math.nan)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(rhos, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))
+
+
+def fit_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Least-squares (slope, intercept) of y = a * x + b; x must not be constant."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    dx = x - x.mean()
+    sxx = float(dx @ dx)
+    if sxx <= 0:
+        raise PredictError("fit: proxy is constant over the fitted points")
+    slope = float(dx @ (y - y.mean())) / sxx
+    return slope, float(y.mean() - slope * x.mean())
+
+
+def r2_score(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
+    """1 - SS_res / SS_tot around the mean of y_true (negative when worse than that mean)."""
+    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
+    ss_tot = float(np.sum((y_true - y_true.mean()) ** 2))
+    if ss_tot == 0:
+        raise PredictError("r2: outcome is constant over the scored points")
+    return 1.0 - float(np.sum((y_true - y_pred) ** 2)) / ss_tot
+
+
+def _subsets(n: int, m: int, max_subsets: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
+    if math.comb(n, m) <= max_subsets:
+        return list(itertools.combinations(range(n), m))
+    # sampled subsets may repeat; with this many subsets that barely moves mean ± std
+    return [tuple(sorted(rng.choice(n, m, replace=False).tolist())) for _ in range(max_subsets)]
+
+
+def calibration_r2(x: Sequence[float], y: Sequence[float], m: int, max_subsets: int = 500,
+                   seed: int = 0, what: str = "calibration R²") -> dict[str, float | int]:
+    """Fit on each calibration subset of size m, R² on the rest: mean, std, counts."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    _check_points(x, y, what)
+    n = len(x)
+    if m < 2 or n - m < 2:
+        raise PredictError(f"{what}: calibration size {m} needs m >= 2 and at least 2 held-out "
+                           f"points, have n={n}")
+    rng = np.random.default_rng(seed)
+    scores, skipped = [], 0
+    for subset in _subsets(n, m, max_subsets, rng):
+        calib = np.zeros(n, bool)
+        calib[list(subset)] = True
+        held_y = y[~calib]
+        if np.ptp(x[calib]) == 0 or np.ptp(held_y) == 0:
+            skipped += 1
+            continue
+        a, b = fit_line(x[calib], y[calib])
+        scores.append(r2_score(held_y, a * x[~calib] + b))
+    if not scores:
+        raise PredictError(f"{what}: every calibration subset of size {m} is degenerate")
+    return {"mean": float(np.mean(scores)), "std": float(np.std(scores)),
+            "n_subsets": len(scores), "n_skipped": skipped}
+
+
+def leave_one_out(x: Sequence[float], y: Sequence[float],
+                  what: str = "leave-one-out") -> dict[str, Any]:
+    """Predict each point from a line fitted to the others: RMSE, MAE and the predictions."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    _check_points(x, y, what)
+    preds = []
+    for i in range(len(x)):
+        keep = np.arange(len(x)) != i
+        if np.ptp(x[keep]) == 0:
+            raise PredictError(f"{what}: proxy is constant once point {i} is left out")
+        a, b = fit_line(x[keep], y[keep])
+        preds.append(a * x[i] + b)
+    err = np.asarray(preds) - y
+    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))),
+            "predictions": [float(p) for p in preds]}
+
+
+def prediction_interval(x: Sequence[float], y: Sequence[float], x_new: Sequence[float],
+                        confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OLS prediction and its prediction interval at x_new: (pred, lower, upper)."""
+    x, y, x_new = np.asarray(x, float), np.asarray(y, float), np.asarray(x_new, float)
+    _check_points(x, y, "prediction interval")
+    a, b = fit_line(x, y)
+    n = len(x)
+    resid = y - (a * x + b)
+    s = math.sqrt(float(resid @ resid) / (n - 2))
+    dx = x - x.mean()
+    t = float(sp_stats.t.ppf(0.5 + confidence / 2.0, n - 2))
+    half = t * s * np.sqrt(1.0 + 1.0 / n + (x_new - x.mean()) ** 2 / float(dx @ dx))
+    pred = a * x_new + b
+    return pred, pred - half, pred + half
+
+
+# ---------------------------------------------------------------------------------------------
+# Proxies, points and scores
+
+
+def lower_is_better(proxy: str) -> bool:
+    return "loss" in proxy
+
+
+def display_name(proxy: str) -> str:
+    """The oriented proxy's name: '-generalization_loss' says it was negated."""
+    return f"-{proxy}" if lower_is_better(proxy) else proxy
+
+
+def choose_k(candidates: Sequence[Candidate], k: int | None) -> int:
+    """The pass@k proxy's k: the requested one, else the largest k > 1 every candidate has."""
+    if k is not None:
+        return k
+    common = set.intersection(*({int(p[5:]) for p in c.proxies
+                                 if p.startswith("pass@") and p[5:].isdigit()}
+                                for c in candidates))
+    common.discard(1)
+    if not common:
+        raise PredictError("no pass@k with k > 1 is reported by every checkpoint; "
+                           "set k explicitly or add pass@k curves")
+    return max(common)
+
+
+def base_proxies(k: int) -> tuple[str, ...]:
+    return ("pass@1", "generalization_loss", f"pass@{k}")
+
+
+def oriented_values(candidates: Sequence[Candidate], proxy: str) -> np.ndarray:
+    """The proxy of every candidate, negated when lower is better; names what is missing."""
+    missing = [f"{c.checkpoint} ({c.source})" for c in candidates if proxy not in c.proxies]
+    if missing:
+        raise PredictError(f"proxy {proxy!r} missing for checkpoints: {', '.join(missing)}")
+    values = np.array([c.proxies[proxy] for c in candidates])
+    return -values if lower_is_better(proxy) else values
+
+
+def proxy_matrix(candidates: Sequence[Candidate], proxies: Sequence[str],
+                 k: int) -> dict[str, np.ndarray]:
+    """{oriented proxy name: values over the candidates}, with the z-scored average."""
+    out = {display_name(p): oriented_values(candidates, p) for p in proxies}
+    zs = []
+    for p in base_proxies(k):
+        v = out[display_name(p)]
+        std = float(v.std())
+        # a constant base proxy carries no ranking information; it adds 0 to every candidate
+        zs.append((v - v.mean()) / std if std > 0 else np.zeros_like(v))
+    out[AVERAGE] = np.mean(zs, axis=0)
+    return out
+
+
+def dataset_points(datasets: Sequence[str], x: np.ndarray,
+                   y: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """One point per data set: proxy and outcome averaged over its checkpoints."""
+    names = sorted(set(datasets))
+    idx = [[i for i, d in enumerate(datasets) if d == name] for name in names]
+    return (names, np.array([x[i].mean() for i in idx]), np.array([y[i].mean() for i in idx]))
+
+
+def score_proxy(x: np.ndarray, y: np.ndarray, options: Options, what: str) -> dict[str, Any]:
+    """Every score of one proxy against one outcome, or {'error': message}."""
+    try:
+        _check_points(x, y, what)
+        rho = spearman(x, y, what)
+        a, b = fit_line(x, y)
+        result: dict[str, Any] = {
+            "n": len(x),
+            "spearman": {
+                "rho": rho,
+                "p_value": permutation_pvalue(x, y, options.n_permutations, options.seed, what),
+                # NaN (every resample degenerate) becomes null: strict JSON has no NaN
+                "ci": [None if math.isnan(v) else v for v in bootstrap_spearman_ci(
+                    x, y, options.n_bootstrap, options.confidence, options.seed)],
+            },
+            "fit": {"slope": a, "intercept": b, "r2_in_sample": r2_score(y, a * x + b)},
+            "r2": {},
+            "loo": leave_one_out(x, y, what),
+        }
+    except PredictError as e:
+        return {"n": len(x), "error": str(e)}
+    for m in options.calibration_sizes:
+        try:
+            result["r2"][str(m)] = calibration_r2(x, y, m, options.max_subsets, options.seed,
+                                                  f"{what}, m={m}")
+        except PredictError as e:
+            result["r2"][str(m)] = {"error": str(e)}
+    return result
+
+
+def _predict(group: str, cands: list[Candidate], matrix: dict[str, np.ndarray],
+             scores: dict[str, dict[str, Any]], options: Options) -> dict[str, Any]:
+    """Predicted outcome with an interval, and a ranking, for candidates without RL results."""
+    labeled = np.array([OUTCOME in c.outcomes for c in cands])
+    todo = [c for c, lab in zip(cands, labeled, strict=True) if not lab]
+    usable = {p: s["loo"]["rmse"] for p, s in scores.items() if "loo" in s}
+    if not usable:
+        order = np.argsort(-matrix[AVERAGE][~labeled], kind="stable")
+        return {"proxy": AVERAGE, "reason": "fewer than 3 usable RL results: ranked by the "
+                "z-scored average proxy, no predicted score",
+                "candidates": [{"checkpoint": todo[i].checkpoint, "dataset": todo[i].dataset,
+                                "proxy_value": float(matrix[AVERAGE][~labeled][i]),
+                                "rank": r + 1} for r, i in enumerate(order)]}
+    # RMSEs equal up to rounding (e.g. two exact fits) tie; the earlier proxy then wins
+    best = min(usable, key=lambda p: (round(usable[p], 12), list(usable).index(p)))
+    y = np.array([c.outcomes[OUTCOME] for c in cands if OUTCOME in c.outcomes])
+    x = matrix[best]
+    pred, lo, hi = prediction_interval(x[labeled], y, x[~labeled], options.confidence)
+    order = np.argsort(-pred, kind="stable")
+    return {"proxy": best, "reason": f"lowest leave-one-out RMSE ({usable[best]:.4g}) in group "
+            f"{group!r}", "confidence": options.confidence,
+            "candidates": [{"checkpoint": todo[i].checkpoint, "dataset": todo[i].dataset,
+                            "proxy_value": float(x[~labeled][i]), "predicted": float(pred[i]),
+                            "lower": float(lo[i]), "upper": float(hi[i]), "rank": r + 1}
+                           for r, i in enumerate(order)]}
+
+
+def evaluate_group(group: str, cands: list[Candidate], options: Options) -> dict[str, Any]:
+    """Scores per level, outcome and proxy, plus predictions, for one group."""
+    k = choose_k(cands, options.k)
+    proxies = list(dict.fromkeys([*base_proxies(k), *options.proxies]))
+    matrix = proxy_matrix(cands, proxies, k)
+    labeled = [i for i, c in enumerate(cands) if OUTCOME in c.outcomes]
+    outcomes = [OUTCOME]
+    if options.per_benchmark:
+        outcomes += sorted({o for i in labeled for o in cands[i].outcomes if o != OUTCOME})
+    scores: dict[str, Any] = {level: {} for level in LEVELS}
+    for outcome in outcomes:
+        rows = [i for i in labeled if outcome in cands[i].outcomes]
+        y = np.array([cands[i].outcomes[outcome] for i in rows])
+        datasets = [cands[i].dataset for i in rows]
+        for level in LEVELS:
+            per_proxy = {}
+            for name, values in matrix.items():
+                x = values[rows]
+                if level == "dataset":
+                    _, x, yl = dataset_points(datasets, x, y)
+                else:
+                    yl = y
+                per_proxy[name] = score_proxy(x, yl, options,
+                                              f"group {group!r}, {level} level, {name} vs "
+                                              f"{outcome}")
+            scores[level][outcome] = per_proxy
+    return {
+        "k": k,
+        "n_candidates": len(cands),
+        "n_labeled": len(labeled),
+        "datasets": sorted({c.dataset for c in cands}),
+        "candidates": [{"checkpoint": c.checkpoint, "dataset": c.dataset, "source": c.source,
+                        "proxies": {n: float(v[i]) for n, v in matrix.items()},
+                        "outcomes": c.outcomes} for i, c in enumerate(cands)],
+        "scores": scores,
+        "prediction": _predict(group, cands, matrix, scores["instance"][OUTCOME], options),
+    }
+
+
+def evaluate(candidates: Sequence[Candidate], options: Options | None = None) -> dict[str, Any]:
+    """The whole report as JSON-able data: every number, per group."""
+    options = options or Options()
+    if not candidates:
+        raise PredictError("no candidates: no SFT eval results were found")
+    groups: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        groups.setdefault(c.group, []).append(c)
+    return {
+        "sign_convention": "proxies with 'loss' in the name are negated (shown as '-name') so "
+                           "that higher is better everywhere",
+        "r2_definition": "fit outcome = a * proxy + b on m calibration points; R² = "
+                         "1 - SS_res/SS_tot on the held-out points (can be negative)",
+        "options": dataclasses.asdict(options),
+        "groups": {g: evaluate_group(g, cs, options) for g, cs in sorted(groups.items())},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _score_row(name: str, s: dict[str, Any], sizes: Sequence[int]) -> str:
+    if "error" in s:
+        return f"| {name} | {s['n']} | n/a: {s['error']} |" + " |" * (len(sizes) + 1)
+    sp = s["spearman"]
+    cells = [name, str(s["n"]),
+             f"{_fmt(sp['rho'])} (p={_fmt(sp['p_value'])}) [{_fmt(sp['ci'][0], 2)}, "
+             f"{_fmt(sp['ci'][1], 2)}]"]
+    for m in sizes:
+        r2 = s["r2"][str(m)]
+        cells.append("n/a" if "error" in r2 else f"{_fmt(r2['mean'])} ± {_fmt(r2['std'])}")
+    cells.append(_fmt(s["loo"]["rmse"], 4))
+    return "| " + " | ".join(cells) + " |"
+
+
+def _na_notes(per_proxy: dict[str, Any]) -> list[str]:
+    """Why R² cells say n/a (once per distinct reason, since proxies usually share it)."""
+    reasons = {r2["error"].split(": ", 1)[-1]: None for s in per_proxy.values()
+               for r2 in s.get("r2", {}).values() if "error" in r2}
+    return [*(f"- R² n/a: {r}" for r in reasons), ""] if reasons else []
+
+
+def render_summary(report: dict[str, Any]) -> str:
+    """Markdown tables like the paper's: Spearman and R² per proxy per group and level."""
+    sizes = report["options"]["calibration_sizes"]
+    lines = ["# Predictor summary", "", f"Sign convention: {report['sign_convention']}.",
+             f"R²: {report['r2_definition']}; mean ± std over calibration subsets.", ""]
+    header = ("| proxy | n | Spearman ρ (p) [CI] | " + " | ".join(f"R² m={m}" for m in sizes)
+              + " | LOO RMSE |")
+    sep = "|" + "---|" * (4 + len(sizes))
+    for group, g in report["groups"].items():
+        lines += [f"## Group `{group}`", "",
+                  f"{g['n_candidates']} SFT checkpoints ({g['n_labeled']} with RL results), "
+                  f"{len(g['datasets'])} data sets, pass@k at k={g['k']}.", ""]
+        for level in LEVELS:
+            for outcome, per_proxy in g["scores"][level].items():
+                lines += [f"### {level} level, outcome `{outcome}`", "", header, sep]
+                lines += [_score_row(n, s, sizes) for n, s in per_proxy.items()]
+                lines += ["", *_na_notes(per_proxy)]
+        pred = g["prediction"]
+        lines += ["### Prediction for checkpoints without RL results", "",
+                  f"Proxy: `{pred['proxy']}` ({pred['reason']}).", ""]
+        if not pred["candidates"]:
+            lines += ["Every checkpoint has RL results.", ""]
+            continue
+        lines += ["| rank | checkpoint | data set | proxy | predicted | interval |",
+                  "|---|---|---|---|---|---|"]
+        for c in pred["candidates"]:
+            interval = (f"[{_fmt(c['lower'])}, {_fmt(c['upper'])}]" if "predicted" in c
+                        else "n/a")
+            lines.append(f"| {c['rank']} | {c['checkpoint']} | {c['dataset']} | "
+                         f"{_fmt(c['proxy_value'])} | {_fmt(c.get('predicted'))} | {interval} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, str):
+        tmp.write_text(data)
+    else:
+        tmp.write_bytes(data)
+    tmp.replace(path)  # readers see the old file or the new one, never half of one
+
+
+def _safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def write_plots(report: dict[str, Any], outdir: Path) -> list[Path]:
+    """Scatter of each proxy vs the outcome with its fit, per group; only with matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    import io
+
+    written = []
+    for group, g in report["groups"].items():
+        labeled = [c for c in g["candidates"] if OUTCOME in c["outcomes"]]
+        per_proxy = g["scores"]["instance"][OUTCOME]
+        fig, axes = plt.subplots(1, len(per_proxy), figsize=(4 * len(per_proxy), 3.5),
+                                 squeeze=False)
+        for ax, (name, s) in zip(axes[0], per_proxy.items(), strict=True):
+            x = np.array([c["proxies"][name] for c in labeled])
+            y = np.array([c["outcomes"][OUTCOME] for c in labeled])
+            ax.scatter(x, y)
+            if "fit" in s and len(x):
+                xs = np.linspace(x.min(), x.max(), 2)
+                ax.plot(xs, s["fit"]["slope"] * xs + s["fit"]["intercept"])
+                ax.set_title(f"{name}: ρ={s['spearman']['rho']:.2f}")
+            ax.set_xlabel(name)
+            ax.set_ylabel(OUTCOME)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        path = outdir / f"scatter_{_safe_name(group)}.png"
+        _atomic_write(path, buf.getvalue())
+        written.append(path)
+    return written
+
+
+def write_report(report: dict[str, Any], outdir: Path) -> dict[str, Path]:
+    """predictor.json, summary.md and (with matplotlib) scatter plots, each written atomically."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": outdir / "predictor.json", "summary": outdir / "summary.md"}
+    # allow_nan=False: a NaN would be a bug here, and strict JSON readers reject it
+    text = json.dumps(report, indent=2, sort_keys=True, allow_nan=False)
+    _atomic_write(paths["json"], text + "\n")
+    _atomic_write(paths["summary"], render_summary(report))
+    for i, p in enumerate(write_plots(report, outdir)):
+        paths[f"plot{i}"] = p
+    return paths
