@@ -90,6 +90,8 @@ def base_config() -> ml_collections.ConfigDict:
     # A flat CSV/JSON table of results from elsewhere (schema in sftrl/eval/predict.py), read
     # besides <workdir>/eval/*.json and <workdir>/predict_inputs.{csv,json}.
     c.predict.inputs = ""
+    # Other run directories of the sweep (glob patterns allowed) whose eval/*.json are read too.
+    c.predict.workdirs = ()
 
     # The 'model' stage: load or init, forward, orbax save/restore, HF export round trip.
     c.model_check = ml_collections.ConfigDict(dict(batch_size=4, seq_len=64, export_hf=True))

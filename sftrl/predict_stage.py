@@ -1,7 +1,8 @@
 """The 'predict' stage: rank a group's SFT checkpoints by their predicted post-RL result.
 
-Reads, from the workdir only (no environment variables):
-  * ``<workdir>/eval/*.json``: per-checkpoint eval results (schema in ``sftrl.eval.predict``);
+Reads (no environment variables):
+  * ``<workdir>/eval/*.json``: per-checkpoint eval results (schema in ``sftrl.eval.predict``),
+    and the same from every run directory of the sweep named by ``config.predict.workdirs``;
   * ``<workdir>/predict_inputs.csv`` or ``<workdir>/predict_inputs.json``: a flat table of
     results from elsewhere (same docstring), used in addition to the eval files.
 Writes ``<workdir>/report/predictor.json`` (every number), ``summary.md`` (the tables) and,
@@ -14,7 +15,9 @@ more flat table to read); the seed is ``config.seed``.
 
 from __future__ import annotations
 
+import glob
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +43,27 @@ def options_from_config(config: Any) -> Any:
     return predict.Options(**kwargs)
 
 
-def load_inputs(workdir: Path, options: Any, extra_table: str = "") -> list[Any]:
-    """Candidates from the workdir's eval files and flat results tables (see module docstring)."""
+def sweep_workdirs(workdir: Path, patterns: Sequence[str]) -> list[Path]:
+    """The stage's own workdir plus the sweep's run directories named by `patterns` (globs)."""
     from sftrl.eval import predict
 
-    candidates = []
-    eval_dir = workdir / "eval"
-    if eval_dir.is_dir():
-        candidates += predict.load_eval_dir(eval_dir, options.benchmarks)
+    dirs = [workdir]
+    for pattern in patterns:
+        matches = sorted(Path(p) for p in glob.glob(str(pattern)) if Path(p).is_dir())
+        if not matches:
+            raise predict.PredictError(f"predict.workdirs: {pattern!r} matches no directory")
+        dirs += [d for d in matches if d.resolve() not in {x.resolve() for x in dirs}]
+    return dirs
+
+
+def load_inputs(
+    workdir: Path, options: Any, extra_table: str = "", workdirs: Sequence[str] = ()
+) -> list[Any]:
+    """Candidates from the runs' eval files and flat results tables (see module docstring)."""
+    from sftrl.eval import predict
+
+    eval_dirs = [d / "eval" for d in sweep_workdirs(workdir, workdirs) if (d / "eval").is_dir()]
+    candidates = predict.load_eval_dir(eval_dirs, options.benchmarks) if eval_dirs else []
     for name in FLAT_INPUTS:
         if (workdir / name).is_file():
             candidates += predict.load_flat(workdir / name)
@@ -73,8 +89,11 @@ def run(config: Any, workdir: Path, layout: Any = None) -> dict[str, Any]:
 
     del layout  # pure numpy: no mesh needed
     options = options_from_config(config)
-    extra_table = config.predict.get("inputs", "") if "predict" in config else ""
-    report = predict.evaluate(load_inputs(Path(workdir), options, extra_table), options)
+    section = config.get("predict") or {}
+    candidates = load_inputs(
+        Path(workdir), options, section.get("inputs", ""), section.get("workdirs", ())
+    )
+    report = predict.evaluate(candidates, options)
     paths = predict.write_report(report, Path(workdir) / "report")
     headline: dict[str, Any] = {"report": str(paths["summary"]), "groups": {}}
     for group, g in report["groups"].items():

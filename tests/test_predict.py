@@ -253,6 +253,25 @@ def test_stage_runs_from_main(tmp_path):
     assert '"top_unlabeled": "sft-d2-5"' in result.stdout
 
 
+def test_stage_reads_a_sweeps_run_directories(tmp_path):
+    from sftrl import config_lib
+
+    _write_fixture_workdir(tmp_path / "all")
+    for i, path in enumerate(sorted((tmp_path / "all" / "eval").glob("*.json"))):
+        run = tmp_path / "sweep" / f"run{i % 3}" / "eval"
+        run.mkdir(parents=True, exist_ok=True)
+        path.rename(run / path.name)
+    config = config_lib.apply_overrides(
+        config_lib.base_config(),
+        [f"predict.workdirs=('{tmp_path}/sweep/run*',)", "predict.n_bootstrap=50"],
+    )
+    headline = predict_stage.run(config, tmp_path / "report_dir")
+    assert headline["groups"]["tiny"]["top_unlabeled"] == "sft-d2-5"
+    config = config_lib.apply_overrides(config, [f"predict.workdirs=('{tmp_path}/nope*',)"])
+    with pytest.raises(predict.PredictError, match="matches no directory"):
+        predict_stage.run(config, tmp_path / "report_dir")
+
+
 def test_per_benchmark_outcomes_and_extra_proxy_from_eval_files(tmp_path):
     _write_fixture_workdir(tmp_path)
     cands = predict.load_eval_dir(tmp_path / "eval")

@@ -204,10 +204,15 @@ def candidates_from_records(
     return list(sft.values())
 
 
-def load_eval_dir(directory: Path, benchmarks: Sequence[str] | None = None) -> list[Candidate]:
-    """Candidates from every ``*.json`` in ``directory`` (see the module docstring)."""
+def load_eval_dir(
+    directory: Path | Sequence[Path], benchmarks: Sequence[str] | None = None
+) -> list[Candidate]:
+    """Candidates from every ``*.json`` in ``directory`` (or in several: a sweep's RL runs'
+    files may sit in other run directories than their SFT checkpoints'; see the module
+    docstring)."""
+    directories = [directory] if isinstance(directory, (str, Path)) else list(directory)
     records = []
-    for path in sorted(Path(directory).glob("*.json")):
+    for path in (p for d in directories for p in sorted(Path(d).glob("*.json"))):
         try:
             records.append((str(path), json.loads(path.read_text())))
         except json.JSONDecodeError as e:
