@@ -56,3 +56,44 @@ class KVCache:
         seen_B = jnp.sum(self.valid_BxS, axis=1, dtype=jnp.int32)
         mask = attention_mask_BxL.astype(jnp.int32)
         return jnp.maximum(seen_B[:, None] + jnp.cumsum(mask, axis=1) - 1, 0)
+
+
+@flax.struct.dataclass
+class SharedPrefixCache:
+    """Decode cache for N samples per prompt that share the prompt's KV.
+
+    The prefix (the prompt, prefilled once) is stored kv-head-major, [L, P, K, S, D], so each
+    (prompt, kv head) stream is contiguous for the decode kernel and no transpose happens per
+    step; its valid length per prompt is `prefix_lengths_P` (prompts are right-padded). Each
+    sample's own tokens go to the suffix, [L, P, N, T, K, D], at slot `suffix_end` (shared by all
+    samples: they advance in lockstep).
+    """
+
+    prefix_k_LxPxKxSxD: jax.Array
+    prefix_v_LxPxKxSxD: jax.Array
+    prefix_lengths_P: jax.Array  # int32
+    suffix_k_LxPxNxTxKxD: jax.Array
+    suffix_v_LxPxNxTxKxD: jax.Array
+    suffix_end: jax.Array  # int32 scalar: suffix slots written
+
+    @classmethod
+    def from_prefill(
+        cls, cache: KVCache, prefix_lengths_P: jax.Array, num_samples: int, max_new_tokens: int
+    ) -> SharedPrefixCache:
+        """The prefilled KVCache of right-padded prompts, turned into the shared layout once."""
+        k = jnp.transpose(cache.k_LxBxSxKxD, (0, 1, 3, 2, 4))
+        v = jnp.transpose(cache.v_LxBxSxKxD, (0, 1, 3, 2, 4))
+        layers, prompts, _, heads, dim = cache.k_LxBxSxKxD.shape
+        suffix_shape = (layers, prompts, num_samples, max_new_tokens, heads, dim)
+        dtype = cache.k_LxBxSxKxD.dtype
+        return cls(k, v, jnp.asarray(prefix_lengths_P, jnp.int32),
+                   jnp.zeros(suffix_shape, dtype), jnp.zeros(suffix_shape, dtype),
+                   jnp.zeros((), jnp.int32))
+
+    @property
+    def num_prompts(self) -> int:
+        return self.prefix_k_LxPxKxSxD.shape[1]
+
+    @property
+    def num_samples(self) -> int:
+        return self.suffix_k_LxPxNxTxKxD.shape[2]

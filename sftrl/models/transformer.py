@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sftrl.models.kv_cache import KVCache
+from sftrl.models.kv_cache import KVCache, SharedPrefixCache
 from sftrl.models.model_config import ModelConfig
 from sftrl.sharding import Layout
 
@@ -109,6 +109,60 @@ def dot_product_attention(
     return out_BxLxKxGxD.reshape(b, l, h, d)
 
 
+def _shared_prefix_attention(
+    q_BxLxHxD: jax.Array,
+    k_BxLxKxD: jax.Array,
+    v_BxLxKxD: jax.Array,
+    layer_cache: tuple[jax.Array, ...],
+    cache_meta: tuple[jax.Array, jax.Array],
+) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """One decode step for B = P*N rows: prefix part (read once per prompt) + own suffix part,
+    merged by log-sum-exp."""
+    # Imported here: `kernels` lives at the repo root (never published under that name), and
+    # only decoding needs it.
+    from kernels.decode_attention import merge_attention, prefix_decode_attention
+
+    prefix_k, prefix_v, suffix_k, suffix_v = layer_cache
+    prefix_lengths_P, suffix_end = cache_meta
+    p, kv_heads, _, d = prefix_k.shape[0], prefix_k.shape[1], prefix_k.shape[2], prefix_k.shape[3]
+    n, t = suffix_k.shape[1], suffix_k.shape[2]
+    h = q_BxLxHxD.shape[2]
+    g = h // kv_heads
+    if q_BxLxHxD.shape[1] != 1:
+        raise ValueError("the shared-prefix cache decodes one token per sample at a time")
+    start = (0, 0, suffix_end, 0, 0)
+    suffix_k = jax.lax.dynamic_update_slice(
+        suffix_k, k_BxLxKxD.reshape(p, n, 1, kv_heads, d).astype(suffix_k.dtype), start
+    )
+    suffix_v = jax.lax.dynamic_update_slice(
+        suffix_v, v_BxLxKxD.reshape(p, n, 1, kv_heads, d).astype(suffix_v.dtype), start
+    )
+    q_PxNxKxGxD = q_BxLxHxD.reshape(p, n, kv_heads, g, d)
+    # The N samples x G heads of one kv head are the query rows of one prefix stream.
+    q_PxKxRxD = jnp.transpose(q_PxNxKxGxD, (0, 2, 1, 3, 4)).reshape(p, kv_heads, n * g, d)
+    out_pre, lse_pre = prefix_decode_attention(
+        q_PxKxRxD, prefix_k.astype(q_PxKxRxD.dtype), prefix_v.astype(q_PxKxRxD.dtype),
+        prefix_lengths_P,
+    )
+    scores_PxNxKxGxT = jnp.einsum(
+        "pnkgd,pntkd->pnkgt", q_PxNxKxGxD, suffix_k.astype(q_PxNxKxGxD.dtype),
+        preferred_element_type=jnp.float32,
+    ) * (d**-0.5)
+    valid_T = jnp.arange(t) <= suffix_end
+    scores_PxNxKxGxT = jnp.where(valid_T, scores_PxNxKxGxT, -jnp.inf)
+    lse_suf = jax.nn.logsumexp(scores_PxNxKxGxT, axis=-1)
+    probs = jnp.exp(scores_PxNxKxGxT - lse_suf[..., None])
+    out_suf = jnp.einsum("pnkgt,pntkd->pnkgd", probs, suffix_v.astype(jnp.float32))
+
+    def rows(x: jax.Array) -> jax.Array:  # [P, N, K, G, ...] -> [P, K, N*G, ...]
+        x = jnp.moveaxis(x, 2, 1)
+        return x.reshape(p, kv_heads, n * g, *x.shape[4:])
+
+    out, _ = merge_attention(out_pre.astype(jnp.float32), lse_pre, rows(out_suf), rows(lse_suf))
+    out_PxNxKxGxD = jnp.moveaxis(out.reshape(p, kv_heads, n, g, d), 1, 2)
+    return out_PxNxKxGxD.reshape(p * n, 1, h, d), (prefix_k, prefix_v, suffix_k, suffix_v)
+
+
 class Attention(_Sharded):
     @nn.compact
     def __call__(
@@ -139,6 +193,12 @@ class Attention(_Sharded):
             q_BxLxHxD,
             ("activation_batch", "activation_length", "activation_heads", None),
         )
+        if layer_cache is not None and len(layer_cache) == 4:
+            out_BxLxHxD, new_cache = _shared_prefix_attention(
+                q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, layer_cache, cache_end
+            )
+            out = out_BxLxHxD.astype(self.dtype).reshape(b, l, c.num_heads * c.head_dim)
+            return self.dense("o_proj", out, c.hidden_size, ("q_heads", "embed")), new_cache
         new_cache = None
         if layer_cache is None:
             k_BxSxKxD, v_BxSxKxD = k_BxLxKxD, v_BxLxKxD
@@ -221,8 +281,8 @@ class Transformer(_Sharded):
         positions_BxL: jax.Array | None = None,
         attention_mask_BxL: jax.Array | None = None,
         segment_ids_BxL: jax.Array | None = None,
-        cache: KVCache | None = None,
-    ) -> tuple[jax.Array, KVCache | None]:
+        cache: KVCache | SharedPrefixCache | None = None,
+    ) -> tuple[jax.Array, KVCache | SharedPrefixCache | None]:
         """Logits [B, L, V] in float32, and the updated cache when one is given.
 
         attention_mask_BxL: 1 for real tokens, 0 for padding (left or right).
@@ -239,8 +299,16 @@ class Transformer(_Sharded):
             )
         attention_mask_BxL = attention_mask_BxL.astype(bool)
 
-        q_slots = jnp.arange(l) + (0 if cache is None else cache.end)
-        if cache is None:
+        shared = isinstance(cache, SharedPrefixCache)
+        if shared and (positions_BxL is None or c.sliding_window is not None):
+            raise ValueError(
+                "the shared-prefix cache needs explicit positions and no sliding window"
+            )
+        q_slots = jnp.arange(l) + (0 if cache is None or shared else cache.end)
+        if shared:
+            key_valid_BxS = attention_mask_BxL
+            k_slots = q_slots
+        elif cache is None:
             key_valid_BxS = attention_mask_BxL
             k_slots = jnp.arange(l)
         else:
@@ -285,9 +353,14 @@ class Transformer(_Sharded):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(config=c, dtype=self.dtype, param_dtype=self.param_dtype, layout=self.layout,
           name="layers")
-        layer_caches = None if cache is None else (cache.k_LxBxSxKxD, cache.v_LxBxSxKxD)
-        cache_end = None if cache is None else cache.end
-        x_BxLxE, new_layer_caches = layers(x_BxLxE, layer_caches, cos_sin, mask_BxLxS, cache_end)
+        if shared:
+            layer_caches = (cache.prefix_k_LxPxKxSxD, cache.prefix_v_LxPxKxSxD,
+                            cache.suffix_k_LxPxNxTxKxD, cache.suffix_v_LxPxNxTxKxD)
+            cache_meta = (cache.prefix_lengths_P, cache.suffix_end)
+        else:
+            layer_caches = None if cache is None else (cache.k_LxBxSxKxD, cache.v_LxBxSxKxD)
+            cache_meta = None if cache is None else cache.end
+        x_BxLxE, new_layer_caches = layers(x_BxLxE, layer_caches, cos_sin, mask_BxLxS, cache_meta)
         x_BxLxE = RMSNorm(c.rms_norm_eps, self.dtype, self.param_dtype, name="final_norm")(x_BxLxE)
 
         if c.tie_embeddings:
@@ -299,7 +372,13 @@ class Transformer(_Sharded):
             ("activation_batch", "activation_length", "activation_vocab"),
         )
         new_cache = None
-        if cache is not None:
+        if shared:
+            _, _, suffix_k, suffix_v = new_layer_caches
+            new_cache = cache.replace(
+                suffix_k_LxPxNxTxKxD=suffix_k, suffix_v_LxPxNxTxKxD=suffix_v,
+                suffix_end=cache.suffix_end + 1,
+            )
+        elif cache is not None:
             k, v = new_layer_caches
             new_cache = KVCache(k, v, key_valid_BxS, cache.end + l)
         return logits_BxLxV, new_cache

@@ -1,0 +1,292 @@
+"""Large-k sampling: prefill each prompt once, decode all its samples against that shared prefix.
+
+`generate(model, prompts, num_samples=N, ...)` right-pads a wave of prompts, prefills them in one
+forward pass, turns the prefill cache into a `SharedPrefixCache` (prefix KV once per prompt, a
+small per-sample suffix KV), and then decodes the P*N sequences in lockstep. Each step's
+attention reads the prompt's KV once for all N samples (the prefix kernel) and merges it with the
+sample's own suffix by log-sum-exp.
+
+Randomness: the token of sample n of prompt p at step t is drawn with the key
+fold_in(fold_in(fold_in(key(seed), p), n), t), where p is the prompt's index in `prompts`. So
+results do not depend on how prompts are grouped into waves, and the same seed gives the same
+samples.
+
+Log-probs: `logprobs` are under the distribution actually sampled from (temperature, top-k,
+top-p applied; 0 for greedy), `model_logprobs` under the unmodified model (temperature 1, no
+truncation) — the numbers a GRPO trainer compares with its own forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from sftrl.models.kv_cache import KVCache, SharedPrefixCache
+from sftrl.models.transformer import Model
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Samples:
+    """Generations for P prompts x N samples, padded to T = max_new_tokens."""
+
+    tokens: np.ndarray  # [P, N, T] int32; positions >= length hold pad_id
+    logprobs: np.ndarray  # [P, N, T] float32 under the sampling distribution
+    model_logprobs: np.ndarray  # [P, N, T] float32 under the model (temperature 1)
+    lengths: np.ndarray  # [P, N] int32, the stop token included
+    finished: np.ndarray  # [P, N] bool: ended on a stop id (else truncated at max_new_tokens)
+
+    def sequence(self, prompt: int, sample: int) -> list[int]:
+        return self.tokens[prompt, sample, : self.lengths[prompt, sample]].tolist()
+
+    @property
+    def truncated(self) -> np.ndarray:
+        return ~self.finished
+
+
+def _filter_logits(logits_BxV: jax.Array, temperature: float, top_k: int, top_p: float):
+    """Scaled and truncated logits of the distribution sampled from (-inf outside the kept set)."""
+    logits = logits_BxV / temperature
+    if top_k > 0:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        order = jnp.argsort(-logits, axis=-1)
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+        keep_sorted = before < top_p  # the top token is always kept
+        keep = jnp.zeros_like(keep_sorted).at[
+            jnp.arange(logits.shape[0])[:, None], order
+        ].set(keep_sorted)
+        logits = jnp.where(keep, logits, -jnp.inf)
+    return logits
+
+
+def _inverse_cdf_sample(key: jax.Array, log_probs_V: jax.Array) -> jax.Array:
+    """One draw by inverting the CDF: a single uniform per row (categorical's Gumbel trick
+    draws one per vocabulary entry, which dominates a decode step on CPU)."""
+    cdf = jnp.cumsum(jnp.exp(log_probs_V))
+    u = jax.random.uniform(key, dtype=cdf.dtype) * cdf[-1]
+    token = jnp.searchsorted(cdf, u, side="right")
+    # u can round up to cdf[-1]; fall back to the last token that has probability.
+    last_kept = log_probs_V.shape[0] - 1 - jnp.argmax(jnp.isfinite(log_probs_V[::-1]))
+    return jnp.minimum(token, last_kept)
+
+
+@functools.partial(jax.jit, static_argnames=("temperature", "top_k", "top_p"))
+def _sample(logits_PxNxV, keys_PxN, temperature: float, top_k: int, top_p: float):
+    p, n, v = logits_PxNxV.shape
+    logits = logits_PxNxV.reshape(p * n, v).astype(jnp.float32)
+    model_logp = jax.nn.log_softmax(logits, axis=-1)
+    if temperature == 0.0:
+        tokens = jnp.argmax(logits, axis=-1)
+        sample_logp = jnp.zeros(p * n, jnp.float32)
+    else:
+        filtered = jax.nn.log_softmax(_filter_logits(logits, temperature, top_k, top_p), axis=-1)
+        tokens = jax.vmap(_inverse_cdf_sample)(keys_PxN.reshape(p * n), filtered)
+        sample_logp = jnp.take_along_axis(filtered, tokens[:, None], axis=-1)[:, 0]
+    chosen = jnp.take_along_axis(model_logp, tokens[:, None], axis=-1)[:, 0]
+    return (tokens.reshape(p, n).astype(jnp.int32), sample_logp.reshape(p, n),
+            chosen.reshape(p, n))
+
+
+@jax.jit
+def _step_keys(base: jax.Array, prompt_ids_PxN: jax.Array, sample_ids_PxN: jax.Array,
+               step: jax.Array) -> jax.Array:
+    def key(prompt_id, sample_id):
+        k = jax.random.fold_in(jax.random.fold_in(base, prompt_id), sample_id)
+        return jax.random.fold_in(k, step)
+
+    return jax.vmap(jax.vmap(key))(prompt_ids_PxN, sample_ids_PxN)
+
+
+class _Decoder:
+    """The jitted prefill and decode steps of one model."""
+
+    def __init__(self, model: Model):
+        module = model.module
+
+        def prefill(params, tokens_PxS, mask_PxS):
+            cache = KVCache.init(module.config, tokens_PxS.shape[0], tokens_PxS.shape[1],
+                                 module.dtype, module.layout)
+            logits, cache = module.apply(
+                {"params": params}, tokens_PxS, attention_mask_BxL=mask_PxS, cache=cache
+            )
+            lengths = jnp.sum(mask_PxS, axis=1, dtype=jnp.int32)
+            last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+            return last, cache, lengths
+
+        def decode(params, cache: SharedPrefixCache, tokens_PxN, positions_PxN):
+            p, n = tokens_PxN.shape
+            logits, cache = module.apply(
+                {"params": params}, tokens_PxN.reshape(p * n, 1),
+                positions_BxL=positions_PxN.reshape(p * n, 1), cache=cache,
+            )
+            return logits.reshape(p, n, -1), cache
+
+        self.prefill = jax.jit(prefill)
+        self.decode = jax.jit(decode, donate_argnums=(1,))
+
+
+_DECODERS: dict[int, tuple[Model, _Decoder]] = {}
+
+
+def _decoder_for(model: Model) -> _Decoder:
+    # Keyed by identity (a Model is not hashable); the model is kept alive with its decoder.
+    entry = _DECODERS.get(id(model))
+    if entry is None or entry[0] is not model:
+        entry = (model, _Decoder(model))
+        _DECODERS.clear()  # one model at a time: do not pin old weights in memory
+        _DECODERS[id(model)] = entry
+    return entry[1]
+
+
+def _check_args(prompts, num_samples, max_new_tokens, temperature, top_p, top_k, vocab) -> None:
+    if not prompts:
+        raise ValueError("prompts is empty")
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {i} is empty")
+        lo, hi = min(prompt), max(prompt)
+        if lo < 0 or hi >= vocab:
+            raise ValueError(f"prompt {i}: token ids must be in [0, {vocab}), got [{lo}, {hi}]")
+    if num_samples < 1 or max_new_tokens < 1:
+        raise ValueError("num_samples and max_new_tokens must be positive")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(
+            f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, "
+            f"{top_k}"
+        )
+
+
+def _waves(lengths: Sequence[int], per_prompt_extra: int, max_kv_tokens: int | None):
+    """Consecutive groups of prompts whose KV (prefix + all suffixes) fits the budget."""
+    if max_kv_tokens is None:
+        return [list(range(len(lengths)))]
+    waves: list[list[int]] = [[]]
+    longest = 0
+    for i, length in enumerate(lengths):
+        new_longest = max(longest, length)
+        if waves[-1] and (len(waves[-1]) + 1) * (new_longest + per_prompt_extra) > max_kv_tokens:
+            waves.append([])
+            new_longest = length
+        waves[-1].append(i)
+        longest = new_longest
+    return waves
+
+
+def generate(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    stop_ids: Sequence[int] = (),
+    seed: int = 0,
+    pad_id: int = 0,
+    max_kv_tokens: int | None = None,
+    share_prefix: bool = True,
+    progress: bool = True,
+    _key_ids: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Samples:
+    """N samples for each prompt (ragged token-id lists); see the module docstring.
+
+    max_kv_tokens bounds the cache: prompts are processed in waves whose prefix plus
+    N * max_new_tokens suffix slots fit it; the results are the same as one big batch.
+    share_prefix=False repeats each prompt N times instead (the peers' way: N prefills and N
+    copies of the prompt's KV) and gives the same samples; it exists to measure the difference.
+    """
+    _check_args(prompts, num_samples, max_new_tokens, temperature, top_p, top_k,
+                model.config.vocab_size)
+    if not share_prefix:
+        repeated = [p for p in prompts for _ in range(num_samples)]
+        flat = generate(
+            model, repeated, num_samples=1, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_p=top_p, top_k=top_k, stop_ids=stop_ids, seed=seed,
+            pad_id=pad_id, max_kv_tokens=max_kv_tokens, progress=progress,
+            _key_ids=(np.repeat(np.arange(len(prompts)), num_samples),
+                      np.tile(np.arange(num_samples), len(prompts))),
+        )
+        return Samples(*(
+            x.reshape(len(prompts), num_samples, *x.shape[2:])
+            for x in dataclasses.astuple(flat)
+        ))
+    decoder = _decoder_for(model)
+    p_total, n, t_max = len(prompts), num_samples, max_new_tokens
+    if _key_ids is None:
+        _key_ids = (np.arange(p_total), np.zeros(p_total, np.int64))
+    out = Samples(
+        tokens=np.full((p_total, n, t_max), pad_id, np.int32),
+        logprobs=np.zeros((p_total, n, t_max), np.float32),
+        model_logprobs=np.zeros((p_total, n, t_max), np.float32),
+        lengths=np.full((p_total, n), t_max, np.int32),
+        finished=np.zeros((p_total, n), bool),
+    )
+    base_key = jax.random.key(seed)
+    stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
+    sampling = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+    waves = _waves([len(p) for p in prompts], n * t_max, max_kv_tokens)
+    bar = tqdm.tqdm(total=p_total * n * t_max, unit="tok", desc="generate",
+                    disable=not progress or None)
+    for wave in waves:
+        width = max(len(prompts[i]) for i in wave)
+        tokens_PxS = np.full((len(wave), width), pad_id, np.int32)
+        mask_PxS = np.zeros((len(wave), width), bool)
+        for row, i in enumerate(wave):
+            tokens_PxS[row, : len(prompts[i])] = prompts[i]
+            mask_PxS[row, : len(prompts[i])] = True
+        last_logits_PxV, cache, lengths_P = decoder.prefill(model.params, tokens_PxS, mask_PxS)
+        lengths_P = np.asarray(lengths_P)  # a host copy: the cache's own is donated each step
+        shared = SharedPrefixCache.from_prefill(cache, lengths_P, n, t_max)
+        del cache
+        # Row r, sample n draws with key (prompt id, first sample id + n): with shared prefixes
+        # (p, n); with repeated prompts the same (p, n) pairs, so both modes sample alike.
+        prompt_ids = jnp.asarray(np.repeat(_key_ids[0][wave][:, None], n, axis=1), jnp.int32)
+        sample_ids = jnp.asarray(_key_ids[1][wave][:, None] + np.arange(n), jnp.int32)
+        logits_PxNxV = jnp.broadcast_to(last_logits_PxV[:, None], (len(wave), n,
+                                                                   last_logits_PxV.shape[-1]))
+        done_PxN = jnp.zeros((len(wave), n), bool)
+        steps = []
+        for step in range(t_max):
+            keys = _step_keys(base_key, prompt_ids, sample_ids, jnp.int32(step))
+            tok, logp, model_logp = _sample(logits_PxNxV, keys, **sampling)
+            tok = jnp.where(done_PxN, pad_id, tok)
+            steps.append((tok, jnp.where(done_PxN, 0.0, logp),
+                          jnp.where(done_PxN, 0.0, model_logp), done_PxN))
+            done_PxN = done_PxN | jnp.isin(tok, stops)
+            bar.update(len(wave) * n)
+            if step == t_max - 1 or bool(jnp.all(done_PxN)):
+                break
+            positions = np.broadcast_to(lengths_P[:, None] + step, tok.shape)
+            logits_PxNxV, shared = decoder.decode(model.params, shared, tok, positions)
+        _store_wave(out, wave, steps, stop_ids)
+    bar.close()
+    return out
+
+
+def _store_wave(out: Samples, wave: list[int], steps: list, stop_ids: Sequence[int]) -> None:
+    tokens = np.stack([np.asarray(s[0]) for s in steps], axis=-1)
+    logp = np.stack([np.asarray(s[1]) for s in steps], axis=-1)
+    model_logp = np.stack([np.asarray(s[2]) for s in steps], axis=-1)
+    was_done = np.stack([np.asarray(s[3]) for s in steps], axis=-1)
+    t = tokens.shape[-1]
+    rows = np.asarray(wave)
+    out.tokens[rows, :, :t] = tokens  # already pad_id after a sequence's stop
+    out.logprobs[rows, :, :t] = logp
+    out.model_logprobs[rows, :, :t] = model_logp
+    is_stop = np.isin(tokens, list(stop_ids)) & ~was_done
+    finished = is_stop.any(axis=-1)
+    out.finished[rows] = finished
+    out.lengths[rows] = np.where(finished, is_stop.argmax(axis=-1) + 1, out.tokens.shape[-1])

@@ -1,0 +1,148 @@
+"""The shared-prefix sampler: greedy == transformers, log-probs == teacher forcing, seeds, waves."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import torch
+from hf_fixtures import VOCAB, save_hf_model
+
+from sftrl import sampling, sharding
+from sftrl.models.checkpoint import load_hf
+from sftrl.models.model_config import ModelConfig
+from sftrl.models.transformer import build_model
+
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15], [20]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = ModelConfig("qwen3", 61, 32, 2, 8, 2, 8, 48, qk_norm=True, tie_embeddings=True)
+    return build_model(config, sharding.single_device_layout(), seed=1)
+
+
+def _teacher_forced(model, prompt, generated):
+    seq = list(prompt) + list(generated)
+    logits = np.asarray(model(np.array([seq])))[0]
+    log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    start = len(prompt) - 1
+    rows = log_probs[start: start + len(generated)]
+    return rows, rows[np.arange(len(generated)), generated]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0, 0.7])
+def test_logprobs_equal_a_teacher_forced_forward(model, temperature):
+    out = sampling.generate(model, PROMPTS, num_samples=5, max_new_tokens=7,
+                            temperature=temperature, seed=2, progress=False)
+    assert out.tokens.shape == (4, 5, 7)
+    for p, prompt in enumerate(PROMPTS):
+        for n in range(5):
+            generated = out.sequence(p, n)
+            rows, model_logp = _teacher_forced(model, prompt, generated)
+            np.testing.assert_allclose(out.model_logprobs[p, n, : len(generated)], model_logp,
+                                       atol=2e-5)
+            if temperature == 0.0:
+                assert generated == rows.argmax(axis=-1).tolist()
+                assert not out.logprobs[p, n].any()
+            elif temperature == 1.0:  # no truncation: sampling distribution == model
+                np.testing.assert_allclose(out.logprobs[p, n, : len(generated)], model_logp,
+                                           atol=2e-5)
+
+
+@pytest.mark.parametrize("kind", ["llama3", "qwen3"])
+def test_greedy_equals_transformers_generate(kind, tmp_path):
+    hf = save_hf_model(kind, tmp_path / kind)
+    ours, _ = load_hf(tmp_path / kind, dtype="float32")
+    prompts = [[3, 17, 5, 99, 42], [7, 7], list(range(30, 50))]
+    out = sampling.generate(ours, prompts, num_samples=2, max_new_tokens=12, temperature=0.0,
+                            progress=False)
+    for p, prompt in enumerate(prompts):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12,
+                              min_new_tokens=12, eos_token_id=None, pad_token_id=0)
+        expected = ref[0, len(prompt):].tolist()
+        assert out.sequence(p, 0) == expected
+        assert out.sequence(p, 1) == expected
+    assert VOCAB > max(max(p) for p in prompts)
+
+
+def test_waves_give_the_same_samples_as_one_batch(model):
+    kwargs = dict(num_samples=4, max_new_tokens=6, seed=5, top_p=0.9, progress=False)
+    whole = sampling.generate(model, PROMPTS, **kwargs)
+    waves = sampling.generate(model, PROMPTS, max_kv_tokens=40, **kwargs)
+    assert len(sampling._waves([len(p) for p in PROMPTS], 24, 40)) > 1
+    np.testing.assert_array_equal(whole.tokens, waves.tokens)
+    np.testing.assert_allclose(whole.logprobs, waves.logprobs, atol=1e-5)
+
+
+def test_seeds(model):
+    kwargs = dict(num_samples=8, max_new_tokens=6, progress=False)
+    a = sampling.generate(model, PROMPTS, seed=1, **kwargs)
+    b = sampling.generate(model, PROMPTS, seed=1, **kwargs)
+    c = sampling.generate(model, PROMPTS, seed=2, **kwargs)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert (a.tokens != c.tokens).any()
+    # samples of one prompt differ from each other (each draws from its own key)
+    assert len({tuple(a.sequence(0, n)) for n in range(8)}) > 1
+
+
+def test_stop_ids_end_each_sequence(model):
+    greedy = sampling.generate(model, PROMPTS, num_samples=2, max_new_tokens=8,
+                               temperature=0.0, progress=False)
+    stop = int(greedy.tokens[0, 0, 2])
+    out = sampling.generate(model, PROMPTS, num_samples=2, max_new_tokens=8, temperature=0.0,
+                            stop_ids=[stop], pad_id=0, progress=False)
+    assert out.finished[0].all() and (out.lengths[0] <= 3).all()
+    for p in range(len(PROMPTS)):
+        for n in range(2):
+            seq = out.sequence(p, n)
+            assert stop not in seq[:-1]
+            assert out.finished[p, n] == (seq[-1] == stop)
+            assert (out.tokens[p, n, len(seq):] == 0).all()
+            assert not out.model_logprobs[p, n, len(seq):].any()
+    assert out.truncated.any() or out.finished.all()
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(3, 1.0), (0, 0.5), (5, 0.8)])
+def test_truncation_never_emits_outside_the_kept_set(model, top_k, top_p):
+    out = sampling.generate(model, PROMPTS, num_samples=16, max_new_tokens=5, top_k=top_k,
+                            top_p=top_p, seed=9, progress=False)
+    for p, prompt in enumerate(PROMPTS):
+        for n in range(16):
+            generated = out.sequence(p, n)
+            rows, _ = _teacher_forced(model, prompt, generated)
+            for row, token in zip(rows, generated, strict=True):
+                order = np.argsort(-row)
+                rank = int(np.flatnonzero(order == token)[0])
+                if top_k:
+                    assert rank < top_k
+                probs = np.exp(row[order])
+                assert probs[:rank].sum() < top_p + 1e-6  # inside the nucleus
+
+
+def test_sampling_on_a_mesh_matches_one_device(model):
+    layout = sharding.Layout(sharding.make_mesh(2, 1, 4), sharding.SAMPLING_RULES)
+    sharded = model.reshard(layout)
+    kwargs = dict(num_samples=4, max_new_tokens=5, seed=3, progress=False)
+    a = sampling.generate(model, PROMPTS, **kwargs)
+    b = sampling.generate(sharded, PROMPTS, **kwargs)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+
+
+def test_bad_arguments_are_named(model):
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        sampling.generate(model, [[1], []], num_samples=1, max_new_tokens=1)
+    with pytest.raises(ValueError, match=r"prompt 0: token ids must be in \[0, 61\)"):
+        sampling.generate(model, [[61]], num_samples=1, max_new_tokens=1)
+    with pytest.raises(ValueError, match="top_p"):
+        sampling.generate(model, [[1]], num_samples=1, max_new_tokens=1, top_p=0.0)
+
+
+def test_unshared_prefix_gives_the_same_samples(model):
+    kwargs = dict(num_samples=3, max_new_tokens=5, seed=11, top_k=20, progress=False)
+    shared = sampling.generate(model, PROMPTS, **kwargs)
+    repeated = sampling.generate(model, PROMPTS, share_prefix=False, **kwargs)
+    np.testing.assert_array_equal(shared.tokens, repeated.tokens)
+    np.testing.assert_allclose(shared.model_logprobs, repeated.model_logprobs, atol=1e-5)
+    np.testing.assert_array_equal(shared.lengths, repeated.lengths)
