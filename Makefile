@@ -2,8 +2,8 @@
 #   make run                       the tiny default, end to end, on this machine's CPU/GPU/TPU
 #   make run CONFIG=configs/llama8b.py WORKDIR=runs/llama8b ARGS='--config.model.hf_path=/ckpt'
 #   make test                      lint + the test suite (CPU, fake 8-device mesh)
-#   make bench                     benchmarks/ (forward throughput, verifier speed: JSON + tables
-#                                  under runs/bench)
+#   make bench                     benchmarks/ (forward, verifier, decode kernel, sampling vs
+#                                  transformers: JSON + tables under runs/bench; long on CPU)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -42,6 +42,8 @@ test: $(VENV)/.installed-test lint
 bench: $(VENV)/.installed
 	$(PY) benchmarks/forward.py --out=runs/bench $(ARGS)
 	$(PY) benchmarks/rewards.py --out=runs/bench
+	$(PY) benchmarks/decode_attention.py --out=runs/bench
+	$(PY) benchmarks/sampling.py --out=runs/bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
