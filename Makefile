@@ -39,7 +39,7 @@ lint: $(VENV)/.installed-test
 test: $(VENV)/.installed-test lint
 	$(PY) -m pytest -q $(ARGS)
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-test
 	$(PY) benchmarks/forward.py --out=runs/bench $(ARGS)
 	$(PY) benchmarks/rewards.py --out=runs/bench
 	$(PY) benchmarks/decode_attention.py --out=runs/bench
