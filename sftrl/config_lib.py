@@ -8,13 +8,13 @@ the devices all fail here with the key named, never later inside XLA.
 from __future__ import annotations
 
 import ast
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import jax
 import ml_collections
 
+from sftrl import sharding
 from sftrl.models.model_config import ModelConfig, ModelConfigError
 
 STAGES = ("model", "sft", "rl", "eval", "predict", "pipeline")
@@ -142,27 +142,10 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
 
 def mesh_sizes(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
     """The mesh sizes with -1 resolved; fails naming `mesh` when they do not fit the devices."""
-    sizes = dict(config.mesh.to_dict())
-    free = [k for k, v in sizes.items() if v == -1]
-    for key, value in sizes.items():
-        if value == 0 or value < -1:
-            raise ConfigError(f"mesh.{key}: must be a positive integer or -1, got {value}")
-    if len(free) > 1:
-        raise ConfigError(f"mesh: at most one axis may be -1, got {', '.join(free)}")
-    fixed = math.prod(v for v in sizes.values() if v != -1)
-    if free:
-        if num_devices % fixed:
-            raise ConfigError(
-                f"mesh.{free[0]}: the other axes use {fixed} devices, which does not divide the "
-                f"{num_devices} present"
-            )
-        sizes[free[0]] = num_devices // fixed
-    if math.prod(sizes.values()) != num_devices:
-        raise ConfigError(
-            f"mesh: data*fsdp*tensor = {math.prod(sizes.values())} but {num_devices} devices "
-            "are present"
-        )
-    return sizes
+    try:
+        return sharding.resolve_mesh_shape(num_devices=num_devices, **config.mesh.to_dict())
+    except sharding.MeshError as e:
+        raise ConfigError(str(e)) from e
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> ModelConfig:
@@ -259,7 +242,5 @@ def resolve_dtype(name: str) -> Any:
 
 def make_layout(config: ml_collections.ConfigDict, rules: Any = None) -> Any:
     """The mesh the config asks for, over all devices, with the given rules table."""
-    from sftrl import sharding
-
     sizes = mesh_sizes(config, jax.device_count())
     return sharding.Layout(sharding.make_mesh(**sizes), rules or sharding.TRAIN_RULES)

@@ -58,32 +58,38 @@ class MeshError(ValueError):
     """A mesh shape that does not fit the devices present."""
 
 
-def make_mesh(
-    data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[Any] | None = None
-) -> Mesh:
-    """A ('data', 'fsdp', 'tensor') mesh; one size may be -1 (all remaining devices)."""
-    devices = list(jax.devices() if devices is None else devices)
+def resolve_mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> dict[str, int]:
+    """The mesh sizes with a -1 axis resolved; MeshError (naming `mesh`) if they do not fit."""
     sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
     for name, size in sizes.items():
-        if not isinstance(size, int) or size == 0 or size < -1:
+        if not isinstance(size, int) or isinstance(size, bool) or size == 0 or size < -1:
             raise MeshError(f"mesh.{name} must be a positive integer or -1, got {size!r}")
     free = [name for name, size in sizes.items() if size == -1]
     if len(free) > 1:
         raise MeshError(f"only one mesh axis may be -1, got {', '.join('mesh.' + n for n in free)}")
     fixed = math.prod(size for size in sizes.values() if size != -1)
     if free:
-        if len(devices) % fixed:
+        if num_devices % fixed:
             raise MeshError(
-                f"mesh {sizes}: {len(devices)} devices are not divisible by the fixed axes "
+                f"mesh.{free[0]}: {num_devices} devices are not divisible by the fixed axes "
                 f"(product {fixed})"
             )
-        sizes[free[0]] = len(devices) // fixed
-    if math.prod(sizes.values()) != len(devices):
+        sizes[free[0]] = num_devices // fixed
+    total = math.prod(sizes.values())
+    if total != num_devices:
         raise MeshError(
-            f"mesh data={sizes['data']} x fsdp={sizes['fsdp']} x tensor={sizes['tensor']} = "
-            f"{math.prod(sizes.values())} devices, but {len(devices)} are present "
-            f"({devices[0].platform})"
+            f"mesh: data*fsdp*tensor = {total}: data={sizes['data']} x fsdp={sizes['fsdp']} x "
+            f"tensor={sizes['tensor']} = {total} devices, but {num_devices} are present"
         )
+    return sizes
+
+
+def make_mesh(
+    data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[Any] | None = None
+) -> Mesh:
+    """A ('data', 'fsdp', 'tensor') mesh; one size may be -1 (all remaining devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = resolve_mesh_shape(data, fsdp, tensor, len(devices))
     shape = tuple(sizes[a] for a in MESH_AXES)
     if len(devices) > 1 and devices == list(jax.devices()):
         try:
