@@ -235,9 +235,9 @@ def resolve_dtype(name: str) -> Any:
     """'auto' is bfloat16 on accelerators and float32 on CPU."""
     import jax.numpy as jnp
 
-    if name == "auto":
-        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-    return jnp.dtype(name)
+    from sftrl.models.checkpoint import default_dtype
+
+    return default_dtype() if name == "auto" else jnp.dtype(name)
 
 
 def make_layout(config: ml_collections.ConfigDict, rules: Any = None) -> Any:

@@ -37,8 +37,7 @@ from sftrl.models.transformer import (
     Model,
     Params,
     Transformer,
-    param_shapes,
-    param_shardings,
+    abstract_params,
 )
 from sftrl.sharding import TRAIN_RULES, Layout, Rules, make_mesh
 
@@ -208,8 +207,8 @@ def load_hf(
     dtype = jnp.dtype(dtype or default_dtype())
     layout = _as_layout(mesh, rules)
     module = Transformer(config, dtype=dtype, param_dtype=dtype, layout=layout, remat=remat)
-    shapes = param_shapes(module)
-    shardings = param_shardings(module, layout)
+    shapes, logical_axes = abstract_params(module)
+    shardings = layout.tree_shardings(logical_axes, shapes)
     owner = _open_weights(folder)
     _check_tensors(folder, config, shapes, owner)
 

@@ -387,19 +387,14 @@ class Transformer(_Sharded):
 # --- parameters and a callable model ------------------------------------------------------------
 
 
-def param_logical_axes(module: Transformer) -> Params:
-    """Tree of PartitionSpecs (of logical names) matching the params tree."""
+def abstract_params(module: Transformer) -> tuple[Params, Params]:
+    """(shapes, logical PartitionSpecs) of the params tree, from one abstract init trace."""
     abstract = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
-    return nn.get_partition_spec(abstract)["params"]
-
-
-def param_shapes(module: Transformer) -> Params:
-    abstract = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
-    return nn.meta.unbox(abstract)["params"]
+    return nn.meta.unbox(abstract)["params"], nn.get_partition_spec(abstract)["params"]
 
 
 def param_shardings(module: Transformer, layout: Layout) -> Params:
-    return layout.tree_shardings(param_logical_axes(module), param_shapes(module))
+    return layout.tree_shardings(*reversed(abstract_params(module)))
 
 
 def init_params(module: Transformer, seed: int | jax.Array, layout: Layout) -> Params:
