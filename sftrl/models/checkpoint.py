@@ -236,14 +236,25 @@ def _slice_reader(entry: _Entry, owner: dict[str, SafetensorsFile], num_layers: 
             return array[tuple(reversed(index))].T.astype(np_dtype)
         return array[index].astype(np_dtype)
 
+    # Devices holding the same slice (replicated axes) are asked for in a row: keep only the
+    # last slice read, so it is read from disk once without ever holding more than one shard.
+    last: dict[tuple, np.ndarray] = {}
+
     def callback(index: tuple[slice, ...]) -> np.ndarray:
+        key = tuple((s.start, s.stop, s.step) for s in index)
+        if key in last:
+            return last[key]
         try:
             if entry.per_layer:
                 layers = range(num_layers)[index[0]]
-                return np.stack([read(entry.hf_name.format(i=i), index[1:]) for i in layers])
-            return read(entry.hf_name, index)
+                array = np.stack([read(entry.hf_name.format(i=i), index[1:]) for i in layers])
+            else:
+                array = read(entry.hf_name, index)
         except (OSError, ValueError) as e:
             raise SafetensorsError(f"reading {entry.hf_name}: {e}") from e
+        last.clear()
+        last[key] = array
+        return array
 
     return callback
 
