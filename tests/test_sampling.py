@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from hf_fixtures import VOCAB, save_hf_model
+from hf_fixtures import save_hf_model
 
 from sftrl import sampling, sharding
 from sftrl.models.checkpoint import load_hf
@@ -64,7 +64,6 @@ def test_greedy_equals_transformers_generate(kind, tmp_path):
         expected = ref[0, len(prompt):].tolist()
         assert out.sequence(p, 0) == expected
         assert out.sequence(p, 1) == expected
-    assert VOCAB > max(max(p) for p in prompts)
 
 
 def test_waves_give_the_same_samples_as_one_batch(model):
@@ -101,7 +100,6 @@ def test_stop_ids_end_each_sequence(model):
             assert out.finished[p, n] == (seq[-1] == stop)
             assert (out.tokens[p, n, len(seq):] == 0).all()
             assert not out.model_logprobs[p, n, len(seq):].any()
-    assert out.truncated.any() or out.finished.all()
 
 
 @pytest.mark.parametrize(("top_k", "top_p"), [(3, 1.0), (0, 0.5), (5, 0.8)])
