@@ -5,31 +5,15 @@ Proves the script works and writes what it promises; it does not assert any spee
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import jax
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "forward.py"
-
-
-def _load_forward() -> ModuleType:
-    name = "_sftrl_benchmarks_forward"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+from scripts import load_benchmark
 
 
 def test_forward_benchmark_writes_rows(tmp_path: Path) -> None:
-    forward = _load_forward()
+    forward = load_benchmark("forward")
     rows = forward.main([
         "--configs=tiny", "--batch=8", "--seq=16", "--iters=2", "--warmup=1",
         f"--out={tmp_path}",

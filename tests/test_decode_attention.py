@@ -305,17 +305,11 @@ def test_gpu_and_tpu_lowerings_trace(R, S, D, dtype):
 
 
 def test_benchmark_script_runs_on_cpu(tmp_path):
-    import importlib.util
     import json
-    import pathlib
-    import sys
 
-    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "decode_attention.py"
-    name = "_sftrl_benchmarks_decode_attention"
-    spec = importlib.util.spec_from_file_location(name, script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+    from scripts import load_benchmark
+
+    module = load_benchmark("decode_attention")
     rows = module.main(["--prompts=1", "--kv-heads=2", "--samples=2", "--group=2", "--prefix=64",
                         "--dim=16", "--iters=2", "--warmup=1", f"--out={tmp_path}"])
     assert json.loads((tmp_path / "decode_attention.json").read_text()) == rows

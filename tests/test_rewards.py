@@ -7,7 +7,6 @@ worker process outlives its verifier.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import multiprocessing
@@ -18,9 +17,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from scripts import load_benchmark
 
 from sftrl import rewards
 from sftrl.rewards import ExtractionConfig, Verifier, extract_answer, normalize_answer
@@ -628,20 +627,8 @@ def test_check_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_benchmark() -> ModuleType:
-    name = "_sftrl_benchmarks_rewards"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "rewards.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_writes_rows(tmp_path: Path) -> None:
-    bench = _load_benchmark()
+    bench = load_benchmark("rewards")
     rows = bench.main(["--prompts=4", "--samples=24", "--workers=1", "--baseline-samples=8",
                        f"--data={tmp_path / 'absent.jsonl'}", f"--out={tmp_path}"])
     written = json.loads((tmp_path / "rewards.json").read_text())
