@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -201,3 +201,10 @@ def shard_batch(
 def put_tree(tree: Any, shardings: Any) -> Any:
     """Moves a tree of (host or device) arrays onto the given shardings."""
     return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole (global) array on this host; gathers across processes on multi-host runs."""
+    if jax.process_count() > 1 and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))

@@ -19,11 +19,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from sftrl.losses import next_token_nll
 from sftrl.models.transformer import Model
-from sftrl.sharding import shard_batch
+from sftrl.sharding import shard_batch, to_host
 
 DEFAULT_LENGTH_BUCKETS = (128, 256, 512, 1024, 2048, 4096)
 _REQUIRED = ("tokens", "loss_mask")
@@ -115,11 +114,6 @@ class HeldoutEvaluator:
 
         self._step = jax.jit(per_token_nll)
 
-    def _host(self, x: jax.Array) -> np.ndarray:
-        if jax.process_count() > 1:
-            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        return np.asarray(x)
-
     def evaluate(self, params: Any) -> HeldoutResult:
         params = getattr(params, "params", params)  # a TrainState works too
         token_sums: dict[tuple[int, int], float] = {}
@@ -139,7 +133,7 @@ class HeldoutEvaluator:
             # An example split across batches (not produced by our pipelines) would be counted
             # as two; rows are numbered globally so no two batches share a key.
             for key, (total, count) in _per_example_sums(
-                arrays, self._host(nll_BxL), row_offset
+                arrays, to_host(nll_BxL), row_offset
             ).items():
                 token_sums[key] = total
                 token_counts[key] = count

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from sftrl.models.model_config import ModelConfig, read_hf_config, to_hf_config
@@ -39,7 +38,7 @@ from sftrl.models.transformer import (
     Transformer,
     abstract_params,
 )
-from sftrl.sharding import TRAIN_RULES, Layout, Rules, make_mesh
+from sftrl.sharding import TRAIN_RULES, Layout, Rules, make_mesh, to_host
 
 log = logging.getLogger(__name__)
 
@@ -262,12 +261,6 @@ def _slice_reader(entry: _Entry, owner: dict[str, SafetensorsFile], num_layers: 
 # --- export ---------------------------------------------------------------------------------
 
 
-def _host(x: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1 and not x.is_fully_addressable:
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
-
-
 def _tensors_to_write(
     params: Params, config: ModelConfig, out_dtype: np.dtype
 ) -> Iterator[TensorToWrite]:
@@ -276,7 +269,7 @@ def _tensors_to_write(
         hf_shape = _hf_shape(entry, tuple(leaf.shape))
         for i, name in enumerate(_hf_names(entry, config.num_layers)):
             def produce(leaf=leaf, i=i, per_layer=entry.per_layer, transpose=entry.transpose):
-                array = _host(leaf[i] if per_layer else leaf)
+                array = to_host(leaf[i] if per_layer else leaf)
                 return (array.T if transpose else array).astype(out_dtype)
 
             yield TensorToWrite(name, hf_shape, out_dtype, produce)
