@@ -157,9 +157,6 @@ class Layout:
     ) -> NamedSharding:
         return NamedSharding(self.mesh, self.spec(logical_axes, shape))
 
-    def replicated(self) -> NamedSharding:
-        return NamedSharding(self.mesh, PartitionSpec())
-
     def constrain(self, x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
         """Pins an activation's sharding inside jit (a no-op on a one-device mesh)."""
         if self.mesh.size == 1:
@@ -174,9 +171,6 @@ class Layout:
             shape_tree,
             is_leaf=lambda v: isinstance(v, PartitionSpec),
         )
-
-    def with_rules(self, rules: Rules) -> Layout:
-        return dataclasses.replace(self, rules=rules)
 
 
 def single_device_layout(rules: Rules = TRAIN_RULES) -> Layout:
@@ -196,11 +190,6 @@ def shard_batch(
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return jax.tree.map(place, batch)
-
-
-def put_tree(tree: Any, shardings: Any) -> Any:
-    """Moves a tree of (host or device) arrays onto the given shardings."""
-    return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
 
 
 def to_host(x: jax.Array) -> np.ndarray:

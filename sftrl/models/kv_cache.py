@@ -89,11 +89,3 @@ class SharedPrefixCache:
         return cls(k, v, jnp.asarray(prefix_lengths_P, jnp.int32),
                    jnp.zeros(suffix_shape, dtype), jnp.zeros(suffix_shape, dtype),
                    jnp.zeros((), jnp.int32))
-
-    @property
-    def num_prompts(self) -> int:
-        return self.prefix_k_LxPxKxSxD.shape[1]
-
-    @property
-    def num_samples(self) -> int:
-        return self.suffix_k_LxPxNxTxKxD.shape[2]
