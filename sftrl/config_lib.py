@@ -20,6 +20,8 @@ from sftrl.models.model_config import ModelConfig, ModelConfigError
 STAGES = ("model", "sft", "rl", "eval", "predict", "pipeline")
 DTYPES = ("auto", "float32", "bfloat16")
 REMAT = ("none", "full", "dots", "dots_no_batch")
+DATA_SOURCES = ("synthetic", "files")
+SFT_EVALS = ("heldout", "passk")
 
 
 class ConfigError(ValueError):
@@ -75,6 +77,102 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
 
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
+
+    # SFT data: the embedded synthetic task, or local JSONL/Parquet files (chat `messages` or
+    # `problem`/`solution` records); the held-out split (generalization loss) comes from the same
+    # data.
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"  # "synthetic" | "files"
+    # A Hugging Face tokenizer folder. "": the synthetic task's own tokenizer for source
+    # "synthetic", else model.hf_path.
+    c.data.tokenizer = ""
+    c.data.synthetic = ml_collections.ConfigDict(
+        dict(style="short_cot", phrasing="diverse", size=2000, seed=0)
+    )
+    c.data.train_files = ()
+    c.data.heldout_fraction = 0.05
+    c.data.max_heldout_examples = 512  # 0: the whole held-out split
+    c.data.max_length = 512
+    c.data.packing = True
+    c.data.overlong = "drop"  # "drop" | "truncate" examples longer than max_length (counted)
+
+    # The 'sft' stage (sftrl.train.sft).
+    c.sft = ml_collections.ConfigDict()
+    c.sft.batch_size = 16  # global, in rows (packed rows when data.packing)
+    c.sft.num_epochs = 1
+    c.sft.num_steps = 0  # 0: as many as num_epochs gives; else stop after this many steps
+    c.sft.grad_accum = 1
+    c.sft.loss_normalization = "token"  # "token" | "sequence"
+    c.sft.lr = 1e-3
+    c.sft.warmup_steps = 0
+    c.sft.schedule = "cosine"
+    c.sft.min_lr_ratio = 0.1
+    c.sft.weight_decay = 0.0
+    c.sft.b1 = 0.9
+    c.sft.b2 = 0.95
+    c.sft.eps = 1e-8
+    c.sft.grad_clip = 1.0
+    c.sft.decay_norms = False
+    c.sft.decay_embeddings = False
+    c.sft.log_every = 10
+    c.sft.eval_every = 100  # 0: only at the end
+    c.sft.save_every = 100  # 0: only at the end
+    c.sft.evals = ("heldout",)
+    c.sft.heldout_batch_size = 16
+    c.sft.tensorboard = True
+
+    # The 'rl' stage (sftrl.train.grpo): GRPO from an SFT checkpoint.
+    c.rl = ml_collections.ConfigDict()
+    # Where the policy starts: an SFT run directory (its latest checkpoint's params), else a
+    # Hugging Face folder; "" with neither: <workdir>/../sft if it exists, else model.hf_path.
+    c.rl.init_workdir = ""
+    c.rl.init_hf_path = ""
+    c.rl.prompt_source = "synthetic"  # "synthetic" (the task's RL prompts) | "files"
+    c.rl.prompt_files = ()  # JSONL with id/problem/answer
+    c.rl.prompt_template = "plain"
+    c.rl.num_steps = 20
+    c.rl.prompts_per_step = 8
+    c.rl.group_size = 8
+    c.rl.max_new_tokens = 128
+    c.rl.temperature = 1.0
+    c.rl.top_p = 1.0
+    c.rl.top_k = 0
+    c.rl.updates_per_rollout = 1  # optimizer steps per rollout batch (mini-batches)
+    c.rl.ppo_epochs = 1  # passes over the rollout batch
+    c.rl.grad_accum = 1
+    c.rl.lr = 1e-5
+    c.rl.warmup_steps = 0
+    c.rl.schedule = "constant"
+    c.rl.min_lr_ratio = 1.0
+    c.rl.weight_decay = 0.0
+    c.rl.b1 = 0.9
+    c.rl.b2 = 0.999
+    c.rl.eps = 1e-8
+    c.rl.grad_clip = 1.0
+    c.rl.decay_norms = False
+    c.rl.decay_embeddings = False
+    c.rl.normalize_std = True  # GRPO; False: Dr. GRPO
+    c.rl.clip_low = 0.2
+    c.rl.clip_high = 0.28
+    c.rl.aggregation = "token-mean"  # | "seq-mean-token-sum" | "seq-mean-token-mean"
+    c.rl.kl_estimator = "none"  # | "k1" | "k3"
+    c.rl.kl_coef = 0.0
+    c.rl.kl_mode = "loss"  # | "reward"
+    c.rl.tis_cap = 0.0  # > 0: truncated importance weights against the sampler's log-probs
+    c.rl.dynamic_sampling = False  # drop groups whose rewards are all equal, refill
+    c.rl.max_refill_rounds = 3
+    c.rl.overlong_buffer = 0  # > 0: DAPO soft overlong penalty over the last N tokens
+    c.rl.overlong_penalty = 1.0
+    c.rl.filter_truncated = False  # truncated samples get no gradient (overlong filtering)
+    c.rl.format_bonus = 0.0
+    c.rl.log_every = 1
+    c.rl.eval_every = 0  # 0: only at the end
+    c.rl.save_every = 10  # 0: only at the end
+    c.rl.evals = ("passk",)
+    c.rl.eval_prompts = 64  # test prompts for the in-training pass@k evaluator
+    c.rl.eval_samples = 4
+    c.rl.max_kv_tokens = 0  # 0: no wave limit on the sampler
+    c.rl.tensorboard = True
 
     # The 'predict' stage (sftrl.eval.predict): proxies vs post-RL outcomes, and a ranking.
     c.predict = ml_collections.ConfigDict()
@@ -161,6 +259,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     mesh_sizes(config, jax.device_count() if num_devices is None else num_devices)
     if config.checkpoint.max_to_keep < 1:
         raise ConfigError("checkpoint.max_to_keep: must be at least 1")
+    _validate_data(config)
+    _validate_sft(config, arch)
+    _validate_rl(config)
     for key in ("batch_size", "seq_len"):
         if config.model_check[key] < 1:
             raise ConfigError(f"model_check.{key}: must be positive")
@@ -170,6 +271,111 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             f"model.max_position_embeddings {arch.max_position_embeddings}"
         )
     return arch
+
+
+def _validate_data(config: ml_collections.ConfigDict) -> None:
+    d = config.data
+    if d.source not in DATA_SOURCES:
+        raise ConfigError(f"data.source: {d.source!r} is not one of {', '.join(DATA_SOURCES)}")
+    if d.source == "files" and not d.train_files:
+        raise ConfigError("data.train_files: source 'files' needs at least one file")
+    if d.overlong not in ("drop", "truncate"):
+        raise ConfigError(f"data.overlong: {d.overlong!r} is not 'drop' or 'truncate'")
+    if not 0 < d.heldout_fraction < 1:
+        raise ConfigError(f"data.heldout_fraction: {d.heldout_fraction} is not in (0, 1)")
+    if d.max_length < 2:
+        raise ConfigError("data.max_length: must be at least 2")
+    if d.max_heldout_examples < 0:
+        raise ConfigError("data.max_heldout_examples: must be >= 0")
+    if d.synthetic.size < 1:
+        raise ConfigError("data.synthetic.size: must be positive")
+
+
+def _validate_sft(config: ml_collections.ConfigDict, arch: ModelConfig) -> None:
+    s = config.sft
+    for key in ("batch_size", "grad_accum", "log_every", "heldout_batch_size"):
+        if s[key] < 1:
+            raise ConfigError(f"sft.{key}: must be positive")
+    for key in ("num_steps", "eval_every", "save_every", "warmup_steps"):
+        if s[key] < 0:
+            raise ConfigError(f"sft.{key}: must be >= 0")
+    if s.num_epochs < 1 and s.num_steps == 0:
+        raise ConfigError("sft.num_epochs: must be positive when sft.num_steps is 0")
+    if s.batch_size % s.grad_accum:
+        raise ConfigError(
+            f"sft.grad_accum: {s.grad_accum} does not divide sft.batch_size {s.batch_size}"
+        )
+    if s.loss_normalization not in ("token", "sequence"):
+        raise ConfigError(
+            f"sft.loss_normalization: {s.loss_normalization!r} is not 'token' or 'sequence'"
+        )
+    unknown = [name for name in s.evals if name not in SFT_EVALS]
+    if unknown:
+        raise ConfigError(f"sft.evals: unknown evaluator(s) {unknown} (known: {SFT_EVALS})")
+    if config.data.max_length > arch.max_position_embeddings:
+        raise ConfigError(
+            f"data.max_length: {config.data.max_length} exceeds model.max_position_embeddings "
+            f"{arch.max_position_embeddings}"
+        )
+    from sftrl.train.optim import OptimizerConfig, OptimizerConfigError
+
+    try:
+        OptimizerConfig.from_config(s, total_steps=1)
+    except OptimizerConfigError as e:
+        raise ConfigError(f"sft.{e}") from e
+
+
+def _validate_rl(config: ml_collections.ConfigDict) -> None:
+    r = config.rl
+    for key in ("num_steps", "prompts_per_step", "group_size", "max_new_tokens",
+                "updates_per_rollout", "ppo_epochs", "grad_accum", "log_every", "eval_prompts",
+                "eval_samples"):
+        if r[key] < 1:
+            raise ConfigError(f"rl.{key}: must be positive")
+    for key in ("eval_every", "save_every", "overlong_buffer", "max_refill_rounds",
+                "max_kv_tokens", "warmup_steps"):
+        if r[key] < 0:
+            raise ConfigError(f"rl.{key}: must be >= 0")
+    if r.prompt_source not in ("synthetic", "files"):
+        raise ConfigError(f"rl.prompt_source: {r.prompt_source!r} is not 'synthetic' or 'files'")
+    if r.prompt_source == "files" and not r.prompt_files:
+        raise ConfigError("rl.prompt_files: prompt_source 'files' needs at least one file")
+    if r.temperature < 0:
+        raise ConfigError("rl.temperature: must be >= 0")
+    if not 0 < r.top_p <= 1:
+        raise ConfigError("rl.top_p: must be in (0, 1]")
+    if r.overlong_buffer >= r.max_new_tokens:
+        raise ConfigError("rl.overlong_buffer: must be smaller than rl.max_new_tokens")
+    rows = r.prompts_per_step * r.group_size
+    if rows % (r.updates_per_rollout * r.grad_accum):
+        raise ConfigError(
+            f"rl.updates_per_rollout: prompts_per_step * group_size = {rows} rows must split "
+            f"into updates_per_rollout x grad_accum = {r.updates_per_rollout} x {r.grad_accum}"
+        )
+    unknown = [name for name in r.evals if name not in SFT_EVALS]
+    if unknown:
+        raise ConfigError(f"rl.evals: unknown evaluator(s) {unknown} (known: {SFT_EVALS})")
+    from sftrl.train.optim import OptimizerConfig, OptimizerConfigError
+
+    try:
+        OptimizerConfig.from_config(r, total_steps=1)
+    except OptimizerConfigError as e:
+        raise ConfigError(f"rl.{e}") from e
+    from sftrl.losses import PolicyLossConfig
+
+    try:
+        policy_loss_config(r, PolicyLossConfig)
+    except ValueError as e:
+        raise ConfigError(f"rl.{str(e).removeprefix('PolicyLossConfig.')}") from e
+
+
+def policy_loss_config(r: ml_collections.ConfigDict, cls: Any) -> Any:
+    """The rl section's loss fields as a sftrl.losses.PolicyLossConfig."""
+    return cls(
+        clip_low=r.clip_low, clip_high=r.clip_high, aggregation=r.aggregation,
+        kl_estimator=r.kl_estimator, kl_coef=r.kl_coef, kl_mode=r.kl_mode,
+        tis_cap=r.tis_cap or None,
+    )
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]

@@ -36,7 +36,21 @@ def _predict_stage(config, workdir: Path, layout) -> dict:
     return predict_stage.run(config, workdir, layout)
 
 
-STAGE_FUNCTIONS: dict[str, Callable] = {"model": _model_stage, "predict": _predict_stage}
+def _sft_stage(config, workdir: Path, layout) -> dict:
+    from sftrl.train import sft
+
+    return sft.run(config, workdir, layout)
+
+
+def _rl_stage(config, workdir: Path, layout) -> dict:
+    from sftrl.train import grpo
+
+    return grpo.run(config, workdir, layout)
+
+
+STAGE_FUNCTIONS: dict[str, Callable] = {
+    "model": _model_stage, "sft": _sft_stage, "rl": _rl_stage, "predict": _predict_stage,
+}
 
 
 def main(argv: list[str]) -> int:

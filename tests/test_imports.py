@@ -20,10 +20,12 @@ ALLOWED = {
     "sftrl.data": ("sftrl.data", "sftrl.models", "sftrl.sharding"),
     "sftrl.eval": ("sftrl.eval", "sftrl.models", "sftrl.losses", "sftrl.sampling",
                    "sftrl.rewards", "sftrl.data", "sftrl.sharding", "kernels"),
-    "sftrl.train": ("sftrl.train", "sftrl.models", "sftrl.losses", "sftrl.sampling",
-                    "sftrl.rewards", "sftrl.data", "sftrl.eval", "sftrl.sharding", "kernels"),
-    # config_lib validates configs, so it may describe models and meshes
-    "sftrl.config_lib": ("sftrl.models", "sftrl.sharding"),
+    # train reads the config (config_lib) to build models, optimizers and data
+    "sftrl.train": ("sftrl.train", "sftrl.config_lib", "sftrl.models", "sftrl.losses",
+                    "sftrl.sampling", "sftrl.rewards", "sftrl.data", "sftrl.eval",
+                    "sftrl.sharding", "kernels"),
+    # config_lib validates configs, so it may describe models, meshes, optimizers and losses
+    "sftrl.config_lib": ("sftrl.models", "sftrl.sharding", "sftrl.train.optim", "sftrl.losses"),
 }
 TOP = ("sftrl.main", "sftrl.launch", "sftrl.report", "sftrl.model_check", "sftrl.predict_stage")
 

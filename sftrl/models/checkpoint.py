@@ -197,15 +197,21 @@ def load_hf(
     mesh: Mesh | Layout | None = None,
     rules: Rules = TRAIN_RULES,
     remat: str = "none",
+    param_dtype: Any = None,
 ) -> tuple[Model, ModelConfig]:
-    """Loads a local Hugging Face folder as a sharded Model (params and compute in `dtype`)."""
+    """Loads a local Hugging Face folder as a sharded Model.
+
+    Compute runs in `dtype`; params are stored in `param_dtype` (default: `dtype`; training keeps
+    float32 master weights while computing in bfloat16).
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a directory (expected a Hugging Face model folder)")
     config = read_hf_config(folder)
     dtype = jnp.dtype(dtype or default_dtype())
+    param_dtype = jnp.dtype(param_dtype or dtype)
     layout = _as_layout(mesh, rules)
-    module = Transformer(config, dtype=dtype, param_dtype=dtype, layout=layout, remat=remat)
+    module = Transformer(config, dtype=dtype, param_dtype=param_dtype, layout=layout, remat=remat)
     shapes, logical_axes = abstract_params(module)
     shardings = layout.tree_shardings(logical_axes, shapes)
     owner = _open_weights(folder)
@@ -216,7 +222,7 @@ def load_hf(
         shape = _get(shapes, entry.path).shape
         sharding = _get(shardings, entry.path)
         array = jax.make_array_from_callback(
-            shape, sharding, _slice_reader(entry, owner, config.num_layers, dtype)
+            shape, sharding, _slice_reader(entry, owner, config.num_layers, param_dtype)
         )
         node = params
         for key in entry.path[:-1]:

@@ -542,3 +542,22 @@ class Checkpointer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def state_shardings(state_shape: TrainState, params_shardings: PyTree, replicated: Sharding
+                    ) -> TrainState:
+    """Shardings for a whole TrainState: the params' shardings for params and for every
+    optimizer-state subtree shaped like the params (Adam's moments), replicated elsewhere."""
+    params_def = jax.tree.structure(params_shardings)
+
+    def like_params(x: Any) -> bool:
+        return jax.tree.structure(x) == params_def
+
+    opt = jax.tree.map(
+        lambda x: params_shardings if like_params(x) else replicated,
+        state_shape.opt_state,
+        is_leaf=like_params,
+    )
+    return state_shape.replace(
+        step=replicated, params=params_shardings, opt_state=opt, rng=replicated
+    )

@@ -1,0 +1,80 @@
+"""From the config's `data` section to records and a tokenizer: the one place stages ask.
+
+`sft_splits(data)` gives the SFT train and held-out records (the synthetic task's variant, or
+local files split by a hash of the problem text), `tokenizer_path(config)` the tokenizer folder.
+The held-out split is what the generalization loss is measured on, so every stage that needs it
+(SFT's in-training evaluator, the eval stage, the pipeline) gets it from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTSplits:
+    name: str  # the data set's name (the predictor's `dataset` field)
+    train: list[dict[str, Any]]
+    heldout: list[dict[str, Any]]
+    stats: dict[str, int]
+
+
+def synthetic_variant(data: Any) -> Any:
+    from sftrl.data import synthetic
+
+    s = data.synthetic
+    return synthetic.SFTVariant(style=s.style, phrasing=s.phrasing, size=s.size)
+
+
+def synthetic_task(data: Any) -> Any:
+    from sftrl.data import synthetic
+
+    return synthetic.TaskConfig(seed=data.synthetic.seed)
+
+
+def sft_splits(data: Any) -> SFTSplits:
+    """The SFT train/held-out records the config's `data` section describes."""
+    if data.source == "synthetic":
+        from sftrl.data import synthetic
+
+        variant = synthetic_variant(data)
+        train, heldout = synthetic.sft_records(variant, synthetic_task(data))
+        stats = {"train": len(train), "heldout": len(heldout), "duplicates_removed": 0}
+        name = variant.name
+    else:
+        from sftrl.data.builders import read_sft_files
+
+        splits, split_stats = read_sft_files(
+            list(data.train_files), heldout_fraction=data.heldout_fraction
+        )
+        train, heldout = splits["train"], splits["heldout"]
+        stats = {"train": len(train), "heldout": len(heldout),
+                 "duplicates_removed": int(split_stats.duplicates_removed)}
+        name = "+".join(Path(p).stem for p in data.train_files)
+    if data.max_heldout_examples and len(heldout) > data.max_heldout_examples:
+        heldout = heldout[: data.max_heldout_examples]
+        stats["heldout_used"] = len(heldout)
+    if not train:
+        raise ValueError(f"data: the SFT train split of {name!r} is empty")
+    if not heldout:
+        raise ValueError(f"data: the held-out split of {name!r} is empty")
+    log.info("SFT data %s: %s", name, stats)
+    return SFTSplits(name=name, train=train, heldout=heldout, stats=stats)
+
+
+def tokenizer_path(config: Any) -> Path:
+    """The tokenizer folder: data.tokenizer, else the synthetic task's, else model.hf_path."""
+    if config.data.tokenizer:
+        return Path(config.data.tokenizer)
+    if config.data.source == "synthetic" and not config.model.hf_path:
+        from sftrl.data import synthetic
+
+        return Path(synthetic.tokenizer_dir())
+    if config.model.hf_path:
+        return Path(config.model.hf_path)
+    raise ValueError("data.tokenizer: no tokenizer (set data.tokenizer or model.hf_path)")

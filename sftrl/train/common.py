@@ -1,0 +1,95 @@
+"""What the SFT and GRPO loops share: the model from the config, the sharded train state (fresh or
+restored), and the guard against non-finite losses."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from sftrl import config_lib
+from sftrl.models import checkpoint
+from sftrl.models.transformer import Model, build_model, param_shardings
+from sftrl.sharding import Layout
+from sftrl.train import state as state_lib
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A step produced a non-finite loss or gradient; nothing after the last good save is kept."""
+
+
+def load_model(
+    config: ml_collections.ConfigDict, layout: Layout, *, hf_path: str | None = None
+) -> Model:
+    """The config's model for training: float32 master params, compute in config.dtype.
+
+    `hf_path` overrides model.hf_path (e.g. GRPO starting from an exported SFT checkpoint).
+    """
+    dtype = config_lib.resolve_dtype(config.dtype)
+    path = config.model.hf_path if hf_path is None else hf_path
+    if path:
+        model, arch = checkpoint.load_hf(
+            path, dtype=dtype, param_dtype=jnp.float32, mesh=layout, remat=config.remat
+        )
+        if arch.vocab_size != config.model.vocab_size:
+            log.info("vocab_size %d from %s/config.json (config says %d)", arch.vocab_size, path,
+                     config.model.vocab_size)
+        return model
+    return build_model(
+        config_lib.model_config(config), layout, seed=config.seed, dtype=dtype,
+        param_dtype=jnp.float32, remat=config.remat,
+    )
+
+
+@dataclasses.dataclass
+class StateSetup:
+    state: state_lib.TrainState
+    shardings: state_lib.TrainState
+    data_state: dict[str, Any]
+    start_step: int  # 0 for a fresh run, else the restored checkpoint's step
+    resumed: bool
+
+
+def fresh_or_restored_state(
+    model: Model,
+    tx: optax.GradientTransformation,
+    layout: Layout,
+    checkpointer: state_lib.Checkpointer,
+    *,
+    seed: int,
+) -> StateSetup:
+    """The train state created directly in its shards, or the latest checkpoint's."""
+
+    def create(params: Any) -> state_lib.TrainState:
+        return state_lib.create_train_state(params, tx, seed)
+
+    shape = jax.eval_shape(create, model.params)
+    shardings = state_lib.state_shardings(
+        shape, param_shardings(model.module, layout), layout.sharding(())
+    )
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        abstract = state_lib.abstract_state_for(shape, shardings)
+        state, data_state = checkpointer.restore(abstract, latest)
+        log.info("resumed from %s step %d", checkpointer.directory, latest)
+        return StateSetup(state, shardings, dict(data_state), latest, True)
+    state = jax.jit(create, out_shardings=shardings)(model.params)
+    return StateSetup(state, shardings, {}, 0, False)
+
+
+def check_finite(step: int, metrics: dict[str, float], example_ids: Any, workdir: Path) -> None:
+    if metrics.get("finite", 1.0) < 1.0:
+        raise NonFiniteLossError(
+            f"step {step}: non-finite loss or gradient (loss {metrics.get('loss')}, grad norm "
+            f"{metrics.get('grad_norm')}); batch examples {example_ids}. Nothing after the last "
+            f"saved checkpoint in {workdir / 'checkpoints'} was written; lower the learning rate "
+            "or check these examples."
+        )

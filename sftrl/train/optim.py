@@ -1,0 +1,98 @@
+"""AdamW with warmup + decay, global-norm clipping and a weight-decay mask, shared by SFT and GRPO.
+
+The optimizer state follows the parameters' dtype, so float32 master weights (``param_dtype``)
+give float32 Adam moments while the forward pass computes in bfloat16 (``dtype``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import optax
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+class OptimizerConfigError(ValueError):
+    """An invalid optimizer setting; the message names the config field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    lr: float = 1e-3
+    warmup_steps: int = 0
+    total_steps: int = 1
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global-norm clip; 0 disables
+    decay_norms: bool = False  # weight decay on RMSNorm scales
+    decay_embeddings: bool = False  # weight decay on the embedding (and a tied output) matrix
+
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": self.lr > 0,
+            "warmup_steps": self.warmup_steps >= 0,
+            "total_steps": self.total_steps >= 1,
+            "schedule": self.schedule in SCHEDULES,
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "weight_decay": self.weight_decay >= 0,
+            "b1": 0 <= self.b1 < 1,
+            "b2": 0 <= self.b2 < 1,
+            "eps": self.eps > 0,
+            "grad_clip": self.grad_clip >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                extra = f" (one of {', '.join(SCHEDULES)})" if name == "schedule" else ""
+                raise OptimizerConfigError(f"{name}: invalid value {getattr(self, name)!r}{extra}")
+
+    @classmethod
+    def from_config(cls, section: Any, total_steps: int) -> OptimizerConfig:
+        fields = {f.name for f in dataclasses.fields(cls)} - {"total_steps"}
+        return cls(total_steps=max(1, total_steps), **{k: section[k] for k in fields})
+
+
+def learning_rate(config: OptimizerConfig) -> optax.Schedule:
+    """Linear warmup from 0 to ``lr``, then the configured decay to ``lr * min_lr_ratio``."""
+    peak, end = config.lr, config.lr * config.min_lr_ratio
+    decay_steps = max(1, config.total_steps - config.warmup_steps)
+    if config.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=config.min_lr_ratio)
+    elif config.schedule == "linear":
+        decay = optax.linear_schedule(peak, end, decay_steps)
+    else:
+        decay = optax.constant_schedule(peak)
+    if config.warmup_steps == 0:
+        return decay
+    warmup = optax.linear_schedule(0.0, peak, config.warmup_steps)
+    return optax.join_schedules([warmup, decay], [config.warmup_steps])
+
+
+def decay_mask(params: Any, config: OptimizerConfig) -> Any:
+    """True where weight decay applies: matrices, minus norms/embeddings unless configured."""
+
+    def keep(path: tuple[Any, ...], _: Any) -> bool:
+        names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+        if any("norm" in n for n in names):
+            return config.decay_norms
+        if names and names[0] == "embed":
+            return config.decay_embeddings
+        return True
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
+    adamw = optax.adamw(
+        learning_rate(config), b1=config.b1, b2=config.b2, eps=config.eps,
+        weight_decay=config.weight_decay, mask=lambda p: decay_mask(p, config),
+    )
+    if config.grad_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw)
+    return adamw
