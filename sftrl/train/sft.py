@@ -1,0 +1,286 @@
+"""The SFT stage: a readable loop around the pure `sft_step` (see `sft_step.py`).
+
+One iteration: next batch from the resumable pipeline -> placed on the mesh -> jitted step.
+Every `log_every` steps the metrics go to `metrics.jsonl`/TensorBoard; every `eval_every` the
+configured evaluators run on the live sharded state; every `save_every` (and at the end) an orbax
+checkpoint is written holding the train state *and* the data iterator's position, so killing the
+process anywhere and re-running the same command ends with the parameters an uninterrupted run
+would have (bit-identical on CPU).
+
+Non-finite losses are caught one step late (the check reads the previous step's metrics while the
+next step runs, so the host never stalls the device), always before a checkpoint is written: a
+save happens only after every step up to it was checked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from sftrl.data import sources
+from sftrl.data.sft import SFTDataConfig, SFTPipeline, heldout_batches
+from sftrl.data.tokenizer import Tokenizer, load_tokenizer
+from sftrl.eval.heldout import HeldoutEvaluator
+from sftrl.models.transformer import Model
+from sftrl.sharding import Layout, shard_batch
+from sftrl.train import common
+from sftrl.train import state as state_lib
+from sftrl.train.metrics_log import MetricsWriter, peak_flops_per_device, training_flops_per_token
+from sftrl.train.optim import OptimizerConfig, learning_rate, make_optimizer
+from sftrl.train.sft_step import BATCH_FIELDS, jit_sft_step, make_sft_step
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.json"
+
+
+def data_config(config: ml_collections.ConfigDict) -> SFTDataConfig:
+    return SFTDataConfig(
+        batch_size=config.sft.batch_size,
+        max_length=config.data.max_length,
+        packing=config.data.packing,
+        shuffle=True,
+        seed=config.seed,
+        # a step budget repeats the data as often as needed; otherwise num_epochs passes
+        num_epochs=None if config.sft.num_steps else config.sft.num_epochs,
+        overlong=config.data.overlong,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+    )
+
+
+def build_evaluators(
+    config: ml_collections.ConfigDict, model: Model, tokenizer: Tokenizer,
+    heldout: list[dict[str, Any]],
+) -> dict[str, Any]:
+    evaluators: dict[str, Any] = {}
+    if "heldout" in config.sft.evals:
+        evaluators["heldout"] = HeldoutEvaluator(
+            model,
+            heldout_batches(heldout, tokenizer, batch_size=config.sft.heldout_batch_size,
+                            max_length=config.data.max_length),
+        )
+    return evaluators
+
+
+class CheckpointIndex:
+    """`checkpoints/index.json`: for each saved step, what it was evaluated with and the result."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / INDEX_FILE
+        self.entries: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            try:
+                self.entries = json.loads(self.path.read_text())
+            except json.JSONDecodeError:
+                log.warning("%s is damaged; starting a new index", self.path)
+
+    def record(self, step: int, **fields: Any) -> None:
+        if jax.process_index() != 0:
+            return
+        self.entries.setdefault(str(step), {}).update(fields)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+    def forget_after(self, step: int) -> None:
+        stale = [k for k in self.entries if int(k) > step]
+        for key in stale:
+            del self.entries[key]
+
+
+def _host_metrics(raw: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(raw).items()}
+
+
+class SFTTrainer:
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, layout: Layout):
+        self.config = config
+        self.workdir = Path(workdir)
+        self.layout = layout
+        self.tokenizer = load_tokenizer(sources.tokenizer_path(config))
+        self.splits = sources.sft_splits(config.data)
+        self.model = common.load_model(config, layout)
+        if self.tokenizer.vocab_size > self.model.config.vocab_size:
+            raise ValueError(
+                f"data.tokenizer: {self.tokenizer.vocab_size} tokens do not fit "
+                f"model.vocab_size {self.model.config.vocab_size}"
+            )
+        self.pipeline = SFTPipeline(self.splits.train, self.tokenizer, data_config(config))
+        self.total_steps = config.sft.num_steps or self.pipeline.num_batches
+        if not self.total_steps:
+            raise ValueError("sft.num_steps: the data gives no batch; lower sft.batch_size")
+        opt_config = OptimizerConfig.from_config(config.sft, self.total_steps)
+        self.tx = make_optimizer(opt_config)
+        self.schedule = learning_rate(opt_config)
+        self.checkpointer = state_lib.Checkpointer(
+            self.workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
+            async_save=config.checkpoint.async_save,
+        )
+        self.index = CheckpointIndex(self.workdir / "checkpoints")
+        self.evaluators = build_evaluators(config, self.model, self.tokenizer, self.splits.heldout)
+        step_fn = make_sft_step(
+            self.model.module, self.tx, self.schedule,
+            normalization=config.sft.loss_normalization, grad_accum=config.sft.grad_accum,
+        )
+        self.setup = common.fresh_or_restored_state(
+            self.model, self.tx, layout, self.checkpointer, seed=config.seed
+        )
+        self.step_fn = jit_sft_step(step_fn, self.setup.shardings, layout)
+        if self.setup.resumed and "pipeline" in self.setup.data_state:
+            self.pipeline.set_state(self.setup.data_state["pipeline"])
+        self.index.forget_after(self.setup.start_step)
+        self.writer = MetricsWriter(
+            self.workdir, resume_step=self.setup.start_step if self.setup.resumed else None,
+            tensorboard=config.sft.tensorboard, prefix="sft/",
+        )
+        arch = self.model.config
+        self.flops_per_token = training_flops_per_token(
+            arch.num_params(), arch.num_layers, arch.hidden_size, config.data.max_length
+        )
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def evaluate(self, state: state_lib.TrainState, step: int) -> dict[str, float]:
+        results: dict[str, float] = {}
+        for name, evaluator in self.evaluators.items():
+            start = time.perf_counter()
+            results.update(evaluator.run(state.params))
+            results[f"time/eval_{name}_s"] = time.perf_counter() - start
+        if results:
+            self.writer.write(step, results)
+            log.info("step %d eval: %s", step, {k: round(v, 4) for k, v in results.items()
+                                                 if not k.startswith("time/")})
+        return results
+
+    def save(self, step: int, state: state_lib.TrainState, evals: dict[str, float]) -> None:
+        self.checkpointer.save(step, state, {"pipeline": self.pipeline.get_state()}, force=True)
+        self.index.record(step, saved=True, evaluated_with=sorted(self.evaluators),
+                          metrics={k: v for k, v in evals.items() if not k.startswith("time/")})
+
+    def train(self) -> dict[str, Any]:
+        config = self.config.sft
+        state = self.setup.state
+        step = self.setup.start_step
+        if step >= self.total_steps:
+            log.info("SFT already finished at step %d", step)
+            return self._summary(step, {})
+        pending: tuple[int, dict[str, Any], Any] | None = None
+        window: list[dict[str, float]] = []
+        window_start = time.perf_counter()
+        last_evals: dict[str, float] = {}
+        if step == 0 and self.evaluators:
+            last_evals = self.evaluate(state, 0)  # the starting point of the held-out curve
+        progress = tqdm.tqdm(total=self.total_steps, initial=step, desc="sft", unit="step",
+                             disable=None)
+        try:
+            while step < self.total_steps:
+                try:
+                    batch = next(self.pipeline)
+                except StopIteration:
+                    # the last partial batch was dropped: finish (evaluate, save) at this step
+                    log.info("data exhausted at step %d of %d", step, self.total_steps)
+                    self.total_steps = step
+                    if pending is not None:
+                        window.append(self._check(*pending))
+                        pending = None
+                    if window:
+                        self.writer.write(step, self._summarise(
+                            window, time.perf_counter() - window_start))
+                    if step > self.setup.start_step:
+                        last_evals = self.evaluate(state, step)
+                        self.save(step, state, last_evals)
+                    break
+                example_ids = batch.get("example_ids")
+                placed = shard_batch({k: v for k, v in batch.items() if k in BATCH_FIELDS},
+                                     self.layout)
+                state, raw = self.step_fn(state, placed)
+                step += 1
+                if pending is not None:
+                    window.append(self._check(*pending))
+                pending = (step, raw, example_ids)
+                boundary = (step % config.log_every == 0 or step == self.total_steps
+                            or _due(step, config.eval_every) or _due(step, config.save_every))
+                if boundary:
+                    window.append(self._check(*pending))
+                    pending = None
+                if step % config.log_every == 0 or step == self.total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    self.writer.write(step, self._summarise(window, elapsed))
+                    progress.set_postfix(loss=f"{window[-1]['loss']:.4f}")
+                    window, window_start = [], time.perf_counter()
+                if _due(step, config.eval_every) or step == self.total_steps:
+                    last_evals = self.evaluate(state, step)
+                if _due(step, config.save_every) or step == self.total_steps:
+                    self.save(step, state, last_evals)
+                progress.update(1)
+        finally:
+            progress.close()
+            self.checkpointer.wait()
+        summary = self._summary(step, last_evals)
+        self.writer.close()
+        self.checkpointer.close()
+        return summary
+
+    def _check(self, step: int, raw: dict[str, Any], example_ids: Any) -> dict[str, float]:
+        metrics = _host_metrics(raw)
+        metrics["loss"] = metrics["loss_sum"]
+        common.check_finite(step, metrics, _ids_for_message(example_ids), self.workdir)
+        return metrics
+
+    def _summarise(self, window: list[dict[str, float]], elapsed: float) -> dict[str, float]:
+        tokens = sum(m["tokens"] for m in window)
+        out = {
+            "loss": float(np.mean([m["loss"] for m in window])),
+            "nll_per_token": sum(m["nll_sum"] for m in window) / max(tokens, 1.0),
+            "grad_norm": float(np.mean([m["grad_norm"] for m in window])),
+            "lr": window[-1]["lr"],
+            "tokens": tokens,
+            "sequences": sum(m["sequences"] for m in window),
+        }
+        rows = self.config.sft.batch_size * self.config.data.max_length * len(window)
+        out["tokens_per_s"] = rows / max(elapsed, 1e-9)  # all positions computed, incl. padding
+        out["trained_tokens_per_s"] = tokens / max(elapsed, 1e-9)
+        peak = peak_flops_per_device()
+        if peak:
+            out["mfu"] = out["tokens_per_s"] * self.flops_per_token / (peak * jax.device_count())
+        stats = getattr(self.pipeline, "stats", None) or {}
+        for key, value in stats.items():
+            if isinstance(value, int | float):
+                out[f"data/{key}"] = float(value)
+        return out
+
+    def _summary(self, step: int, evals: dict[str, float]) -> dict[str, Any]:
+        return {
+            "stage": "sft",
+            "dataset": self.splits.name,
+            "final_step": step,
+            "total_steps": self.total_steps,
+            "checkpoints": self.checkpointer.all_steps(),
+            **{k: v for k, v in evals.items() if not k.startswith("time/")},
+        }
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def _ids_for_message(example_ids: Any) -> list[Any]:
+    if example_ids is None:
+        return []
+    flat = np.asarray(example_ids).reshape(-1).tolist()
+    return [i for i in flat if i != -1 and not (isinstance(i, float) and math.isnan(i))]
+
+
+def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
+    return SFTTrainer(config, workdir, layout).train()
