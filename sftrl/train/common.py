@@ -93,3 +93,33 @@ def check_finite(step: int, metrics: dict[str, float], example_ids: Any, workdir
             f"saved checkpoint in {workdir / 'checkpoints'} was written; lower the learning rate "
             "or check these examples."
         )
+
+
+def restore_params(
+    config: ml_collections.ConfigDict, workdir: Path, model: Model, layout: Layout,
+    step: int | None = None,
+) -> Any:
+    """The params of an SFT run's checkpoint (default: its latest), placed like `model.params`.
+
+    The SFT optimizer is rebuilt from `config.sft` only to give orbax the state's structure; its
+    moments are read and dropped (GRPO starts a fresh optimizer).
+    """
+    from sftrl.train.optim import OptimizerConfig, make_optimizer
+
+    directory = Path(workdir) / "checkpoints"
+    with state_lib.Checkpointer(directory, async_save=False) as ckpt:
+        target = step if step is not None else ckpt.latest_step()
+        if target is None:
+            raise state_lib.CheckpointError(f"{directory}: no checkpoint to start from")
+        tx = make_optimizer(OptimizerConfig.from_config(config.sft, total_steps=1))
+
+        def create(params: Any) -> state_lib.TrainState:
+            return state_lib.create_train_state(params, tx, 0)
+
+        shape = jax.eval_shape(create, model.params)
+        shardings = state_lib.state_shardings(
+            shape, param_shardings(model.module, layout), layout.sharding(())
+        )
+        state, _ = ckpt.restore(state_lib.abstract_state_for(shape, shardings), target)
+    log.info("policy starts from %s step %d", directory, target)
+    return state.params

@@ -1,0 +1,130 @@
+"""The pure GRPO pieces: rollout arrays, log-probs of a batch, and the jitted policy update.
+
+A rollout batch has one row per (prompt, sample): the prompt left-padded to the longest prompt,
+then the response right-padded to max_new_tokens, so every response token sits at a fixed column
+offset and positions come from the attention mask. Log-prob arrays are aligned with the tokens
+(column t holds log p(token t | tokens < t); column 0 is 0), like `sftrl.losses.next_token_nll`.
+
+The policy being optimised is the model at the sampling temperature (logits / T), so that on the
+first update the trainer's log-probs equal the sampler's up to numerics (ratio 1). With top-p/top-k
+the sampler's distribution is truncated; that difference shows up in the measured mismatch and is
+what truncated importance weights (rl.tis_cap) correct.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sftrl.losses import PolicyLossConfig, policy_logprobs, policy_loss
+from sftrl.models.transformer import Transformer
+from sftrl.sampling import Samples
+from sftrl.train.state import TrainState
+
+ROLLOUT_FIELDS = ("tokens", "attention_mask", "loss_mask", "sampler_logp", "advantages",
+                  "old_logp", "ref_logp")
+
+
+def rollout_arrays(prompts: Sequence[Sequence[int]], samples: Samples, pad_id: int
+                   ) -> dict[str, np.ndarray]:
+    """[P*G, Lp + T] tokens / masks / sampler log-probs for a rollout (rows prompt-major)."""
+    p, g, t = samples.tokens.shape
+    lp = max(len(x) for x in prompts)
+    b, length = p * g, lp + t
+    tokens = np.full((b, length), pad_id, np.int32)
+    attention = np.zeros((b, length), np.int32)
+    loss_mask = np.zeros((b, length), np.int32)
+    sampler_logp = np.zeros((b, length), np.float32)
+    lengths = samples.lengths.reshape(b)
+    response_cols = np.arange(t)[None, :] < lengths[:, None]
+    for i, prompt in enumerate(prompts):
+        rows = slice(i * g, (i + 1) * g)
+        tokens[rows, lp - len(prompt):lp] = np.asarray(prompt, np.int32)
+        attention[rows, lp - len(prompt):lp] = 1
+    tokens[:, lp:] = np.where(response_cols, samples.tokens.reshape(b, t), pad_id)
+    attention[:, lp:] = response_cols
+    loss_mask[:, lp:] = response_cols
+    sampler_logp[:, lp:] = np.where(response_cols, samples.logprobs.reshape(b, t), 0.0)
+    return dict(tokens=tokens, attention_mask=attention, loss_mask=loss_mask,
+                sampler_logp=sampler_logp)
+
+
+def make_logprob_fn(module: Transformer, temperature: float) -> Callable:
+    """(params, tokens, attention_mask) -> (logp [B, L], entropy [B, L]) at the temperature."""
+    scale = 1.0 / temperature if temperature > 0 else 1.0
+
+    def logprobs(params: Any, tokens: jax.Array, attention_mask: jax.Array):
+        logits, _ = module.apply({"params": params}, tokens, attention_mask_BxL=attention_mask)
+        return policy_logprobs(logits.astype(jnp.float32) * scale, tokens)
+
+    return logprobs
+
+
+def make_grpo_update(
+    module: Transformer,
+    tx: optax.GradientTransformation,
+    learning_rate: optax.Schedule,
+    loss_config: PolicyLossConfig,
+    *,
+    temperature: float,
+    grad_accum: int = 1,
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """`grpo_update(state, minibatch) -> (state, metrics)`: one optimizer step on a mini-batch.
+
+    With grad_accum > 1 the mini-batch is split into micro-batches whose losses are averaged
+    (each normalised within itself, as peer trainers do); metrics stay raw sums.
+    """
+    logprob_fn = make_logprob_fn(module, temperature)
+
+    def loss_fn(params: Any, mb: dict[str, jax.Array]):
+        logp, entropy = logprob_fn(params, mb["tokens"], mb["attention_mask"])
+        loss, metrics = policy_loss(
+            logp, mb["old_logp"], mb["advantages"], mb["loss_mask"], loss_config,
+            ref_logp_BxT=mb.get("ref_logp"), sampler_logp_BxT=mb.get("sampler_logp"),
+        )
+        mask = mb["loss_mask"].astype(jnp.float32)
+        metrics = dict(metrics)
+        metrics["entropy_sum"] = jnp.sum(entropy * mask)
+        metrics["logp_abs_diff_old_sum"] = jnp.sum(jnp.abs(logp - mb["old_logp"]) * mask)
+        return loss, metrics
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def update(state: TrainState, mb: dict[str, jax.Array]):
+        mb = {k: v for k, v in mb.items() if k in ROLLOUT_FIELDS}
+        if grad_accum == 1:
+            (loss, metrics), grads = grad_fn(state.params, mb)
+        else:
+            micro = jax.tree.map(
+                lambda x: jnp.swapaxes(x.reshape(x.shape[0] // grad_accum, grad_accum,
+                                                 *x.shape[1:]), 0, 1), mb)
+
+            def accumulate(carry, m):
+                (loss, metrics), grads = grad_fn(state.params, m)
+                c_loss, c_metrics, c_grads = carry
+                return (c_loss + loss / grad_accum,
+                        jax.tree.map(jnp.add, c_metrics, metrics),
+                        jax.tree.map(lambda a, b: a + b / grad_accum, c_grads, grads)), None
+
+            first = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro))
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
+            (loss, metrics, grads), _ = jax.lax.scan(
+                accumulate, (zeros[0][0], zeros[0][1], zeros[1]), micro
+            )
+        grad_norm = optax.global_norm(grads)
+        new_state = state.apply_gradients(grads, tx)
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": jnp.asarray(learning_rate(state.step), jnp.float32),
+            "finite": (jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(jnp.float32),
+        }
+        return new_state, metrics
+
+    return update

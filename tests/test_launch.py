@@ -1,0 +1,459 @@
+"""Sweeps (sftrl.launch): validation, override round trips, the local and XManager launchers.
+
+The local launcher runs a small fake entry point (`--command_prefix`) instead of sftrl.main, so
+concurrency, logs, the status file, resume and failure handling are tested in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import types
+from pathlib import Path
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from sftrl import config_lib, launch
+from sftrl.launch import Run, Sweep, SweepError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "configs/tiny.py"
+
+FAKE_MAIN = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    args = sys.argv[1:]
+    workdir = Path(next(a for a in args if a.startswith("--workdir=")).split("=", 1)[1])
+    start = time.time()
+    print("hello from", workdir.name, flush=True)
+    time.sleep(0.4)
+    with open(workdir / "calls.jsonl", "a") as f:
+        f.write(json.dumps({"args": args, "start": start, "end": time.time()}) + "\\n")
+    if (workdir.parent / ("FAIL_" + workdir.name)).exists():
+        print("failing on purpose", file=sys.stderr)
+        sys.exit(3)
+""")
+
+
+def write_sweep(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "my_sweep.py"
+    path.write_text("from sftrl.launch import Run, Sweep, grid, name_for\n\n"
+                    + textwrap.dedent(body))
+    return path
+
+
+def fake_prefix(tmp_path: Path) -> str:
+    script = tmp_path / "fake_main.py"
+    script.write_text(FAKE_MAIN)
+    return f"{sys.executable} {script}"
+
+
+# ------------------------------------------------------------------ definitions
+
+
+def test_grid_is_the_product_in_order():
+    points = launch.grid(**{"a.x": [1, 2], "b.y": ["p", "q", "r"]})
+    assert len(points) == 6
+    assert points[0] == {"a.x": 1, "b.y": "p"} and points[1] == {"a.x": 1, "b.y": "q"}
+    assert points[-1] == {"a.x": 2, "b.y": "r"}
+    with pytest.raises(SweepError, match=r"grid axis 'a.x': expected a list"):
+        launch.grid(**{"a.x": (1, 2)})
+    with pytest.raises(SweepError, match="no values"):
+        launch.grid(**{"a.x": []})
+
+
+def test_name_for_is_safe_and_shortens_keys():
+    name = launch.name_for({"data.synthetic.style": "short_cot", "sft.num_epochs": 2,
+                            "data.train_files": ("/d/a.jsonl", "/d/b.jsonl"),
+                            "data.packing": False})
+    assert name == "style=short_cot-num_epochs=2-train_files=a+b-packing=false"
+    assert launch._NAME_RE.fullmatch(name)
+    # Keys whose last part collides keep their full name; `short` wins over both.
+    assert launch.name_for({"sft.lr": 1e-05, "rl.lr": 0.5}) == "sft.lr=1e-05-rl.lr=0.5"
+    assert launch.name_for({"sft.lr": 0.1}, short={"sft.lr": "LR"}) == "LR=0.1"
+
+
+@pytest.mark.parametrize("runs, message", [
+    ([Run("a", {}), Run("a", {})], r"runs\[1\] name 'a' is used twice"),
+    ([Run("a/b", {})], r"runs\[0\] name 'a/b' is not a safe directory name"),
+    ([Run("x,y", {})], "not a safe directory name"),
+    ([Run("predict", {})], "'predict' is reserved"),
+    ([Run("ok", {"sft.nope": 1})], r"run 'ok': sft.nope: unknown config key"),
+    ([Run("ok", {"nothere.lr": 1})], r"run 'ok': nothere.lr: unknown config key"),
+    ([Run("ok", {"sft.num_epochs": "many"})], r"run 'ok': sft.num_epochs:"),
+    ([Run("ok", {"sft.batch_size": 0})], r"run 'ok': sft.batch_size: must be positive"),
+    ([Run("ok", {"sft.num_epochs": True})], r"run 'ok': sft.num_epochs: expected int, got bool"),
+    ([Run("ok", {"sft.lr": "0.1x"})], r"run 'ok': sft.lr: expected float, got str"),
+    ([Run("ok", {"model.hf_path": "123"})], r"run 'ok': model.hf_path: string '123' looks"),
+    ([Run("ok", {"sft.lr": float("inf")})], r"run 'ok': sft.lr: inf cannot"),
+    ([Run("ok", {"predict.k": None})], r"run 'ok': predict.k: None cannot"),
+    ([Run("ok", {"model.rope_scaling": {"factor": 8.0}})], "model.rope_scaling: a group"),
+    ([Run("ok", {}, stage="bogus")], r"run 'ok': stage: 'bogus' is not one of"),
+    ([Run("ok", {}, stage=3)], r"run 'ok': stage: 3 is not one of"),
+    ([Run("ok", {3: 1})], r"run 'ok': 3: an override key must be"),
+    ([Run("ok", ["sft.lr"])], r"run 'ok': overrides must be a dict"),
+    ([], "has no runs"),
+])
+def test_plan_rejects_bad_runs_naming_run_and_key(tmp_path, runs, message):
+    sweep = Sweep("s", TINY, runs)
+    with pytest.raises(SweepError, match=message) as info:
+        launch.plan(sweep, tmp_path, where="my_sweep.py")
+    assert str(info.value).startswith("my_sweep.py: ")
+
+
+def test_plan_rejects_a_missing_base_config(tmp_path):
+    with pytest.raises(SweepError, match=r"base_config 'configs/nope.py': no such config"):
+        launch.plan(Sweep("s", "configs/nope.py", [Run("a")]), tmp_path)
+
+
+def test_plan_builds_commands_with_stage_and_predict_job(tmp_path):
+    sweep = Sweep("s", TINY, [Run("a", {"sft.num_epochs": 2}, stage="sft"), Run("b")],
+                  predict=True, predict_overrides={"predict.n_bootstrap": 50})
+    jobs = launch.plan(sweep, tmp_path)
+    assert [j.name for j in jobs] == ["a", "b", "predict"]
+    assert jobs[0].command(["py"]) == [
+        "py", f"--config={ROOT / TINY}", f"--workdir={tmp_path / 'a'}", "--stage=sft",
+        "--config.sft.num_epochs=2",
+    ]
+    assert jobs[2].args[-1] == (
+        f"--config.predict.workdirs={(str(tmp_path / 'a'), str(tmp_path / 'b'))!r}")
+    assert "--stage=predict" in jobs[2].args
+    assert "--config.predict.n_bootstrap=50" in jobs[2].args
+    bad = Sweep("s", TINY, [Run("a")], predict=True, predict_overrides={"predict.k": 0.5})
+    with pytest.raises(SweepError, match=r"run 'predict': predict.k: expected int, got float"):
+        launch.plan(bad, tmp_path)
+
+
+# ------------------------------------------------------------------ round trip
+
+ROUND_TRIP = {
+    "seed": 7,  # int
+    "sft.lr": 3e-05,  # float
+    "rl.clip_high": 1,  # an int given to a float field is sent as 1.0
+    "rl.temperature": 0.1,
+    "data.packing": False,  # bool
+    "sft.tensorboard": True,
+    "data.synthetic.style": "long_cot",  # str
+    "model.hf_path": "/models/x y/Llama-3.json",
+    "data.tokenizer": "",
+    "data.train_files": ("/d/a.jsonl", "b c.parquet"),  # tuples
+    "rl.prompt_files": ("/only/one.jsonl",),
+    "sft.evals": (),
+    "predict.calibration_sizes": (2, 5),
+    "predict.k": 64,  # a placeholder (None by default) int field
+}
+
+
+def _parse_with_config_flags(args: list[str]) -> object:
+    """What `python -m sftrl.main` does with these arguments: ml_collections' flag parsing
+    (which finds the `--config.*` overrides in sys.argv itself)."""
+    argv = ["prog", f"--config={ROOT / TINY}", *args]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config", flag_values=fv)
+    saved, sys.argv = sys.argv, argv
+    try:
+        fv(argv)
+    finally:
+        sys.argv = saved
+    return fv.config
+
+
+def test_rendered_overrides_read_back_exactly_both_ways():
+    base = launch.load_config(TINY)
+    args = launch.render_overrides(base, ROUND_TRIP)
+    assert "--config.rl.clip_high=1.0" in args and "--config.data.packing=False" in args
+    via_overrides = config_lib.apply_overrides(base, [a.removeprefix("--config.")
+                                                      for a in args])
+    via_flags = _parse_with_config_flags(args)
+    for key, value in ROUND_TRIP.items():
+        for config in (via_overrides, via_flags):
+            got = launch._get(config, key)
+            expected = float(value) if key == "rl.clip_high" else value
+            assert got == expected and type(got) is type(expected), (key, got)
+
+
+def test_lists_for_tuple_fields_are_sent_as_tuples():
+    base = launch.load_config(TINY)
+    [arg] = launch.render_overrides(base, {"data.train_files": ["a.jsonl", "b.jsonl"]})
+    assert launch._get(_parse_with_config_flags([arg]), "data.train_files") == (
+        "a.jsonl", "b.jsonl")
+
+
+# ------------------------------------------------------------------ local launcher
+
+SWEEP_BODY = """
+    def get_sweep(arg=None):
+        runs = [Run(name_for(p), p) for p in grid(**{"sft.num_epochs": [1, 2, 3]})]
+        return Sweep(name="t", base_config="configs/tiny.py", runs=runs, predict=True)
+"""
+NAMES = ["num_epochs=1", "num_epochs=2", "num_epochs=3"]
+
+
+def _calls(workdir: Path) -> list[dict]:
+    path = workdir / "calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_local_launcher_concurrency_logs_status_failure_and_resume(tmp_path, capsys):
+    sweep_file = write_sweep(tmp_path, SWEEP_BODY)
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / f"FAIL_{NAMES[1]}").touch()
+    argv = [f"--sweep={sweep_file}", f"--workdir={out}", "--max_parallel=2",
+            f"--command_prefix={fake_prefix(tmp_path)}"]
+
+    assert launch.main(argv) == 1  # one run failed, the others still ran
+    status = json.loads((out / "sweep.json").read_text())["runs"]
+    assert {n: status[n]["state"] for n in NAMES} == {
+        NAMES[0]: "done", NAMES[1]: "failed", NAMES[2]: "done"}
+    assert status[NAMES[1]]["returncode"] == 3 and status[NAMES[0]]["returncode"] == 0
+    assert status["predict"]["state"] == "pending"  # not run over an incomplete group
+    assert not (out / "predict").exists()
+    for name in NAMES:
+        assert status[name]["start"] and status[name]["end"]
+        assert status[name]["command"][-1] == f"--config.sft.num_epochs={name[-1]}"
+        assert f"hello from {name}" in (out / name / "launch.log").read_text()
+    assert "failing on purpose" in (out / NAMES[1] / "launch.log").read_text()
+    # Concurrency: never more than 2 at once, and 2 did overlap.
+    spans = sorted((c["start"], c["end"]) for n in NAMES for c in _calls(out / n))
+    overlaps = [max(sum(s <= t < e for s, e in spans) for t in (s for s, _ in spans))]
+    assert overlaps == [2]
+    text = capsys.readouterr()
+    assert "1 run(s) failed: num_epochs=2" in text.err
+    assert "failed" in text.out and "state" in text.out  # the summary table
+
+    # Resume: done runs are skipped, the failed one reruns, then predict runs over all.
+    (out / f"FAIL_{NAMES[1]}").unlink()
+    assert launch.main(argv) == 0
+    assert [len(_calls(out / n)) for n in NAMES] == [1, 2, 1]
+    status = json.loads((out / "sweep.json").read_text())["runs"]
+    assert all(status[n]["state"] == "done" for n in [*NAMES, "predict"])
+    [predict_call] = _calls(out / "predict")
+    assert "--stage=predict" in predict_call["args"]
+    assert predict_call["args"][-1] == (
+        f"--config.predict.workdirs={tuple(str(out / n) for n in NAMES)!r}")
+    assert "[skip] num_epochs=1: already done" in capsys.readouterr().out
+
+    # A third launch has nothing left to do.
+    assert launch.main(argv) == 0
+    assert [len(_calls(out / n)) for n in [*NAMES, "predict"]] == [1, 2, 1, 1]
+
+
+def test_relaunch_with_changed_arguments_is_refused(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    prefix = f"--command_prefix={fake_prefix(tmp_path)}"
+    first = write_sweep(tmp_path, SWEEP_BODY)
+    assert launch.main([f"--sweep={first}", f"--workdir={out}", prefix,
+                        f"--only={NAMES[0]}"]) == 0
+    changed = first.read_text().replace("Run(name_for(p), p)",
+                                        "Run(name_for(p), {**p, 'seed': 1})")
+    first.write_text(changed)
+    assert launch.main([f"--sweep={first}", f"--workdir={out}", prefix,
+                        f"--only={NAMES[0]}"]) == 2
+    assert "is done with other arguments" in capsys.readouterr().err
+
+
+def test_predict_reruns_when_the_group_grows(tmp_path):
+    sweep_file = write_sweep(tmp_path, SWEEP_BODY)
+    out = tmp_path / "sweep"
+    argv = [f"--sweep={sweep_file}", f"--workdir={out}", "--max_parallel=3",
+            f"--command_prefix={fake_prefix(tmp_path)}"]
+    assert launch.main(argv) == 0
+    sweep_file.write_text(sweep_file.read_text().replace("[1, 2, 3]", "[1, 2, 3, 4]"))
+    assert launch.main(argv) == 0
+    assert [len(_calls(out / n)) for n in [*NAMES, "num_epochs=4", "predict"]] == [1, 1, 1, 1, 2]
+    assert "num_epochs=4" in _calls(out / "predict")[-1]["args"][-1]
+
+
+def test_only_selects_runs_and_rejects_unknown_names(tmp_path, capsys):
+    sweep_file = write_sweep(tmp_path, SWEEP_BODY)
+    out = tmp_path / "sweep"
+    base = [f"--sweep={sweep_file}", f"--workdir={out}",
+            f"--command_prefix={fake_prefix(tmp_path)}"]
+    assert launch.main([*base, "--only=nope"]) == 2
+    assert "--only: unknown run(s) ['nope']" in capsys.readouterr().err
+    assert launch.main([*base, f"--only={NAMES[2]},predict"]) == 0
+    assert [len(_calls(out / n)) for n in [*NAMES, "predict"]] == [0, 0, 1, 0]
+    assert f"[skip] predict: runs not done: {NAMES[0]}, {NAMES[1]}" in capsys.readouterr().out
+
+
+def test_ctrl_c_terminates_children_and_marks_them(tmp_path, monkeypatch):
+    status = launch.Status(tmp_path / "sweep.json", "t")
+    job = launch.Job("slow", tmp_path / "slow", ("-c", "import time; time.sleep(60)"))
+
+    def interrupt(_seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch, "_pause", interrupt)
+    started = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        launch.run_local([job], status, [sys.executable], echo=lambda _: None)
+    assert time.time() - started < 10
+    entry = json.loads((tmp_path / "sweep.json").read_text())["runs"]["slow"]
+    assert entry["state"] == "failed" and entry["error"] == "interrupted"
+    assert entry["returncode"] is not None and entry["returncode"] < 0  # killed by a signal
+    with pytest.raises(ProcessLookupError):
+        import os
+
+        os.kill(entry["pid"], 0)
+
+
+def test_a_corrupt_status_file_is_an_error_naming_it(tmp_path):
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": {"a": {"state": "weird"}}}))
+    with pytest.raises(SweepError, match=r"sweep.json: run 'a': field 'state' is 'weird'"):
+        launch.Status(tmp_path / "sweep.json", "t")
+
+
+def test_dry_run_prints_commands_and_launches_nothing(tmp_path, capsys):
+    sweep_file = write_sweep(tmp_path, SWEEP_BODY)
+    out = tmp_path / "sweep"
+    assert launch.main([f"--sweep={sweep_file}:x", f"--workdir={out}", "--dry_run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    assert lines[0].startswith(f"{sys.executable} -m sftrl.main --config={ROOT / TINY} ")
+    assert lines[0].endswith(f"--workdir={out / NAMES[0]} --config.sft.num_epochs=1")
+    assert "--stage=predict" in lines[3]
+    assert not out.exists()
+
+
+def test_cli_module_entry_point_dry_run(tmp_path):
+    sweep_file = write_sweep(tmp_path, SWEEP_BODY)
+    result = subprocess.run(
+        [sys.executable, "-m", "sftrl.launch", f"--sweep={sweep_file}",
+         f"--workdir={tmp_path / 'o'}", "--dry_run", "--only=" + NAMES[0]],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("-m sftrl.main") == 1
+
+
+def test_shipped_sweeps_validate(tmp_path):
+    for spec, count in (("configs/sweeps/sft_variants_tiny.py", 24),
+                        ("configs/sweeps/sft_variants_tiny.py:small", 6),
+                        ("configs/sweeps/llama8b_sft_data.py:/data,/models/l8b", 12)):
+        sweep, path = launch.load_sweep(spec)
+        jobs = launch.plan(sweep, tmp_path, where=str(path))
+        assert len(jobs) == count + 1 and jobs[-1].name == "predict", spec
+    sweep, _ = launch.load_sweep("configs/sweeps/llama8b_sft_data.py:/data,/models/l8b")
+    assert sweep.runs[0].overrides["data.train_files"] == ("/data/numina_cot.jsonl",)
+    assert sweep.runs[0].overrides["model.hf_path"] == "/models/l8b"
+    with pytest.raises(SweepError, match="unknown arg 'big'"):
+        launch.load_sweep("configs/sweeps/sft_variants_tiny.py:big")
+
+
+# ------------------------------------------------------------------ XManager launcher
+
+
+def _fake_xmanager(calls: list) -> types.ModuleType:
+    """`xmanager.xm` / `xmanager.xm_local` stand-ins that record what the launcher asks for."""
+    xm = types.ModuleType("xmanager.xm")
+    xm_local = types.ModuleType("xmanager.xm_local")
+
+    def record(kind):
+        def make(**kwargs):  # the launcher passes keywords only, as xmanager's docs do
+            obj = types.SimpleNamespace(kind=kind, **kwargs)
+            calls.append(("new", kind, obj))
+            return obj
+        return make
+
+    xm.Binary, xm.Packageable, xm.Job = record("Binary"), record("Packageable"), record("Job")
+    xm.ShellSafeArg = lambda arg: types.SimpleNamespace(kind="ShellSafeArg", arg=arg)
+
+    class Local:
+        def __init__(self):
+            calls.append(("new", "Local", self))
+
+        @staticmethod
+        def Spec():
+            return "LocalSpec"
+
+    xm_local.Local = Local
+
+    class Unit:
+        def __init__(self, name):
+            self.name = name
+
+        async def wait_until_complete(self):
+            calls.append(("wait", self.name))
+
+    class Experiment:
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            calls.append(("exit",))
+
+        def package(self, packageables):
+            calls.append(("package", packageables))
+            return ["EXECUTABLE"]
+
+        async def add(self, job):
+            calls.append(("add", job.name, [a.arg for a in job.args]))
+            return Unit(job.name)
+
+    def create_experiment(experiment_title):
+        calls.append(("create", experiment_title))
+        return Experiment()
+
+    xm_local.create_experiment = create_experiment
+    package = types.ModuleType("xmanager")
+    package.xm, package.xm_local = xm, xm_local
+    return package
+
+
+def test_xm_launcher_adds_one_job_per_run_then_predict(tmp_path, monkeypatch, capsys):
+    calls: list = []
+    package = _fake_xmanager(calls)
+    monkeypatch.setitem(sys.modules, "xmanager", package)
+    monkeypatch.setitem(sys.modules, "xmanager.xm", package.xm)
+    monkeypatch.setitem(sys.modules, "xmanager.xm_local", package.xm_local)
+    sweep_file = write_sweep(tmp_path, SWEEP_BODY)
+    out = tmp_path / "sweep"
+    common = [f"--sweep={sweep_file}", f"--workdir={out}"]
+    assert launch.main([*common, "--dry_run"]) == 0
+    dry = [line for line in capsys.readouterr().out.splitlines()]
+    assert launch.main([*common, "--launcher=xm"]) == 0
+
+    assert calls[0] == ("create", "t")
+    [packaged] = next(c[1] for c in calls if c[0] == "package")
+    assert packaged.executable_spec.path == sys.executable
+    assert packaged.executor_spec == "LocalSpec"
+    assert str(ROOT) in packaged.env_vars["PYTHONPATH"].split(":")
+    adds = [c for c in calls if c[0] == "add"]
+    assert [a[1] for a in adds] == [*NAMES, "predict"]
+    # The same command line as the local launcher (shown by --dry_run).
+    import shlex
+
+    assert [[sys.executable, *a[2]] for a in adds] == [shlex.split(line) for line in dry]
+    # predict is added only after every run's work unit completed.
+    order = [c[0] if c[0] != "add" else c[1] for c in calls if c[0] in ("add", "wait")]
+    assert order == [*NAMES, "wait", "wait", "wait", "predict"]
+    jobs = [c[2] for c in calls if c[:2] == ("new", "Job")]
+    assert all(j.executable == "EXECUTABLE" and j.executor.__class__.__name__ == "Local"
+               for j in jobs)
+    assert not out.exists()  # xm owns the runs; no local status file
+
+
+def test_xm_launcher_without_xmanager_says_how_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "xmanager", None)  # import fails
+    sweep_file = write_sweep(tmp_path, SWEEP_BODY)
+    assert launch.main([f"--sweep={sweep_file}", f"--workdir={tmp_path}", "--launcher=xm"]) == 2
+    assert "pip install sftrl[xm]" in capsys.readouterr().err
+
+
+def test_sweep_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_sweep(arg=None):\n    return {'runs': []}\n")
+    with pytest.raises(SweepError, match=r"bad.py: get_sweep returned dict, not a Sweep"):
+        launch.load_sweep(str(bad))
+    (tmp_path / "none.py").write_text("X = 1\n")
+    with pytest.raises(SweepError, match=r"none.py: defines no get_sweep"):
+        launch.load_sweep(str(tmp_path / "none.py"))
+    with pytest.raises(SweepError, match="no such sweep file"):
+        launch.load_sweep(str(tmp_path / "missing.py"))
