@@ -44,7 +44,7 @@ def _config(*extra: str):
 def _token_reward(self, samples: Samples, answers):
     """A reward that depends on what was sampled (so the rollout RNG matters): the share of
     response tokens with an even id."""
-    p, g, t = samples.tokens.shape
+    t = samples.tokens.shape[-1]
     valid = np.arange(t)[None, None, :] < samples.lengths[..., None]
     even = ((samples.tokens % 2 == 0) & valid).sum(-1) / np.maximum(samples.lengths, 1)
     return even.astype(np.float32), even > 0.5
