@@ -174,6 +174,33 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.max_kv_tokens = 0  # 0: no wave limit on the sampler
     c.rl.tensorboard = True
 
+    # The 'eval' stage (sftrl.eval_stage): held-out loss and pass@k of a run's checkpoints.
+    c.eval = ml_collections.ConfigDict()
+    # "synthetic": the embedded task's (harder) test set; else names in sftrl.data.benchmarks.
+    c.eval.benchmarks = ("synthetic",)
+    c.eval.limit = 0  # > 0: at most this many prompts per benchmark (the first ones)
+    c.eval.num_samples = 256
+    c.eval.max_new_tokens = 1024
+    c.eval.temperature = 1.0
+    c.eval.top_p = 1.0
+    c.eval.top_k = 0
+    c.eval.prompts_per_wave = 8
+    c.eval.max_kv_tokens = 0  # 0: no extra bound on one generate call's cache
+    c.eval.prompt_template = ""  # "": per benchmark (sftrl.data.prompts.BENCHMARK_TEMPLATES)
+    c.eval.checkpoints = "latest"  # "latest" | "all" | comma-separated steps
+    c.eval.heldout = True  # the generalization loss on the SFT data's held-out split
+    c.eval.stage = "sft"  # which stage wrote the checkpoints: "sft" | "rl"
+    c.eval.group = ""  # the predictor's group ("": the model's name)
+    c.eval.name = ""  # checkpoint name prefix ("": the workdir's name)
+    c.eval.sft_checkpoint = ""  # for stage "rl": the SFT checkpoint's eval name
+
+    # The 'pipeline' stage (sftrl.pipeline): SFT -> eval -> GRPO -> eval -> predict -> report.
+    c.pipeline = ml_collections.ConfigDict()
+    # SFT data variants, each trained separately: synthetic variant names
+    # ("<style>-<phrasing>-<size>"); () trains once on the config's data section.
+    c.pipeline.sft_variants = ()
+    c.pipeline.rl = True  # GRPO from every SFT checkpoint (then its eval)
+
     # The 'predict' stage (sftrl.eval.predict): proxies vs post-RL outcomes, and a ranking.
     c.predict = ml_collections.ConfigDict()
     c.predict.k = ml_collections.config_dict.placeholder(int)  # None: largest k all share
@@ -262,6 +289,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _validate_data(config)
     _validate_sft(config, arch)
     _validate_rl(config)
+    _validate_eval(config)
     for key in ("batch_size", "seq_len"):
         if config.model_check[key] < 1:
             raise ConfigError(f"model_check.{key}: must be positive")
@@ -376,6 +404,48 @@ def policy_loss_config(r: ml_collections.ConfigDict, cls: Any) -> Any:
         kl_estimator=r.kl_estimator, kl_coef=r.kl_coef, kl_mode=r.kl_mode,
         tis_cap=r.tis_cap or None,
     )
+
+
+def _validate_eval(config: ml_collections.ConfigDict) -> None:
+    e = config.eval
+    for key in ("num_samples", "max_new_tokens", "prompts_per_wave"):
+        if e[key] < 1:
+            raise ConfigError(f"eval.{key}: must be positive")
+    if e.limit < 0 or e.max_kv_tokens < 0:
+        raise ConfigError("eval.limit / eval.max_kv_tokens: must be >= 0")
+    if not e.benchmarks:
+        raise ConfigError("eval.benchmarks: name at least one benchmark")
+    from sftrl.data.benchmarks import BENCHMARKS
+
+    unknown = [b for b in e.benchmarks if b != "synthetic" and b not in BENCHMARKS]
+    if unknown:
+        raise ConfigError(f"eval.benchmarks: unknown {unknown} (known: synthetic, "
+                          f"{', '.join(BENCHMARKS)})")
+    if e.stage not in ("sft", "rl"):
+        raise ConfigError(f"eval.stage: {e.stage!r} is not 'sft' or 'rl'")
+    if e.checkpoints not in ("latest", "all") and not all(
+        part.strip().isdigit() for part in e.checkpoints.split(",")
+    ):
+        raise ConfigError(f"eval.checkpoints: {e.checkpoints!r} is not 'latest', 'all' or a "
+                          "comma-separated list of steps")
+    if e.temperature < 0 or not 0 < e.top_p <= 1 or e.top_k < 0:
+        raise ConfigError("eval.temperature/top_p/top_k: need T >= 0, 0 < top_p <= 1, top_k >= 0")
+    from sftrl.data import synthetic
+
+    for name in config.pipeline.sft_variants:
+        try:
+            synthetic.SFTVariant.parse(name)
+        except ValueError as err:
+            raise ConfigError(f"pipeline.sft_variants: {err}") from err
+    if config.pipeline.sft_variants and config.data.source != "synthetic":
+        raise ConfigError("pipeline.sft_variants: variants are synthetic-task names; with "
+                          "data.source 'files' leave it empty (one SFT run on the files)")
+    try:
+        synthetic.SFTVariant(style=config.data.synthetic.style,
+                             phrasing=config.data.synthetic.phrasing,
+                             size=config.data.synthetic.size)
+    except ValueError as err:
+        raise ConfigError(f"data.synthetic: {err}") from err
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]

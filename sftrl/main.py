@@ -48,8 +48,21 @@ def _rl_stage(config, workdir: Path, layout) -> dict:
     return grpo.run(config, workdir, layout)
 
 
+def _eval_stage(config, workdir: Path, layout) -> dict:
+    from sftrl import eval_stage
+
+    return eval_stage.run(config, workdir, layout)
+
+
+def _pipeline_stage(config, workdir: Path, layout) -> dict:
+    from sftrl import pipeline
+
+    return pipeline.run(config, workdir, layout)
+
+
 STAGE_FUNCTIONS: dict[str, Callable] = {
-    "model": _model_stage, "sft": _sft_stage, "rl": _rl_stage, "predict": _predict_stage,
+    "model": _model_stage, "sft": _sft_stage, "rl": _rl_stage, "eval": _eval_stage,
+    "predict": _predict_stage, "pipeline": _pipeline_stage,
 }
 
 

@@ -5,7 +5,7 @@ Reads (no environment variables):
     and the same from every run directory of the sweep named by ``config.predict.workdirs``;
   * ``<workdir>/predict_inputs.csv`` or ``<workdir>/predict_inputs.json``: a flat table of
     results from elsewhere (same docstring), used in addition to the eval files.
-Writes ``<workdir>/report/predictor.json`` (every number), ``summary.md`` (the tables) and,
+Writes ``<workdir>/report/predictor.json`` (every number), ``predictor.md`` (the tables) and,
 when matplotlib is importable, ``scatter_<group>.png``; each file atomically.
 
 Options come from ``config.predict`` (keys: k, proxies, benchmarks, per_benchmark,

@@ -294,6 +294,11 @@ def write_report(workdir: str | os.PathLike[str]) -> Path:
                             report_dir / f"passk_bench_{_slug(bench, bench_slugs)}.png")
         plots[f"bench:{bench}"] = path.name
     series = load_heldout(workdir / "metrics.jsonl")
+    # a pipeline run keeps each SFT/RL run in <workdir>/{sft,rl}/<variant>/
+    for sub in sorted(workdir.glob("*/*/metrics.jsonl")):
+        if sub.parent.parent.name in ("sft", "rl"):
+            for stage, points in load_heldout(sub).items():
+                series[f"{stage} {sub.parent.name}"] = points
     heldout_plot = _plot_heldout(series, report_dir / "heldout_loss.png").name if series else None
     summary = report_dir / "summary.md"
     _atomic_text(summary, render_summary(evals, plots, heldout_plot,

@@ -241,7 +241,9 @@ def generate(
     bar = tqdm.tqdm(total=p_total * n * t_max, unit="tok", desc="generate",
                     disable=not progress or None)
     for wave in waves:
-        width = max(len(prompts[i]) for i in wave)
+        # Prefix widths rounded up to a bucket: every distinct width would compile the prefill
+        # and decode steps again (seconds each), the padded slots are masked out.
+        width = _bucket(max(len(prompts[i]) for i in wave))
         tokens_PxS = np.full((len(wave), width), pad_id, np.int32)
         mask_PxS = np.zeros((len(wave), width), bool)
         for row, i in enumerate(wave):
@@ -274,6 +276,13 @@ def generate(
         _store_wave(out, wave, steps, stop_ids)
     bar.close()
     return out
+
+
+PREFIX_BUCKET = 32
+
+
+def _bucket(width: int) -> int:
+    return -(-width // PREFIX_BUCKET) * PREFIX_BUCKET
 
 
 def _store_wave(out: Samples, wave: list[int], steps: list, stop_ids: Sequence[int]) -> None:

@@ -25,9 +25,11 @@ ALLOWED = {
                     "sftrl.sampling", "sftrl.rewards", "sftrl.data", "sftrl.eval",
                     "sftrl.sharding", "kernels"),
     # config_lib validates configs, so it may describe models, meshes, optimizers and losses
-    "sftrl.config_lib": ("sftrl.models", "sftrl.sharding", "sftrl.train.optim", "sftrl.losses"),
+    "sftrl.config_lib": ("sftrl.models", "sftrl.sharding", "sftrl.train.optim", "sftrl.losses",
+                         "sftrl.data"),
 }
-TOP = ("sftrl.main", "sftrl.launch", "sftrl.report", "sftrl.model_check", "sftrl.predict_stage")
+TOP = ("sftrl.main", "sftrl.launch", "sftrl.report", "sftrl.model_check", "sftrl.predict_stage",
+       "sftrl.eval_stage", "sftrl.pipeline")
 
 
 def _module_name(path: pathlib.Path) -> str:

@@ -234,7 +234,7 @@ def test_stage_writes_report_from_fixture_results(tmp_path):
     # 3 data sets is exactly enough for Spearman, not for a held-out R² with m=3
     ds = tiny["scores"]["dataset"]["rl_pass@1"]["pass@1"]
     assert ds["n"] == 3 and "error" in ds["r2"]["3"]
-    summary = (tmp_path / "report" / "summary.md").read_text()
+    summary = (tmp_path / "report" / "predictor.md").read_text()
     for text in ("## Group `tiny`", "## Group `other`", "| -generalization_loss |",
                  "R² m=3", "R² m=4", "sft-d2-5", "negated", "R² n/a: calibration size 3"):
         assert text in summary
@@ -249,7 +249,7 @@ def test_stage_runs_from_main(tmp_path):
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "report" / "summary.md").is_file()
+    assert (tmp_path / "report" / "predictor.md").is_file()
     assert '"top_unlabeled": "sft-d2-5"' in result.stdout
 
 

@@ -55,7 +55,7 @@ def sft_splits(data: Any) -> SFTSplits:
         train, heldout = splits["train"], splits["heldout"]
         stats = {"train": len(train), "heldout": len(heldout),
                  "duplicates_removed": int(split_stats.duplicates_removed)}
-        name = "+".join(Path(p).stem for p in data.train_files)
+        name = dataset_name(data)
     if data.max_heldout_examples and len(heldout) > data.max_heldout_examples:
         heldout = heldout[: data.max_heldout_examples]
         stats["heldout_used"] = len(heldout)
@@ -65,6 +65,13 @@ def sft_splits(data: Any) -> SFTSplits:
         raise ValueError(f"data: the held-out split of {name!r} is empty")
     log.info("SFT data %s: %s", name, stats)
     return SFTSplits(name=name, train=train, heldout=heldout, stats=stats)
+
+
+def dataset_name(data: Any) -> str:
+    """The SFT data set's name without reading it (the predictor's `dataset`)."""
+    if data.source == "synthetic":
+        return synthetic_variant(data).name
+    return "+".join(Path(p).stem for p in data.train_files)
 
 
 def tokenizer_path(config: Any) -> Path:

@@ -736,10 +736,11 @@ def write_plots(report: dict[str, Any], outdir: Path) -> list[Path]:
 
 
 def write_report(report: dict[str, Any], outdir: Path) -> dict[str, Path]:
-    """predictor.json, summary.md and (with matplotlib) scatter plots, each written atomically."""
+    """predictor.json, predictor.md (the tables; report.py links it from summary.md) and
+    (with matplotlib) scatter plots, each written atomically."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": outdir / "predictor.json", "summary": outdir / "summary.md"}
+    paths = {"json": outdir / "predictor.json", "summary": outdir / "predictor.md"}
     # allow_nan=False: a NaN would be a bug here, and strict JSON readers reject it
     text = json.dumps(report, indent=2, sort_keys=True, allow_nan=False)
     _atomic_write(paths["json"], text + "\n")

@@ -15,7 +15,13 @@ import optax
 
 from sftrl import config_lib
 from sftrl.models import checkpoint
-from sftrl.models.transformer import Model, build_model, param_shardings
+from sftrl.models.transformer import (
+    Model,
+    Transformer,
+    abstract_params,
+    build_model,
+    param_shardings,
+)
 from sftrl.sharding import Layout
 from sftrl.train import state as state_lib
 
@@ -95,31 +101,40 @@ def check_finite(step: int, metrics: dict[str, float], example_ids: Any, workdir
         )
 
 
-def restore_params(
-    config: ml_collections.ConfigDict, workdir: Path, model: Model, layout: Layout,
-    step: int | None = None,
-) -> Any:
-    """The params of an SFT run's checkpoint (default: its latest), placed like `model.params`.
+def training_module(config: ml_collections.ConfigDict, layout: Layout) -> Transformer:
+    """The config's model module (float32 params, compute in config.dtype), without weights."""
+    return Transformer(
+        config_lib.model_config(config), dtype=config_lib.resolve_dtype(config.dtype),
+        param_dtype=jnp.float32, layout=layout, remat=config.remat,
+    )
 
-    The SFT optimizer is rebuilt from `config.sft` only to give orbax the state's structure; its
-    moments are read and dropped (GRPO starts a fresh optimizer).
+
+def restore_params(
+    config: ml_collections.ConfigDict, workdir: Path, module: Transformer, layout: Layout,
+    step: int | None = None, *, section: str = "sft",
+) -> tuple[Any, int]:
+    """(params, step) of a run's checkpoint (default: its latest), placed per `layout`.
+
+    The run's optimizer is rebuilt from `config.<section>` ("sft" or "rl") only to give orbax
+    the state's structure; its moments are read and dropped. No weights are initialised first.
     """
     from sftrl.train.optim import OptimizerConfig, make_optimizer
 
     directory = Path(workdir) / "checkpoints"
+    shapes, _ = abstract_params(module)
     with state_lib.Checkpointer(directory, async_save=False) as ckpt:
         target = step if step is not None else ckpt.latest_step()
         if target is None:
             raise state_lib.CheckpointError(f"{directory}: no checkpoint to start from")
-        tx = make_optimizer(OptimizerConfig.from_config(config.sft, total_steps=1))
+        tx = make_optimizer(OptimizerConfig.from_config(config[section], total_steps=1))
 
         def create(params: Any) -> state_lib.TrainState:
             return state_lib.create_train_state(params, tx, 0)
 
-        shape = jax.eval_shape(create, model.params)
+        shape = jax.eval_shape(create, shapes)
         shardings = state_lib.state_shardings(
-            shape, param_shardings(model.module, layout), layout.sharding(())
+            shape, param_shardings(module, layout), layout.sharding(())
         )
         state, _ = ckpt.restore(state_lib.abstract_state_for(shape, shardings), target)
-    log.info("policy starts from %s step %d", directory, target)
-    return state.params
+    log.info("params from %s step %d", directory, target)
+    return state.params, target

@@ -82,10 +82,12 @@ def load_policy(config: ml_collections.ConfigDict, layout: Layout) -> Model:
     kind, path = initial_params_source(config)
     if kind == "hf":
         return common.load_model(config, layout, hf_path=path)
-    model = common.load_model(config, layout)
     if kind == "workdir":
-        model.params = common.restore_params(config, Path(path), model, layout)
-    elif not config.model.hf_path:
+        module = common.training_module(config, layout)
+        params, _ = common.restore_params(config, Path(path), module, layout)
+        return Model(module, params)
+    model = common.load_model(config, layout)
+    if not config.model.hf_path:
         log.warning("rl: no rl.init_workdir / rl.init_hf_path / model.hf_path; GRPO starts from "
                     "randomly initialised weights")
     return model
@@ -96,6 +98,7 @@ class GRPOTrainer:
         self.config = config
         self.rl = config.rl
         self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.layout = layout
         self.sampling_layout = Layout(layout.mesh, SAMPLING_RULES)
         self.tokenizer: Tokenizer = load_tokenizer(sources.tokenizer_path(config))

@@ -107,6 +107,7 @@ class SFTTrainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path, layout: Layout):
         self.config = config
         self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.layout = layout
         self.tokenizer = load_tokenizer(sources.tokenizer_path(config))
         self.splits = sources.sft_splits(config.data)

@@ -1,0 +1,123 @@
+"""The 'pipeline' stage: SFT (each variant) -> eval -> GRPO -> eval -> predict -> report.
+
+Run directory:
+  <workdir>/sft/<variant>/     the SFT run (checkpoints, metrics.jsonl, tensorboard)
+  <workdir>/rl/<variant>/      GRPO from that SFT run's last checkpoint
+  <workdir>/eval/<variant>-sft.json, <variant>-rl.json    (predict's schema)
+  <workdir>/samples/<variant>-{sft,rl}/<benchmark>.jsonl  every sample with its verdict
+  <workdir>/report/            summary.md, plots, predictor tables
+  <workdir>/pipeline.json      which steps are done
+
+Every step is skipped when its outputs exist (a finished trainer returns at once, an eval json
+is not recomputed, sampling resumes per prompt), so re-running the command after an interruption
+anywhere continues where it stopped and ends with the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from sftrl import eval_stage, report
+from sftrl.data import sources
+from sftrl.sharding import Layout
+
+log = logging.getLogger(__name__)
+
+
+def variant_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+    """{variant name: the config of its SFT run}; one entry for the config's own data."""
+    from sftrl.data import synthetic
+
+    if not config.pipeline.sft_variants:
+        return {sources.dataset_name(config.data): config}
+    out = {}
+    for name in config.pipeline.sft_variants:
+        variant = synthetic.SFTVariant.parse(name)
+        c = config.copy_and_resolve_references()
+        c.data.synthetic.style = variant.style
+        c.data.synthetic.phrasing = variant.phrasing
+        c.data.synthetic.size = variant.size
+        out[variant.name] = c
+    return out
+
+
+class Progress:
+    """`pipeline.json`: the steps done so far (informational; outputs decide what is skipped)."""
+
+    def __init__(self, workdir: Path):
+        self.path = workdir / "pipeline.json"
+        self.steps: dict[str, Any] = {}
+        if self.path.exists():
+            try:
+                self.steps = json.loads(self.path.read_text())
+            except json.JSONDecodeError:
+                self.steps = {}
+
+    def done(self, step: str, **info: Any) -> None:
+        self.steps[step] = {"done": True, "time": time.time(), **info}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.steps, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+
+def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
+    from sftrl.train import grpo, sft
+
+    workdir = Path(workdir)
+    progress = Progress(workdir)
+    variants = variant_configs(config)
+    log.info("pipeline: %d SFT variant(s): %s", len(variants), ", ".join(variants))
+    results: dict[str, Any] = {"stage": "pipeline", "variants": {}}
+    for name, vconfig in variants.items():
+        sft_dir = workdir / "sft" / name
+        log.info("[%s] SFT -> %s", name, sft_dir)
+        sft_summary = sft.run(vconfig, sft_dir, layout)
+        progress.done(f"{name}/sft", final_step=sft_summary["final_step"])
+
+        sft_ckpt = f"{name}-sft"
+        log.info("[%s] eval of the SFT checkpoint", name)
+        eval_stage.evaluate_run(vconfig, sft_dir, layout, out_dir=workdir, name=sft_ckpt,
+                                stage="sft", dataset=name)
+        progress.done(f"{name}/eval-sft")
+        entry = {"sft": str(sft_dir), "eval_sft": str(workdir / "eval" / f"{sft_ckpt}.json")}
+
+        if config.pipeline.rl:
+            rl_dir = workdir / "rl" / name
+            rl_config = vconfig.copy_and_resolve_references()
+            rl_config.rl.init_workdir = str(sft_dir)
+            log.info("[%s] GRPO -> %s", name, rl_dir)
+            grpo.run(rl_config, rl_dir, layout)
+            progress.done(f"{name}/rl")
+            rl_ckpt = f"{name}-rl"
+            log.info("[%s] eval of the RL checkpoint", name)
+            eval_stage.evaluate_run(rl_config, rl_dir, layout, out_dir=workdir, name=rl_ckpt,
+                                    stage="rl", sft_checkpoint=sft_ckpt, dataset=name)
+            progress.done(f"{name}/eval-rl")
+            entry.update(rl=str(rl_dir), eval_rl=str(workdir / "eval" / f"{rl_ckpt}.json"))
+        results["variants"][name] = entry
+
+    results["predict"] = _predict(config, workdir)
+    summary = report.write_report(workdir)
+    progress.done("report", path=str(summary))
+    results["report"] = str(summary)
+    print(f"sftrl: report written to {summary}", flush=True)
+    return results
+
+
+def _predict(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+    """The predictor over this run's checkpoints; too few of them is reported, not fatal."""
+    from sftrl import predict_stage
+    from sftrl.eval.predict import PredictError
+
+    try:
+        return predict_stage.run(config, workdir)
+    except PredictError as e:
+        log.warning("predict skipped: %s", e)
+        return {"skipped": str(e)}
