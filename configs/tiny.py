@@ -1,4 +1,4 @@
-"""The embedded default: a ~0.9M-parameter Llama-style model that runs on a CPU laptop in minutes.
+"""The embedded default: a ~0.92M-parameter Llama-style model that runs on a CPU laptop in minutes.
 
 Usage: python -m sftrl.main --config=configs/tiny.py --workdir=runs/tiny
 """

@@ -47,7 +47,7 @@ def llama3_rope_scaling(**kwargs: Any) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
     """The full schema with defaults. A key that is not here is not a config key."""
     c = ml_collections.ConfigDict()
-    c.stage = "model"
+    c.stage = "pipeline"
     c.seed = 0
     c.dtype = "auto"  # params and compute: bfloat16 on accelerators, float32 on CPU
     c.remat = "none"

@@ -36,3 +36,35 @@ def test_forward_benchmark_writes_rows(tmp_path: Path) -> None:
 
     table = (tmp_path / "forward.md").read_text()
     assert table.startswith("| config |") and table.count("| tiny |") == expected_rows
+
+
+def test_sft_benchmark_runs_all_methods(tmp_path: Path) -> None:
+    import math
+
+    sft = load_benchmark("sft")
+    rows = sft.main(["--model=tiny", "--shapes=4x32", "--steps=2", "--remat=dots_no_batch",
+                     f"--out={tmp_path}"])
+
+    assert json.loads((tmp_path / "sft.json").read_text()) == rows
+    assert [row["method"] for row in rows] == ["ours", "jit", "torch"]
+    by_method = {row["method"]: row for row in rows}
+    # conftest's 8 fake devices reach the child processes: ours splits the batch of 4 over 4
+    assert by_method["ours"]["devices"] == min(4, jax.device_count())
+    # same init key and math: ours and the plain jit step start from the same loss
+    assert abs(by_method["ours"]["first_loss"] - by_method["jit"]["first_loss"]) < 1e-4
+    for row in rows:
+        assert (row["batch"], row["seq"]) == (4, 32)
+        assert row["tokens_per_s"] == 4 * 32 / row["step_s_median"]
+        assert 0 < row["step_s_min"] <= row["step_s_median"] and len(row["step_s_all"]) == 2
+        assert 0 < row["share_of_roofline"] and row["peak_rss_mb"] > 50
+        # random init, small weights: every method starts near ln(vocab) and trains
+        assert abs(row["first_loss"] - math.log(256)) < 0.1
+        assert row["last_loss"] < row["first_loss"]
+    assert [row["remat"] for row in rows] == ["dots_no_batch", "dots_no_batch", "none"]
+    assert "| 4 | 32 | torch | none |" in (tmp_path / "sft.md").read_text()
+
+    # a process past --max-rss-gb is killed and reported, not dropped
+    killed = sft.main(["--model=tiny", "--shapes=4x32", "--methods=ours", "--max-rss-gb=0.05",
+                       f"--out={tmp_path / 'killed'}"])
+    assert len(killed) == 1 and killed[0]["error"].startswith("killed at")
+    assert "tokens_per_s" not in killed[0]

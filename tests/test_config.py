@@ -115,13 +115,6 @@ def test_main_rejects_a_bad_flag_override_naming_the_key(tmp_path):
     assert "layerz" in result.stderr
 
 
-def test_main_reports_stages_not_built_yet(tmp_path):
-    result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}", "--stage=pipeline")
-    assert result.returncode == 2
-    assert "stage 'pipeline' is not implemented yet" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 def test_main_invalid_config_value(tmp_path):
     result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.mesh.tensor=3")
     assert result.returncode == 2

@@ -133,11 +133,14 @@ def test_rollout_arrays_alignment():
                       lengths=np.array([[3, 2], [3, 1]]), finished=np.array([[1, 1], [0, 1]],
                                                                               bool))
     arrays = rollout_arrays(prompts, samples, pad_id=0)
-    assert arrays["tokens"].tolist()[1] == [5, 6, 7, 3, 9, 0]
-    assert arrays["tokens"].tolist()[2] == [0, 0, 8, 4, 4, 4]
-    assert arrays["attention_mask"].tolist()[3] == [0, 0, 1, 1, 0, 0]
-    assert arrays["loss_mask"].tolist()[3] == [0, 0, 0, 1, 0, 0]
-    np.testing.assert_allclose(arrays["sampler_logp"][1, 3:], [-0.3, -0.4, 0.0])
+    lp = 32  # the prompt part is padded to a multiple of 32 (one compiled update)
+    assert arrays["tokens"].shape == (4, lp + 3)
+    assert arrays["tokens"].tolist()[1][lp - 3:] == [5, 6, 7, 3, 9, 0]
+    assert arrays["tokens"].tolist()[2][lp - 3:] == [0, 0, 8, 4, 4, 4]
+    assert arrays["attention_mask"].tolist()[3][lp - 3:] == [0, 0, 1, 1, 0, 0]
+    assert arrays["attention_mask"][:, : lp - 3].sum() == 0
+    assert arrays["loss_mask"].tolist()[3][lp - 3:] == [0, 0, 0, 1, 0, 0]
+    np.testing.assert_allclose(arrays["sampler_logp"][1, lp:], [-0.3, -0.4, 0.0])
 
 
 def test_sharded_update_equals_unsharded():

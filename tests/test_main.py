@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_model_stage_end_to_end_and_rerun(tmp_path):
     cmd = [
         sys.executable, "-m", "sftrl.main", "--config=configs/tiny.py", f"--workdir={tmp_path}",
-        "--config.model_check.seq_len=16", "--config.model_check.batch_size=2",
+        "--stage=model", "--config.model_check.seq_len=16", "--config.model_check.batch_size=2",
     ]
     env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
     for run in (1, 2):  # a second run in the same workdir continues the checkpoint steps
@@ -24,7 +24,7 @@ def test_model_stage_end_to_end_and_rerun(tmp_path):
         assert len(lines) == run
         metrics = json.loads(lines[-1])
         assert metrics["orbax_step"] == run
-    assert metrics["num_params"] == 853_120
+    assert metrics["num_params"] == 918_656
     assert metrics["kv_cache_max_abs_diff"] < 1e-4
     assert metrics["hf_round_trip_max_abs_diff"] < 1e-4
     assert (tmp_path / "hf_export" / "model.safetensors").is_file()

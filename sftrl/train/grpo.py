@@ -146,6 +146,7 @@ class GRPOTrainer:
             temperature=self.rl.temperature, grad_accum=self.rl.grad_accum,
         )
         self._update_cache: dict[tuple, Any] = {}
+        self._sampler: Model | None = None
         self._update = update
         self._logprobs = jax.jit(make_logprob_fn(self.model.module, self.rl.temperature))
         self.evaluators = self._build_evaluators()
@@ -172,10 +173,14 @@ class GRPOTrainer:
 
     def _sample(self, state: state_lib.TrainState, prompt_ids: list[list[int]], seed: int
                 ) -> Samples:
-        sampler = Model(self.sampling_module,
-                        jax.device_put(state.params, self._sampling_shardings(state.params)))
+        # One Model object for the whole run, its params swapped each step: the sampler's
+        # compiled steps are cached per Model, so a new one would recompile every rollout.
+        params = jax.device_put(state.params, self._sampling_shardings(state.params))
+        if self._sampler is None:
+            self._sampler = Model(self.sampling_module, params)
+        self._sampler.params = params
         return generate(
-            sampler, prompt_ids, num_samples=self.rl.group_size,
+            self._sampler, prompt_ids, num_samples=self.rl.group_size,
             max_new_tokens=self.rl.max_new_tokens, temperature=self.rl.temperature,
             top_p=self.rl.top_p, top_k=self.rl.top_k, stop_ids=self.stop_ids, seed=seed,
             pad_id=self.tokenizer.pad_id, max_kv_tokens=self.rl.max_kv_tokens or None,

@@ -26,6 +26,7 @@ from sftrl.models.transformer import Transformer
 from sftrl.sampling import Samples
 from sftrl.train.state import TrainState
 
+PROMPT_BUCKET = 32
 ROLLOUT_FIELDS = ("tokens", "attention_mask", "loss_mask", "sampler_logp", "advantages",
                   "old_logp", "ref_logp")
 
@@ -34,7 +35,8 @@ def rollout_arrays(prompts: Sequence[Sequence[int]], samples: Samples, pad_id: i
                    ) -> dict[str, np.ndarray]:
     """[P*G, Lp + T] tokens / masks / sampler log-probs for a rollout (rows prompt-major)."""
     p, g, t = samples.tokens.shape
-    lp = max(len(x) for x in prompts)
+    # rounded up so that batches of different prompt lengths share one compiled update
+    lp = -(-max(len(x) for x in prompts) // PROMPT_BUCKET) * PROMPT_BUCKET
     b, length = p * g, lp + t
     tokens = np.full((b, length), pad_id, np.int32)
     attention = np.zeros((b, length), np.int32)
