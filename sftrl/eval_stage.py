@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 
 from sftrl.data import sources
@@ -98,7 +99,8 @@ def heldout_metrics(config: ml_collections.ConfigDict, model: Model, tokenizer: 
     splits = sources.sft_splits(config.data)
     evaluator = HeldoutEvaluator(model, heldout_batches(
         splits.heldout, tokenizer, batch_size=config.sft.heldout_batch_size,
-        max_length=config.data.max_length))
+        max_length=config.data.max_length, shard_index=jax.process_index(),
+        shard_count=jax.process_count()))
     return evaluator.run(model.params)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,38 @@ from sftrl import config_lib
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; everything a run writes goes here.")
 _STAGE = flags.DEFINE_enum("stage", None, config_lib.STAGES, "Overrides config.stage.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "Multi-host: host:port of process 0 (also env SFTRL_COORDINATOR_ADDRESS). 'auto' lets JAX "
+    "detect the cluster (TPU pods, SLURM, ...).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Multi-host: number of processes (env SFTRL_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "Multi-host: this process's index (env SFTRL_PROCESS_ID).")
+
+
+def _init_distributed() -> None:
+    """jax.distributed.initialize from the flags or SFTRL_* env vars; nothing when unset."""
+    address = _COORDINATOR.value or os.environ.get("SFTRL_COORDINATOR_ADDRESS")
+    if not address:
+        return
+    import jax
+
+    if address == "auto":
+        jax.distributed.initialize()
+        return
+    num = _NUM_PROCESSES.value or int(os.environ.get("SFTRL_NUM_PROCESSES", "0"))
+    pid = _PROCESS_ID.value
+    if pid is None and "SFTRL_PROCESS_ID" in os.environ:
+        pid = int(os.environ["SFTRL_PROCESS_ID"])
+    if num < 1 or pid is None or not 0 <= pid < num:
+        raise app.UsageError(
+            f"--coordinator_address={address} needs --num_processes >= 1 and --process_id in "
+            f"[0, num_processes), got {num} and {pid}")
+    if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
+        # CPU processes exchange data over gloo (the default CPU backend has no collectives)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(address, num_processes=num, process_id=pid)
 
 log = logging.getLogger("sftrl")
 
@@ -79,6 +112,7 @@ def main(argv: list[str]) -> int:
         raise app.UsageError("--workdir is required")
     if _STAGE.value is not None:
         config.stage = _STAGE.value
+    _init_distributed()
     try:
         config_lib.validate(config)
     except config_lib.ConfigError as e:
@@ -94,7 +128,11 @@ def main(argv: list[str]) -> int:
         return 2
     workdir = Path(_WORKDIR.value).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    import jax
+
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(
+            config.to_json_best_effort(indent=2, sort_keys=True))
     layout = config_lib.make_layout(config)
     log.info("mesh %s on %d %s devices", dict(layout.mesh.shape), layout.mesh.size,
              layout.mesh.devices.flat[0].platform)

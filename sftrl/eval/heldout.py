@@ -132,12 +132,15 @@ class HeldoutEvaluator:
             )
             # An example split across batches (not produced by our pipelines) would be counted
             # as two; rows are numbered globally so no two batches share a key.
+            if jax.process_count() > 1:
+                # each host holds its rows; sum over the global batch, identically on every host
+                arrays = {k: to_host(v) for k, v in placed.items()}
             for key, (total, count) in _per_example_sums(
                 arrays, to_host(nll_BxL), row_offset
             ).items():
                 token_sums[key] = total
                 token_counts[key] = count
-            row_offset += arrays["tokens"].shape[0]
+            row_offset += arrays["tokens"].shape[0]  # global rows (gathered above)
         if not token_counts:
             raise ValueError("the held-out split has no response tokens (empty, or all masked)")
         return self._summarise(token_sums, token_counts)

@@ -68,7 +68,8 @@ def build_evaluators(
         evaluators["heldout"] = HeldoutEvaluator(
             model,
             heldout_batches(heldout, tokenizer, batch_size=config.sft.heldout_batch_size,
-                            max_length=config.data.max_length),
+                            max_length=config.data.max_length,
+                            shard_index=jax.process_index(), shard_count=jax.process_count()),
         )
     return evaluators
 
