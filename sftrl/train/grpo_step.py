@@ -34,9 +34,11 @@ ROLLOUT_FIELDS = ("tokens", "attention_mask", "loss_mask", "sampler_logp", "adva
 def rollout_arrays(prompts: Sequence[Sequence[int]], samples: Samples, pad_id: int
                    ) -> dict[str, np.ndarray]:
     """[P*G, Lp + T] tokens / masks / sampler log-probs for a rollout (rows prompt-major)."""
-    p, g, t = samples.tokens.shape
-    # rounded up so that batches of different prompt lengths share one compiled update
-    lp = -(-max(len(x) for x in prompts) // PROMPT_BUCKET) * PROMPT_BUCKET
+    p, g, t_max = samples.tokens.shape
+    # Widths rounded up to a bucket so that batches of different lengths share one compiled
+    # update; the response part is cut to the longest response, not max_new_tokens.
+    lp = _round_up(max(len(x) for x in prompts))
+    t = min(t_max, _round_up(int(samples.lengths.max(initial=1))))
     b, length = p * g, lp + t
     tokens = np.full((b, length), pad_id, np.int32)
     attention = np.zeros((b, length), np.int32)
@@ -48,12 +50,16 @@ def rollout_arrays(prompts: Sequence[Sequence[int]], samples: Samples, pad_id: i
         rows = slice(i * g, (i + 1) * g)
         tokens[rows, lp - len(prompt):lp] = np.asarray(prompt, np.int32)
         attention[rows, lp - len(prompt):lp] = 1
-    tokens[:, lp:] = np.where(response_cols, samples.tokens.reshape(b, t), pad_id)
+    tokens[:, lp:] = np.where(response_cols, samples.tokens[:, :, :t].reshape(b, t), pad_id)
     attention[:, lp:] = response_cols
     loss_mask[:, lp:] = response_cols
-    sampler_logp[:, lp:] = np.where(response_cols, samples.logprobs.reshape(b, t), 0.0)
+    sampler_logp[:, lp:] = np.where(response_cols, samples.logprobs[:, :, :t].reshape(b, t), 0.0)
     return dict(tokens=tokens, attention_mask=attention, loss_mask=loss_mask,
                 sampler_logp=sampler_logp)
+
+
+def _round_up(width: int) -> int:
+    return -(-width // PROMPT_BUCKET) * PROMPT_BUCKET
 
 
 def make_logprob_fn(module: Transformer, temperature: float) -> Callable:
