@@ -3,7 +3,8 @@
 #   make run CONFIG=configs/llama8b.py WORKDIR=runs/llama8b ARGS='--config.model.hf_path=/ckpt'
 #   make test                      lint + the test suite (CPU, fake 8-device mesh)
 #   make bench                     benchmarks/ (forward, verifier, decode kernel, sampling vs
-#                                  transformers: JSON + tables under runs/bench; long on CPU)
+#                                  transformers, data, SFT step, eval, GRPO step: JSON + tables
+#                                  under runs/bench; long on CPU)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -44,6 +45,10 @@ bench: $(VENV)/.installed-test
 	$(PY) benchmarks/rewards.py --out=runs/bench
 	$(PY) benchmarks/decode_attention.py --out=runs/bench
 	$(PY) benchmarks/sampling.py --out=runs/bench
+	$(PY) benchmarks/data.py --out=runs/bench/data.json
+	$(PY) benchmarks/sft.py --out=runs/bench
+	$(PY) benchmarks/eval.py --out=runs/bench
+	$(PY) benchmarks/grpo.py --out=runs/bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -172,6 +172,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.eval_prompts = 64  # test prompts for the in-training pass@k evaluator
     c.rl.eval_samples = 4
     c.rl.max_kv_tokens = 0  # 0: no wave limit on the sampler
+    c.rl.share_prefix = True  # False: each prompt repeated group_size times (for comparison)
     c.rl.tensorboard = True
 
     # The 'eval' stage (sftrl.eval_stage): held-out loss and pass@k of a run's checkpoints.

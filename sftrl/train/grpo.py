@@ -184,7 +184,7 @@ class GRPOTrainer:
             max_new_tokens=self.rl.max_new_tokens, temperature=self.rl.temperature,
             top_p=self.rl.top_p, top_k=self.rl.top_k, stop_ids=self.stop_ids, seed=seed,
             pad_id=self.tokenizer.pad_id, max_kv_tokens=self.rl.max_kv_tokens or None,
-            progress=False,
+            share_prefix=self.rl.share_prefix, progress=False,
         )
 
     def _sampling_shardings(self, params: Any) -> Any:
