@@ -13,8 +13,8 @@ def get_config(arg: str | None = None):
         num_kv_heads=2, head_dim=32, intermediate_size=384, rope_theta=10000.0,
         rms_norm_eps=1e-5, max_position_embeddings=2048,
     )
-    # the embedded task: its tokenizer has 512 tokens; the longest chat is ~340 tokens
-    c.data.max_length = 384
+    # the embedded task (its tokenizer has 512 tokens; the longest chat is ~340 tokens) at CPU
+    # scale: config_lib.cpu_scale_training holds the SFT / GRPO / eval settings
     c.dtype = "float32"
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     return config_lib.apply_variant(c, arg if arg != "tiny" else None)

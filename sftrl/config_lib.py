@@ -127,7 +127,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Hugging Face folder; "" with neither: <workdir>/../sft if it exists, else model.hf_path.
     c.rl.init_workdir = ""
     c.rl.init_hf_path = ""
-    c.rl.prompt_source = "synthetic"  # "synthetic" (the task's RL prompts) | "files"
+    # "synthetic" (the task's RL prompts) | "files" | "math_train" (ships with the package)
+    c.rl.prompt_source = "synthetic"
     c.rl.prompt_files = ()  # JSONL with id/problem/answer
     c.rl.prompt_template = "plain"
     c.rl.num_steps = 20
@@ -221,6 +222,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # The 'model' stage: load or init, forward, orbax save/restore, HF export round trip.
     c.model_check = ml_collections.ConfigDict(dict(batch_size=4, seq_len=64, export_hf=True))
+    cpu_scale_training(c)
     return c
 
 
@@ -232,7 +234,52 @@ def full_size_config(**model_fields: Any) -> ml_collections.ConfigDict:
     c.dtype = "auto"
     c.remat = "dots_no_batch"
     c.mesh.update(data=1, fsdp=-1, tensor=1)
+    paper_scale_training(c)
     return c
+
+
+def paper_scale_training(c: ml_collections.ConfigDict) -> None:
+    """SFT / GRPO / eval settings for 4B-12B models, as the paper's setting suggests.
+
+    Which values are guesses: the SFT batch/length/lr/epochs follow common practice for
+    long-CoT SFT of 8B models (the paper's exact values are not in this repo); the GRPO values
+    follow DAPO/Dr. GRPO defaults (clip-higher 0.28, no KL, token-mean, 8 samples per prompt,
+    MATH-train prompts); eval n = 256 and the 7 benchmarks are the paper's; its sampling
+    temperature is a guess (0.6 with top-p 0.95). Bring data with data.source="files".
+    """
+    c.data.max_length = 8192
+    c.data.max_heldout_examples = 1000
+    c.sft.update(batch_size=64, num_epochs=3, lr=1e-5, warmup_steps=30, schedule="cosine",
+                 min_lr_ratio=0.1, weight_decay=0.01, b2=0.95, grad_clip=1.0, log_every=10,
+                 eval_every=200, save_every=200, heldout_batch_size=32)
+    c.rl.update(prompt_source="math_train", prompt_template="boxed", num_steps=500,
+                prompts_per_step=128, group_size=8, max_new_tokens=4096, temperature=1.0,
+                updates_per_rollout=4, lr=1e-6, clip_low=0.2, clip_high=0.28,
+                aggregation="token-mean", kl_estimator="none", kl_coef=0.0, save_every=50,
+                eval_every=50, evals=(), max_kv_tokens=2**22)
+    from sftrl.data.benchmarks import PAPER_BENCHMARKS
+
+    c.eval.update(benchmarks=tuple(PAPER_BENCHMARKS), num_samples=256, max_new_tokens=4096,
+                  temperature=0.6, top_p=0.95, prompts_per_wave=4, max_kv_tokens=2**22)
+
+
+def cpu_scale_training(c: ml_collections.ConfigDict) -> None:
+    """The embedded task at CPU scale (configs/tiny.py and every ':tiny' variant)."""
+    c.data.source = "synthetic"
+    c.data.tokenizer = ""
+    c.data.max_length = 384
+    c.data.max_heldout_examples = 200
+    c.sft.update(batch_size=16, num_epochs=1, num_steps=300, lr=3e-3, warmup_steps=20,
+                 schedule="cosine", min_lr_ratio=0.1, weight_decay=0.0, b2=0.95,
+                 log_every=10, eval_every=100, save_every=100, heldout_batch_size=16)
+    c.rl.update(prompt_source="synthetic", prompt_template="plain", num_steps=30,
+                prompts_per_step=16, group_size=8, max_new_tokens=96, temperature=1.0,
+                updates_per_rollout=1, lr=1e-4, clip_low=0.2, clip_high=0.28,
+                aggregation="token-mean", kl_estimator="none", kl_coef=0.0, save_every=10,
+                eval_every=10, evals=("passk",), eval_prompts=64, eval_samples=8,
+                max_kv_tokens=0)
+    c.eval.update(benchmarks=("synthetic",), limit=128, num_samples=32, max_new_tokens=96,
+                  temperature=1.0, top_p=1.0, prompts_per_wave=16, max_kv_tokens=0)
 
 
 def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
@@ -365,8 +412,9 @@ def _validate_rl(config: ml_collections.ConfigDict) -> None:
                 "max_kv_tokens", "warmup_steps"):
         if r[key] < 0:
             raise ConfigError(f"rl.{key}: must be >= 0")
-    if r.prompt_source not in ("synthetic", "files"):
-        raise ConfigError(f"rl.prompt_source: {r.prompt_source!r} is not 'synthetic' or 'files'")
+    if r.prompt_source not in ("synthetic", "files", "math_train"):
+        raise ConfigError(f"rl.prompt_source: {r.prompt_source!r} is not 'synthetic', 'files' or "
+                          "'math_train'")
     if r.prompt_source == "files" and not r.prompt_files:
         raise ConfigError("rl.prompt_files: prompt_source 'files' needs at least one file")
     if r.temperature < 0:
@@ -495,9 +543,11 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None,
         if c.model.rope_scaling is not None:
             c.model.rope_scaling.original_max_position_embeddings = 64
         c.model.hf_path = ""
+        c.model.vocab_size = 512  # the embedded task's tokenizer
         c.dtype = "float32"
         c.remat = "none"
         c.mesh.update(data=1, fsdp=-1, tensor=1)
+        cpu_scale_training(c)
         return c
     if arg in variants:
         variants[arg](c)

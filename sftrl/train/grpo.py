@@ -61,6 +61,10 @@ def rl_records(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
         from sftrl.data import synthetic
 
         return synthetic.rl_records(sources.synthetic_task(config.data))
+    if config.rl.prompt_source == "math_train":
+        from sftrl.data.benchmarks import load_benchmark
+
+        return load_benchmark("math_train")
     from sftrl.data.builders import read_rl_file
 
     records: list[dict[str, Any]] = []
