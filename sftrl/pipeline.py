@@ -81,7 +81,9 @@ def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dic
         sft_summary = sft.run(vconfig, sft_dir, layout)
         progress.done(f"{name}/sft", final_step=sft_summary["final_step"])
 
-        sft_ckpt = f"{name}-sft"
+        # eval.name (e.g. a sweep's run name) keeps checkpoint names unique across a sweep
+        base = f"{config.eval.name}-{name}" if config.eval.name else name
+        sft_ckpt = f"{base}-sft"
         log.info("[%s] eval of the SFT checkpoint", name)
         eval_stage.evaluate_run(vconfig, sft_dir, layout, out_dir=workdir, name=sft_ckpt,
                                 stage="sft", dataset=name)
@@ -95,7 +97,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dic
             log.info("[%s] GRPO -> %s", name, rl_dir)
             grpo.run(rl_config, rl_dir, layout)
             progress.done(f"{name}/rl")
-            rl_ckpt = f"{name}-rl"
+            rl_ckpt = f"{base}-rl"
             log.info("[%s] eval of the RL checkpoint", name)
             eval_stage.evaluate_run(rl_config, rl_dir, layout, out_dir=workdir, name=rl_ckpt,
                                     stage="rl", sft_checkpoint=sft_ckpt, dataset=name)

@@ -29,7 +29,10 @@ def get_sweep(arg: str | None = None) -> Sweep:
         "data.synthetic.size": sizes,
         "sft.num_epochs": epochs,
     })
-    runs = [Run(name_for(p, short={"data.synthetic.size": "n", "sft.num_epochs": "ep"}), p,
-                stage="pipeline") for p in points]
+    runs = []
+    for p in points:
+        name = name_for(p, short={"data.synthetic.size": "n", "sft.num_epochs": "ep"})
+        # num_steps 0: the epochs decide the SFT length; eval.name keeps checkpoint names unique
+        runs.append(Run(name, {**p, "sft.num_steps": 0, "eval.name": name}, stage="pipeline"))
     return Sweep(name="sft_variants_tiny", base_config="configs/tiny.py", runs=runs,
                  predict=True)
