@@ -194,3 +194,15 @@ def test_rollout_seed_is_distinct_and_stable():
     seeds = {grpo_lib.rollout_seed(0, s, r) for s in range(50) for r in range(3)}
     assert len(seeds) == 150
     assert grpo_lib.rollout_seed(0, 7, 1) == grpo_lib.rollout_seed(0, 7, 1)
+
+
+def test_grpo_learns_a_simple_reward(tmp_path, token_reward):
+    """The whole loop improves what it is rewarded for (here: even token ids)."""
+    trainer = GRPOTrainer(
+        _config("rl.num_steps=10", "rl.prompts_per_step=8", "rl.group_size=8",
+                "rl.max_new_tokens=16", "rl.updates_per_rollout=1", "rl.save_every=100",
+                "rl.lr=3e-3"),
+        tmp_path, single_device_layout())
+    trainer.train()
+    rewards = [r["reward_mean"] for r in _rows(tmp_path)]
+    assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.05, rewards
