@@ -178,3 +178,27 @@ def test_shard_batch_splits_rows_over_data_axes():
     assert {s.data.shape for s in placed["tokens"].addressable_shards} == {(2, 6)}
     np.testing.assert_array_equal(np.asarray(placed["tokens"]), batch["tokens"])
     np.testing.assert_array_equal(np.asarray(placed["weights"]), batch["weights"])
+
+
+def test_block_causal_attention_equals_full(monkeypatch):
+    """Long sequences take the blocked causal path; valid positions match the one-block path."""
+    from sftrl.models import transformer
+    from sftrl.models.model_config import ModelConfig
+    from sftrl.sharding import single_device_layout
+
+    cfg = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=64,
+                      max_position_embeddings=1024)
+    model = transformer.build_model(cfg, single_device_layout(), seed=0)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 64, (2, 600)).astype(np.int32)
+    segments = np.ones((2, 600), np.int32)
+    segments[0, 300:] = 2  # packed: two examples in row 0
+    segments[1, 550:] = 0  # padding at the end of row 1
+    monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 128)
+    blocked = np.asarray(model(tokens, segment_ids=segments))
+    monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 4096)
+    model = transformer.Model(model.module, model.params)  # a fresh jit cache
+    full = np.asarray(model(tokens, segment_ids=segments))
+    valid = segments != 0
+    np.testing.assert_allclose(blocked[valid], full[valid], atol=2e-5, rtol=1e-5)

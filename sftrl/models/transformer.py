@@ -109,6 +109,31 @@ def dot_product_attention(
     return out_BxLxKxGxD.reshape(b, l, h, d)
 
 
+CAUSAL_BLOCK = 256
+
+
+def causal_attention(
+    q_BxLxHxD: jax.Array, k_BxLxKxD: jax.Array, v_BxLxKxD: jax.Array, mask_BxLxS: jax.Array
+) -> jax.Array:
+    """Self-attention over one sequence whose mask is causal (no cache): queries in blocks of
+    CAUSAL_BLOCK, each against the keys up to the end of its block only.
+
+    Exact (every key a block skips is masked anyway) and it skips the upper triangle's scores:
+    at L = 2048 it computes ~56% of the L x L scores and keeps that much for the backward pass.
+    """
+    l = q_BxLxHxD.shape[1]
+    if l < 2 * CAUSAL_BLOCK:
+        return dot_product_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, mask_BxLxS)
+    outs = []
+    for start in range(0, l, CAUSAL_BLOCK):
+        end = min(start + CAUSAL_BLOCK, l)
+        outs.append(dot_product_attention(
+            q_BxLxHxD[:, start:end], k_BxLxKxD[:, :end], v_BxLxKxD[:, :end],
+            mask_BxLxS[:, start:end, :end],
+        ))
+    return jnp.concatenate(outs, axis=1)
+
+
 def _shared_prefix_attention(
     q_BxLxHxD: jax.Array,
     k_BxLxKxD: jax.Array,
@@ -212,7 +237,8 @@ class Attention(_Sharded):
                 v_cache, v_BxLxKxD.astype(v_cache.dtype), start
             )
             new_cache = (k_BxSxKxD, v_BxSxKxD)
-        out_BxLxHxD = dot_product_attention(
+        attend = causal_attention if layer_cache is None else dot_product_attention
+        out_BxLxHxD = attend(
             q_BxLxHxD, k_BxSxKxD.astype(self.dtype), v_BxSxKxD.astype(self.dtype), mask_BxLxS
         )
         out = out_BxLxHxD.reshape(b, l, c.num_heads * c.head_dim)
