@@ -26,7 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = [
     "data.synthetic.size=160", "data.max_heldout_examples=48", "data.max_length=192",
     "sft.batch_size=8", "sft.num_steps=12", "sft.log_every=4", "sft.eval_every=6",
-    "sft.save_every=4", "sft.heldout_batch_size=8", "sft.lr=3e-3", "sft.tensorboard=False",
+    "sft.save_every=4", "sft.heldout_batch_size=8", "sft.lr=3e-3", "sft.warmup_steps=0",
+    "sft.tensorboard=False",
     "checkpoint.async_save=False", "model.hidden_size=64", "model.num_layers=2",
     "model.intermediate_size=128", "model.head_dim=16",
 ]
