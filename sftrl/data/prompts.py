@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import grain
 import numpy as np
 
-from sftrl.data.sft import record_error
+from sftrl.data.sft import check_saved_state, record_error
 
 log = logging.getLogger(__name__)
 
@@ -216,15 +216,7 @@ class PromptPipeline:
                 "prompts_seen": self._prompts_seen, "fingerprint": self._fingerprint()}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"prompt data state: version {state.get('version')!r}, expected "
-                             f"{STATE_VERSION}")
-        saved, ours = state.get("fingerprint", {}), self._fingerprint()
-        changed = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
-        if changed:
-            detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {ours.get(k)!r}"
-                               for k in changed)
-            raise ValueError(f"prompt data state does not match this pipeline ({detail})")
+        check_saved_state(state, self._fingerprint(), "prompt data state", STATE_VERSION)
         self._iter.set_state(state["iterator"])
         self._prompts_seen = int(state["prompts_seen"])
 

@@ -479,16 +479,7 @@ class SFTPipeline:
                 "counters": dict(self._counters), "fingerprint": self._fingerprint()}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"SFT data state: version {state.get('version')!r}, expected "
-                             f"{STATE_VERSION}")
-        saved, ours = state.get("fingerprint", {}), self._fingerprint()
-        changed = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
-        if changed:
-            # Restoring a position into a different stream would silently reorder the data.
-            detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {ours.get(k)!r}"
-                               for k in changed)
-            raise ValueError(f"SFT data state does not match this pipeline ({detail})")
+        check_saved_state(state, self._fingerprint(), "SFT data state", STATE_VERSION)
         self._iter.set_state(state["iterator"])
         self._counters = {k: int(v) for k, v in state["counters"].items()}
 
@@ -527,6 +518,21 @@ class SFTPipeline:
             "padding_fraction": c["padding_tokens"] / cells if cells else 0.0,
             **{k: float(v) for k, v in self._fitted.overlong.items()},
         }
+
+
+def check_saved_state(state: Mapping[str, Any], fingerprint: Mapping[str, Any], what: str,
+                      version: int) -> None:
+    """Refuses a saved iterator position from another version or another stream's settings:
+    restoring a position into a different stream would silently reorder the data."""
+    if state.get("version") != version:
+        raise ValueError(f"{what}: version {state.get('version')!r}, expected {version}")
+    saved = state.get("fingerprint", {})
+    changed = sorted(k for k in set(saved) | set(fingerprint)
+                     if saved.get(k) != fingerprint.get(k))
+    if changed:
+        detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {fingerprint.get(k)!r}"
+                           for k in changed)
+        raise ValueError(f"{what} does not match this pipeline ({detail})")
 
 
 def heldout_batches(

@@ -138,3 +138,20 @@ def restore_params(
         state, _ = ckpt.restore(state_lib.abstract_state_for(shape, shardings), target)
     log.info("params from %s step %d", directory, target)
     return state.params, target
+
+
+def run_evaluators(evaluators: dict[str, Any], state: Any, step: int, writer: Any
+                   ) -> dict[str, float]:
+    """Every evaluator on the live state; results (and each one's time) go to the writer."""
+    import time
+
+    results: dict[str, float] = {}
+    for name, evaluator in evaluators.items():
+        start = time.perf_counter()
+        results.update(evaluator.run(state.params))
+        results[f"time/eval_{name}_s"] = time.perf_counter() - start
+    if results:
+        writer.write(step, results)
+        log.info("step %d eval: %s", step, {k: round(v, 4) for k, v in results.items()
+                                             if not k.startswith("time/")})
+    return results

@@ -373,14 +373,7 @@ class GRPOTrainer:
     # --- the loop -------------------------------------------------------------------------------
 
     def evaluate(self, state: state_lib.TrainState, step: int) -> dict[str, float]:
-        results: dict[str, float] = {}
-        for name, evaluator in self.evaluators.items():
-            start = time.perf_counter()
-            results.update(evaluator.run(state.params))
-            results[f"time/eval_{name}_s"] = time.perf_counter() - start
-        if results:
-            self.writer.write(step, results)
-        return results
+        return common.run_evaluators(self.evaluators, state, step, self.writer)
 
     def train(self) -> dict[str, Any]:
         rl = self.rl

@@ -154,16 +154,7 @@ class SFTTrainer:
     # --- the loop -------------------------------------------------------------------------------
 
     def evaluate(self, state: state_lib.TrainState, step: int) -> dict[str, float]:
-        results: dict[str, float] = {}
-        for name, evaluator in self.evaluators.items():
-            start = time.perf_counter()
-            results.update(evaluator.run(state.params))
-            results[f"time/eval_{name}_s"] = time.perf_counter() - start
-        if results:
-            self.writer.write(step, results)
-            log.info("step %d eval: %s", step, {k: round(v, 4) for k, v in results.items()
-                                                 if not k.startswith("time/")})
-        return results
+        return common.run_evaluators(self.evaluators, state, step, self.writer)
 
     def save(self, step: int, state: state_lib.TrainState, evals: dict[str, float]) -> None:
         self.checkpointer.save(step, state, {"pipeline": self.pipeline.get_state()}, force=True)
