@@ -55,8 +55,7 @@ def sampling_spec(config: ml_collections.ConfigDict) -> SamplingSpec:
 
 
 def prompt_formatter(config: ml_collections.ConfigDict, benchmark: str):
-    template = config.eval.prompt_template or BENCHMARK_TEMPLATES.get(
-        "synthetic" if benchmark == "synthetic" else benchmark, "boxed")
+    template = config.eval.prompt_template or BENCHMARK_TEMPLATES.get(benchmark, "boxed")
 
     def render(record: dict[str, Any]) -> str:
         return format_prompt(record["problem"], template)

@@ -1195,12 +1195,8 @@ class Verifier:
         cfg = get_config(config) if config is not None else self.config
         pairs = list(pairs)
         verdicts = self.verify_batch(pairs, config=cfg)
-        primary = dataclasses.replace(cfg, patterns=cfg.patterns[:1], fallback=False)
-        return [
-            float(correct) + (format_bonus if format_bonus and
-                              extract_answer(response, primary) is not None else 0.0)
-            for (response, _), correct in zip(pairs, verdicts, strict=True)
-        ]
+        return rewards_from_verdicts([r for r, _ in pairs], verdicts, format_bonus=format_bonus,
+                                     config=cfg)
 
     def close(self) -> None:
         """Stop the worker processes (they start again if needed)."""
@@ -1402,6 +1398,26 @@ def verify_batch(pairs: Iterable[tuple[str, str]], *,
                  progress: bool = False) -> list[bool]:
     """Verdicts for (response, gold) pairs (the shared `Verifier`)."""
     return _shared_verifier().verify_batch(pairs, config=config, progress=progress)
+
+
+def format_found(response: str, config: ExtractionConfig | str | None = None) -> bool:
+    """Whether the config's first pattern (e.g. `\\boxed{}`) finds an answer, right or wrong."""
+    cfg = get_config(config)
+    return extract_answer(
+        response, dataclasses.replace(cfg, patterns=cfg.patterns[:1], fallback=False)
+    ) is not None
+
+
+def rewards_from_verdicts(responses: Sequence[str], verdicts: Sequence[bool], *,
+                          format_bonus: float = 0.0,
+                          config: ExtractionConfig | str | None = None) -> list[float]:
+    """GRPO rewards from verdicts already computed: 1.0 if correct, plus `format_bonus` when
+    `format_found` (so a caller that needs both verdicts and rewards verifies once)."""
+    return [
+        float(correct) + (format_bonus if format_bonus and format_found(response, config)
+                          else 0.0)
+        for response, correct in zip(responses, verdicts, strict=True)
+    ]
 
 
 def reward(response: str, gold: str, *, format_bonus: float = 0.0,

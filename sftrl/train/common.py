@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +144,6 @@ def restore_params(
 def run_evaluators(evaluators: dict[str, Any], state: Any, step: int, writer: Any
                    ) -> dict[str, float]:
     """Every evaluator on the live state; results (and each one's time) go to the writer."""
-    import time
-
     results: dict[str, float] = {}
     for name, evaluator in evaluators.items():
         start = time.perf_counter()

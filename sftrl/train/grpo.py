@@ -15,6 +15,7 @@ command continues exactly where an uninterrupted run would be.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ from sftrl.losses import (
     kl_estimate,
     overlong_penalty,
 )
-from sftrl.models.transformer import Model
+from sftrl.models.transformer import Model, param_shardings
 from sftrl.sampling import Samples, generate
 from sftrl.sharding import SAMPLING_RULES, Layout, shard_batch
 from sftrl.train import common
@@ -108,6 +109,8 @@ class GRPOTrainer:
         self.tokenizer: Tokenizer = load_tokenizer(sources.tokenizer_path(config))
         self.model = load_policy(config, layout)
         self.sampling_module = self.model.module.clone(layout=self.sampling_layout)
+        self._sampling_param_shardings = param_shardings(self.sampling_module,
+                                                         self.sampling_layout)
         self.stop_ids = tuple(self.tokenizer.stop_ids)
         self.records = rl_records(config)
         if not self.records:
@@ -179,7 +182,7 @@ class GRPOTrainer:
                 ) -> Samples:
         # One Model object for the whole run, its params swapped each step: the sampler's
         # compiled steps are cached per Model, so a new one would recompile every rollout.
-        params = jax.device_put(state.params, self._sampling_shardings(state.params))
+        params = jax.device_put(state.params, self._sampling_param_shardings)
         if self._sampler is None:
             self._sampler = Model(self.sampling_module, params)
         self._sampler.params = params
@@ -191,14 +194,6 @@ class GRPOTrainer:
             share_prefix=self.rl.share_prefix, progress=False,
         )
 
-    def _sampling_shardings(self, params: Any) -> Any:
-        from sftrl.models.transformer import param_shardings
-
-        if not hasattr(self, "_sampling_param_shardings"):
-            self._sampling_param_shardings = param_shardings(self.sampling_module,
-                                                             self.sampling_layout)
-        return self._sampling_param_shardings
-
     def _score(self, samples: Samples, answers: list[str]) -> tuple[np.ndarray, np.ndarray]:
         p, g, _ = samples.tokens.shape
         texts = []
@@ -207,15 +202,17 @@ class GRPOTrainer:
                 ids = [t for t in samples.sequence(i, j) if t not in self.stop_ids]
                 texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
         pairs = [(text, answers[i // g]) for i, text in enumerate(texts)]
-        scores = np.asarray(rewards.reward_batch(pairs, format_bonus=self.rl.format_bonus),
-                            np.float32).reshape(p, g)
-        correct = np.asarray(rewards.reward_batch(pairs), np.float32).reshape(p, g) > 0
-        return scores, correct
+        verdicts = rewards.verify_batch(pairs)  # once: the rewards derive from the verdicts
+        scores = rewards.rewards_from_verdicts(texts, verdicts,
+                                               format_bonus=self.rl.format_bonus)
+        return (np.asarray(scores, np.float32).reshape(p, g),
+                np.asarray(verdicts, bool).reshape(p, g))
 
     def rollout(self, state: state_lib.TrainState, step: int) -> dict[str, Any]:
         """Samples, rewards and kept groups for one step (refilling when groups are dropped)."""
         want = self.rl.prompts_per_step
-        kept: list[dict[str, Any]] = []
+        rounds: list[dict[str, Any]] = []  # per round: prompt ids and per-group arrays
+        kept: list[tuple[int, int]] = []  # (round, group) of the learnable groups
         dropped = total_groups = 0
         gen_s = reward_s = 0.0
         for round_ in range(1 + (self.rl.max_refill_rounds if self.rl.dynamic_sampling else 0)):
@@ -229,42 +226,32 @@ class GRPOTrainer:
             reward_s += time.perf_counter() - start
             keep = (np.asarray(dynamic_sampling_keep(jnp.asarray(scores)))
                     if self.rl.dynamic_sampling else np.ones(len(scores), bool))
+            rounds.append(dict(ids=batch["ids"], scores=scores, correct=correct,
+                               **{f.name: getattr(samples, f.name)
+                                  for f in dataclasses.fields(Samples)}))
             total_groups += len(scores)
             dropped += int((~keep).sum())
-            for i in range(len(scores)):
-                if keep[i]:
-                    kept.append(dict(ids=batch["ids"][i], tokens=samples.tokens[i],
-                                     logprobs=samples.logprobs[i],
-                                     model_logprobs=samples.model_logprobs[i],
-                                     lengths=samples.lengths[i], finished=samples.finished[i],
-                                     scores=scores[i], correct=correct[i]))
+            kept += [(round_, i) for i in np.flatnonzero(keep)]
             if len(kept) >= want:
                 break
         # Too few learnable groups even after refills: pad with the last round's groups, their
         # loss masked out (fixed shapes: no recompilation), so the step still runs.
         used = kept[:want]
-        masked_groups = 0
-        i = 0
+        masked = [False] * len(used)
+        last = len(rounds) - 1
         while len(used) < want:
-            used.append(dict(ids=batch["ids"][i], tokens=samples.tokens[i],
-                             logprobs=samples.logprobs[i],
-                             model_logprobs=samples.model_logprobs[i], lengths=samples.lengths[i],
-                             finished=samples.finished[i], scores=scores[i],
-                             correct=correct[i], masked=True))
-            masked_groups += 1
-            i = (i + 1) % len(scores)
-        stacked = Samples(
-            tokens=np.stack([u["tokens"] for u in used]),
-            logprobs=np.stack([u["logprobs"] for u in used]),
-            model_logprobs=np.stack([u["model_logprobs"] for u in used]),
-            lengths=np.stack([u["lengths"] for u in used]),
-            finished=np.stack([u["finished"] for u in used]),
-        )
+            used.append((last, (len(used) - len(kept)) % len(rounds[last]["scores"])))
+            masked.append(True)
+
+        def stack(field: str) -> np.ndarray:
+            return np.stack([rounds[r][field][i] for r, i in used])
+
         return dict(
-            prompt_ids=[u["ids"] for u in used], samples=stacked,
-            scores=np.stack([u["scores"] for u in used]),
-            correct=np.stack([u["correct"] for u in used]),
-            group_masked=np.asarray([u.get("masked", False) for u in used]),
+            prompt_ids=[rounds[r]["ids"][i] for r, i in used],
+            samples=Samples(**{f.name: stack(f.name) for f in dataclasses.fields(Samples)}),
+            scores=stack("scores"),
+            correct=stack("correct"),
+            group_masked=np.asarray(masked),
             dropped=dropped, total_groups=total_groups, generation_s=gen_s, reward_s=reward_s,
         )
 

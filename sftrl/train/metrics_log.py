@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,8 @@ class MetricsWriter:
         if self.prefix:
             row["stage"] = self.prefix.rstrip("/")
         for key, value in metrics.items():
-            row[key] = float(value) if isinstance(value, int | float) or hasattr(
-                value, "dtype") else value
+            # numbers (Python or numpy/jax scalars) as floats; anything else as it is
+            row[key] = float(value) if np.ndim(value) == 0 and np.isreal(value) else value
         with self.path.open("a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
         if self._tb is not None:

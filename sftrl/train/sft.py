@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -268,11 +267,11 @@ def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
-def _ids_for_message(example_ids: Any) -> list[Any]:
+def _ids_for_message(example_ids: Any) -> list[int]:
+    """The batch's record indices (the pipeline pads example_ids with -1)."""
     if example_ids is None:
         return []
-    flat = np.asarray(example_ids).reshape(-1).tolist()
-    return [i for i in flat if i != -1 and not (isinstance(i, float) and math.isnan(i))]
+    return [i for i in np.asarray(example_ids).reshape(-1).tolist() if i != -1]
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
