@@ -132,3 +132,15 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert data_full == data_killed
     for x, y in zip(jax.tree.leaves(params_full), jax.tree.leaves(params_killed), strict=True):
         np.testing.assert_array_equal(x, y)  # bit-identical on CPU
+
+
+def test_metrics_file_torn_last_line_dropped_damaged_middle_refused(tmp_path):
+    from sftrl.train.metrics_log import MetricsWriter
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    MetricsWriter(tmp_path, resume_step=1, tensorboard=False).close()
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1]
+    path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:2: not valid JSON"):
+        MetricsWriter(tmp_path, resume_step=1, tensorboard=False)

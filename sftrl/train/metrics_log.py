@@ -68,11 +68,15 @@ class MetricsWriter:
         """Keeps lines of other stages and of steps <= resume_step (None: a fresh run, keep none
         of this stage's)."""
         kept = []
-        for line in self.path.read_text().splitlines():
+        lines = self.path.read_text().splitlines()
+        for number, line in enumerate(lines, start=1):
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the half-written last line of a killed run
+            except json.JSONDecodeError as e:
+                if number == len(lines):
+                    continue  # the half-written last line of a killed run
+                raise ValueError(f"{self.path}:{number}: not valid JSON ({e.msg}); the metrics "
+                                 "file is damaged") from None
             same_stage = row.get("stage") == self.prefix.rstrip("/") if self.prefix else True
             step = row.get("step")
             if same_stage and isinstance(step, int) and (resume_step is None or step > resume_step):

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sftrl.data.builders.errors import DataFormatError
-from sftrl.data.builders.problems import OPTIONAL_FIELDS, REQUIRED_FIELDS, parse_problem
-from sftrl.data.builders.rows import iter_jsonl
+from sftrl.data.builders.problems import OPTIONAL_FIELDS, read_problems
 
 MANIFEST = "MANIFEST.json"
 SOURCES = "SOURCES.md"
@@ -45,18 +44,8 @@ def normalize_file(
 ) -> tuple[list[dict[str, str]], list[str]]:
     """Validated, normalized records of one JSONL file, and the sorted names of dropped fields."""
     keep = tuple(f for f in OPTIONAL_FIELDS if f not in drop)
-    records: list[dict[str, str]] = []
-    first_seen: dict[str, str] = {}
     dropped: set[str] = set()
-    for loc, raw in iter_jsonl(path):
-        rec = parse_problem(raw, loc, optional=keep)
-        if rec["id"] in first_seen:
-            raise DataFormatError(
-                loc, f"duplicate id {rec['id']!r} (first at {first_seen[rec['id']]})", "id"
-            )
-        first_seen[rec["id"]] = loc
-        dropped.update(k for k in raw if k not in rec and k not in REQUIRED_FIELDS)
-        records.append(rec)
+    records = read_problems(path, optional=keep, dropped_fields=dropped)
     if not records:
         raise DataFormatError(str(path), "no records")
     return records, sorted(dropped)

@@ -52,9 +52,13 @@ def parse_problem(
 
 
 def read_problems(
-    path: str | os.PathLike[str], *, optional: Iterable[str] = OPTIONAL_FIELDS
+    path: str | os.PathLike[str], *, optional: Iterable[str] = OPTIONAL_FIELDS,
+    dropped_fields: set[str] | None = None,
 ) -> list[dict[str, str]]:
-    """Reads a JSONL or Parquet problem file; every record is validated, ids must be unique."""
+    """Reads a JSONL or Parquet problem file; every record is validated, ids must be unique.
+
+    `dropped_fields`, when given, collects the names of input fields that were not kept.
+    """
     optional = tuple(optional)
     records: list[dict[str, str]] = []
     first_seen: dict[str, str] = {}
@@ -65,6 +69,8 @@ def read_problems(
                 loc, f"duplicate id {rec['id']!r} (first at {first_seen[rec['id']]})", "id"
             )
         first_seen[rec["id"]] = loc
+        if dropped_fields is not None:
+            dropped_fields.update(k for k in raw if k not in rec and k not in REQUIRED_FIELDS)
         records.append(rec)
     return records
 
