@@ -142,5 +142,5 @@ def test_metrics_file_torn_last_line_dropped_damaged_middle_refused(tmp_path):
     MetricsWriter(tmp_path, resume_step=1, tensorboard=False).close()
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1]
     path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
-    with pytest.raises(ValueError, match="metrics.jsonl:2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not valid JSON"):
         MetricsWriter(tmp_path, resume_step=1, tensorboard=False)
