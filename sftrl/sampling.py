@@ -118,12 +118,12 @@ class _Decoder:
         def prefill(params, tokens_PxS, mask_PxS):
             cache = KVCache.init(module.config, tokens_PxS.shape[0], tokens_PxS.shape[1],
                                  module.dtype, module.layout)
-            logits, cache = module.apply(
-                {"params": params}, tokens_PxS, attention_mask_BxL=mask_PxS, cache=cache
-            )
             lengths = jnp.sum(mask_PxS, axis=1, dtype=jnp.int32)
-            last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-            return last, cache, lengths
+            logits, cache = module.apply(
+                {"params": params}, tokens_PxS, attention_mask_BxL=mask_PxS, cache=cache,
+                logit_positions_B=jnp.maximum(lengths - 1, 0),
+            )
+            return logits[:, 0], cache, lengths
 
         def decode(params, cache: SharedPrefixCache, tokens_PxN, positions_PxN):
             p, n = tokens_PxN.shape
@@ -261,6 +261,7 @@ def generate(
                                                                    last_logits_PxV.shape[-1]))
         done_PxN = jnp.zeros((len(wave), n), bool)
         steps = []
+        all_done_before = None
         for step in range(t_max):
             keys = _step_keys(base_key, prompt_ids, sample_ids, jnp.int32(step))
             tok, logp, model_logp = _sample(logits_PxNxV, keys, **sampling)
@@ -269,8 +270,12 @@ def generate(
                           jnp.where(done_PxN, 0.0, model_logp), done_PxN))
             done_PxN = done_PxN | jnp.isin(tok, stops)
             bar.update(len(wave) * n)
-            if step == t_max - 1 or bool(jnp.all(done_PxN)):
+            # The stop test reads the previous step's flags, which are ready while this step
+            # still runs: the host never waits for the device, and at most one step (all pad)
+            # is wasted after the last sequence stops.
+            if step == t_max - 1 or (all_done_before is not None and bool(all_done_before)):
                 break
+            all_done_before = jnp.all(done_PxN)
             positions = np.broadcast_to(lengths_P[:, None] + step, tok.shape)
             logits_PxNxV, shared = decoder.decode(model.params, shared, tok, positions)
         _store_wave(out, wave, steps, stop_ids)

@@ -202,3 +202,33 @@ def test_block_causal_attention_equals_full(monkeypatch):
     full = np.asarray(model(tokens, segment_ids=segments))
     valid = segments != 0
     np.testing.assert_allclose(blocked[valid], full[valid], atol=2e-5, rtol=1e-5)
+
+
+def test_cached_prefill_in_query_blocks_and_last_logits_only(monkeypatch):
+    """A long prefill into a cache takes the query-blocked path and matches the cache-free
+    forward; logit_positions_B returns exactly those positions' logits."""
+    from sftrl.models import transformer
+    from sftrl.models.model_config import ModelConfig
+    from sftrl.sharding import single_device_layout
+
+    cfg = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=64,
+                      max_position_embeddings=1024)
+    model = transformer.build_model(cfg, single_device_layout(), seed=0)
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, 64, (2, 300)).astype(np.int32)
+    mask = np.ones((2, 300), bool)
+    mask[1, 250:] = False  # right padding in row 1
+    monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 64)
+    full = np.asarray(model(tokens, attention_mask=mask))
+    cache = model.init_cache(2, 300)
+    cached, _ = model.module.apply({"params": model.params}, jnp.asarray(tokens),
+                                   attention_mask_BxL=jnp.asarray(mask), cache=cache)
+    np.testing.assert_allclose(np.asarray(cached)[mask], full[mask], atol=2e-5, rtol=1e-5)
+    last = np.array([299, 249])
+    picked, _ = model.module.apply({"params": model.params}, jnp.asarray(tokens),
+                                   attention_mask_BxL=jnp.asarray(mask), cache=cache,
+                                   logit_positions_B=jnp.asarray(last))
+    assert picked.shape == (2, 1, 64)
+    np.testing.assert_allclose(np.asarray(picked)[:, 0], full[[0, 1], last], atol=2e-5,
+                               rtol=1e-5)

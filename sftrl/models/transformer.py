@@ -134,6 +134,25 @@ def causal_attention(
     return jnp.concatenate(outs, axis=1)
 
 
+def query_blocked_attention(
+    q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array, mask_BxLxS: jax.Array
+) -> jax.Array:
+    """Attention of L queries against a cache of S keys, queries in blocks of CAUSAL_BLOCK.
+
+    Exact; it bounds the float32 scores to CAUSAL_BLOCK x S per block: a prefill of 64 prompts
+    of 2048 tokens into a cache would otherwise form 69 GB of scores with Llama-3-8B's heads.
+    """
+    l = q_BxLxHxD.shape[1]
+    if l < 2 * CAUSAL_BLOCK:
+        return dot_product_attention(q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxLxS)
+    outs = [
+        dot_product_attention(q_BxLxHxD[:, start:start + CAUSAL_BLOCK], k_BxSxKxD, v_BxSxKxD,
+                              mask_BxLxS[:, start:start + CAUSAL_BLOCK])
+        for start in range(0, l, CAUSAL_BLOCK)
+    ]
+    return jnp.concatenate(outs, axis=1)
+
+
 def _shared_prefix_attention(
     q_BxLxHxD: jax.Array,
     k_BxLxKxD: jax.Array,
@@ -237,7 +256,7 @@ class Attention(_Sharded):
                 v_cache, v_BxLxKxD.astype(v_cache.dtype), start
             )
             new_cache = (k_BxSxKxD, v_BxSxKxD)
-        attend = causal_attention if layer_cache is None else dot_product_attention
+        attend = causal_attention if layer_cache is None else query_blocked_attention
         out_BxLxHxD = attend(
             q_BxLxHxD, k_BxSxKxD.astype(self.dtype), v_BxSxKxD.astype(self.dtype), mask_BxLxS
         )
@@ -308,12 +327,16 @@ class Transformer(_Sharded):
         attention_mask_BxL: jax.Array | None = None,
         segment_ids_BxL: jax.Array | None = None,
         cache: KVCache | SharedPrefixCache | None = None,
+        logit_positions_B: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | SharedPrefixCache | None]:
         """Logits [B, L, V] in float32, and the updated cache when one is given.
 
         attention_mask_BxL: 1 for real tokens, 0 for padding (left or right).
         segment_ids_BxL: packed batches; tokens attend within their segment; 0 marks padding.
         cache: decode incrementally; the new tokens go to slots [cache.end, cache.end + L).
+        logit_positions_B: only the logits at these positions, [B, 1, V]. A prefill needs just
+            the last prompt token's: full [B, L, V] float32 logits of a 64 x 2048 prefill with a
+            128k vocabulary would take 67 GB.
         """
         c = self.config
         b, l = tokens_BxL.shape
@@ -388,6 +411,9 @@ class Transformer(_Sharded):
             cache_meta = None if cache is None else cache.end
         x_BxLxE, new_layer_caches = layers(x_BxLxE, layer_caches, cos_sin, mask_BxLxS, cache_meta)
         x_BxLxE = RMSNorm(c.rms_norm_eps, self.dtype, self.param_dtype, name="final_norm")(x_BxLxE)
+        if logit_positions_B is not None:
+            x_BxLxE = jnp.take_along_axis(
+                x_BxLxE, logit_positions_B.astype(jnp.int32)[:, None, None], axis=1)
 
         if c.tie_embeddings:
             logits_BxLxV = jnp.dot(x_BxLxE, embedding.astype(self.dtype).T)
