@@ -5,6 +5,7 @@
 #   make bench                     benchmarks/ (forward, verifier, decode kernel, sampling vs
 #                                  transformers, data, SFT step, eval, GRPO step: JSON + tables
 #                                  under runs/bench; long on CPU)
+#   make bench-accelerator         on a GPU/TPU: ceilings, decode kernel, 8B sampling, SFT MFU
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +16,7 @@ ARGS ?=
 # test-only; a CPU build of this version is what parity tests are run with
 TORCH ?= torch==2.13.0
 
-.PHONY: run test lint bench setup setup-test clean
+.PHONY: run test lint bench bench-accelerator setup setup-test clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "sftrl needs Python >= 3.11"'
@@ -49,6 +50,9 @@ bench: $(VENV)/.installed-test
 	$(PY) benchmarks/sft.py --out=runs/bench
 	$(PY) benchmarks/eval.py --out=runs/bench
 	$(PY) benchmarks/grpo.py --out=runs/bench
+
+bench-accelerator: $(VENV)/.installed-test
+	$(PY) benchmarks/accelerator.py --out=runs/bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -68,3 +68,23 @@ def test_sft_benchmark_runs_all_methods(tmp_path: Path) -> None:
                        f"--out={tmp_path / 'killed'}"])
     assert len(killed) == 1 and killed[0]["error"].startswith("killed at")
     assert "tokens_per_s" not in killed[0]
+
+
+def test_accelerator_benchmark_small_runs_every_part(tmp_path: Path) -> None:
+    """The accelerator script's --small smoke mode on CPU: every part in its child process
+    writes rows (no error rows), the kernel matches its reference and the sampler reports the
+    shared/unshared ratio."""
+    accelerator = load_benchmark("accelerator")
+    rows = accelerator.main(["--small", f"--out={tmp_path}"])
+
+    assert json.loads((tmp_path / "accelerator.json").read_text()) == rows
+    parts = [row["part"] for row in rows]
+    assert parts == ["limits", "kernel", "sampler", "sampler", "sft"]
+    assert not [row for row in rows if "error" in row]
+    kernel = rows[1]
+    assert kernel["impl"] == "interpret" and kernel["rel_err_ragged"] < 1e-2
+    shared, unshared = rows[2], rows[3]
+    assert (shared["method"], unshared["method"]) == ("a shared", "b unshared")
+    assert shared["shared_over_unshared"] == unshared["seconds"] / shared["seconds"]
+    assert rows[4]["losses_finite"] and rows[4]["tokens_per_s"] > 0
+    assert "### sampler" in (tmp_path / "accelerator.md").read_text()
