@@ -29,7 +29,7 @@ ALLOWED = {
                          "sftrl.data"),
 }
 TOP = ("sftrl.main", "sftrl.launch", "sftrl.report", "sftrl.model_check", "sftrl.predict_stage",
-       "sftrl.eval_stage", "sftrl.pipeline")
+       "sftrl.eval_stage", "sftrl.pipeline", "sftrl.study")
 
 
 def _module_name(path: pathlib.Path) -> str:

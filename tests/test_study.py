@@ -1,0 +1,331 @@
+"""The replication study's report (`sftrl.study`) on hand-made sweep directories.
+
+Each sweep is what `python -m sftrl.launch --sweep=configs/sweeps/quagmire_tiny.py` leaves behind
+(sweep.json, per run config.json, pipeline.json and eval/*.json in the schema the pipeline
+writes), and its predict run's predictor.json comes from the real predictor, so the study is
+checked against its true inputs without training anything.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from sftrl import predict_stage, study
+from sftrl.eval import predict
+
+VARIANTS = [("answer_only", "diverse"), ("short_cot", "homogeneous"), ("short_cot", "diverse"),
+            ("long_cot", "diverse")]
+EPOCHS = [3, 9]
+KS = [2**i for i in range(9)]  # 1 .. 256
+N, PROMPTS = 256, 128
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+RUN_MINUTES, PREDICT_MINUTES = 10, 1
+# (post-SFT pass@1, post-SFT pass@256, generalization loss, post-RL pass@1) per run, in the order
+# of VARIANTS x EPOCHS: pass@1 ranks against the RL result, loss and pass@256 with it.
+NUMBERS = [(0.30, 0.45, 0.90, 0.35), (0.34, 0.42, 1.00, 0.33),
+           (0.20, 0.70, 0.70, 0.55), (0.25, 0.65, 0.75, 0.52),
+           (0.18, 0.80, 0.60, 0.62), (0.22, 0.78, 0.62, 0.60),
+           (0.10, 0.85, 0.55, 0.66), (0.15, 0.83, 0.58, 0.65)]
+
+
+def _curve(p1: float, p256: float) -> dict[str, float]:
+    return {str(k): p1 + (p256 - p1) * np.log2(k) / 8 for k in KS}
+
+
+def _eval(name: str, dataset: str, stage: str, p1: float, p256: float, loss: float,
+          parent: str | None = None) -> dict:
+    curve = _curve(p1, p256)
+    bench = {"n": N, "num_prompts": PROMPTS, "pass@1": p1, "pass@k": curve,
+             "pass@k_ci": {k: [v - 0.01, v + 0.01] for k, v in curve.items()},
+             "ci_confidence": 0.95, "learnable_fraction": 0.5, "truncation_rate": 0.0}
+    record = {"checkpoint": name, "dataset": dataset, "group": "llama-128x4", "stage": stage,
+              "generalization_loss": loss, "benchmarks": {"synthetic": bench},
+              "mean_over_benchmarks": {"pass@1": p1, "pass@k": curve},
+              "metrics": {"heldout/loss": loss}}
+    if parent:
+        record["sft_checkpoint"] = parent
+    return record
+
+
+def _iso(minutes: float) -> str:
+    return (T0 + datetime.timedelta(minutes=minutes)).isoformat(timespec="seconds")
+
+
+def make_sweep(root: Path, numbers=NUMBERS) -> Path:
+    """A finished quagmire_tiny-shaped sweep directory with the given numbers."""
+    root.mkdir(parents=True)
+    status: dict = {"sweep": "quagmire_tiny", "runs": {}}
+    predict_config = {"seed": 0, "predict": {"calibration_sizes": [3, 4], "n_bootstrap": 50,
+                                             "n_permutations": 200}}
+    for i, ((style, phrasing), epochs) in enumerate(itertools.product(VARIANTS, EPOCHS)):
+        p1, p256, loss, rl = numbers[i]
+        run = f"{style}-{phrasing}-ep{epochs}"
+        dataset = f"{style}-{phrasing}-2000"
+        sft_name, rl_name = f"ep{epochs}-{dataset}-sft", f"ep{epochs}-{dataset}-rl"
+        run_dir = root / run
+        (run_dir / "eval").mkdir(parents=True)
+        config = {**predict_config, "sft": {"num_epochs": epochs},
+                  "rl": {"num_steps": 30},
+                  "data": {"synthetic": {"style": style, "phrasing": phrasing, "size": 2000}},
+                  "model": {"model_type": "llama", "hidden_size": 128, "num_layers": 4,
+                            "intermediate_size": 384, "vocab_size": 512, "num_heads": 4,
+                            "num_kv_heads": 2, "head_dim": 32, "tie_embeddings": False}}
+        (run_dir / "config.json").write_text(json.dumps(config))
+        (run_dir / "pipeline.json").write_text(json.dumps(
+            {f"{dataset}/sft": {"done": True, "final_step": 22 * epochs, "time": 0.0}}))
+        (run_dir / "eval" / f"{sft_name}.json").write_text(json.dumps(
+            _eval(sft_name, dataset, "sft", p1, p256, loss), indent=2))
+        (run_dir / "eval" / f"{rl_name}.json").write_text(json.dumps(
+            _eval(rl_name, dataset, "rl", rl, min(1.0, p256 + 0.05), loss, sft_name), indent=2))
+        status["runs"][run] = {"state": "done", "returncode": 0,
+                               "start": _iso(RUN_MINUTES * i), "end": _iso(RUN_MINUTES * (i + 1))}
+    end = RUN_MINUTES * len(numbers)
+    status["runs"]["predict"] = {"state": "done", "returncode": 0, "start": _iso(end),
+                                 "end": _iso(end + PREDICT_MINUTES)}
+    (root / "sweep.json").write_text(json.dumps(status, indent=2))
+    (root / "predict" / "report").mkdir(parents=True)
+    (root / "predict" / "config.json").write_text(json.dumps(predict_config))
+    write_predictor(root)
+    return root
+
+
+def write_predictor(root: Path) -> dict:
+    """What the sweep's predict run writes: the real predictor over every run's eval files."""
+    options = predict_stage.options_from_config(json.loads(
+        (root / "predict" / "config.json").read_text()))
+    dirs = sorted(p for p in root.glob("*/eval") if p.parent.name != "predict")
+    report = predict.evaluate(predict.load_eval_dir(dirs), options)
+    predict.write_report(report, root / "predict" / "report")
+    return report
+
+
+def table(markdown: str, first_header: str) -> list[dict[str, str]]:
+    """The markdown table whose header starts with `first_header`, as row dicts."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, [c.strip() for c in line.strip("|").split("|")],
+                             strict=True)))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    sweep = make_sweep(root / "sweep")
+    readme = study.write_study(sweep, root / "docs", sweep_spec="configs/sweeps/quagmire_tiny.py")
+    return sweep, readme, readme.read_text()
+
+
+def test_checkpoint_table_has_exactly_the_eval_numbers(built):
+    _, _, text = built
+    rows = {r["run"]: r for r in table(text, "#")}
+    assert len(rows) == len(NUMBERS)
+    for i, ((style, phrasing), epochs) in enumerate(itertools.product(VARIANTS, EPOCHS)):
+        p1, p256, loss, rl = NUMBERS[i]
+        row = rows[f"{style}-{phrasing}-ep{epochs}"]
+        assert row["data set"] == f"{style}-{phrasing}-2000"
+        assert int(row["epochs"]) == epochs and int(row["SFT steps"]) == 22 * epochs
+        expected = {"gen. loss": loss, "SFT pass@1": p1, "SFT pass@256": p256,
+                    "RL pass@1": rl, "RL gain": rl - p1}
+        for column, value in expected.items():
+            assert float(row[column]) == pytest.approx(value, abs=5e-5), (row["run"], column)
+        se = np.hypot(*(np.sqrt(p * (1 - p) / (N * PROMPTS)) for p in (p1, rl)))
+        assert float(row["2·SE(gain)"]) == pytest.approx(2 * se, abs=5e-5)
+        assert row["run time"] == f"{RUN_MINUTES}m00s"
+
+
+def test_predictor_table_has_the_predictors_numbers(built):
+    sweep, _, text = built
+    report = json.loads((sweep / "predict" / "report" / "predictor.json").read_text())
+    g = report["groups"]["llama-128x4"]
+    rows = {r["proxy"]: r for r in table(text, "proxy") if "data-set R² m=3" in r}
+    names = {"post-SFT pass@1": "pass@1", "generalization loss": "-generalization_loss",
+             "pass@256": "pass@256", "average of the three": "average"}
+    assert list(rows) == list(names)  # the paper's row order
+    number = r"(-?\d+\.\d+)"
+    for label, name in names.items():
+        for level, prefix in (("instance", "instance"), ("dataset", "data-set")):
+            s = g["scores"][level][predict.OUTCOME][name]
+            rho, p = re.fullmatch(rf"{number} \(p = {number}\)",
+                                  rows[label][f"{prefix} Spearman ρ (p)"]).groups()
+            assert float(rho) == pytest.approx(s["spearman"]["rho"], abs=5e-5)
+            assert float(p) == pytest.approx(s["spearman"]["p_value"], abs=5e-5)
+            for m in (3, 4):
+                cell = rows[label][f"{prefix} R² m={m}"]
+                if "error" in s["r2"][str(m)]:
+                    assert cell == "n/a¹"  # e.g. 4 data sets leave < 2 held out at m=3
+                    continue
+                mean, std = re.fullmatch(rf"{number} ± {number}", cell).groups()
+                assert float(mean) == pytest.approx(s["r2"][str(m)]["mean"], abs=5e-5)
+                assert float(std) == pytest.approx(s["r2"][str(m)]["std"], abs=5e-5)
+    assert "needs m >= 2 and at least 2 held-out points" in text  # why the n/a cells are n/a
+
+
+def test_findings_are_computed_from_the_numbers(built):
+    _, _, text = built
+    findings = text.split("## Findings")[1].split("\n## ")[0]
+    rl = [n[3] for n in NUMBERS]
+    rhos = {"post-SFT pass@1": stats.spearmanr([n[0] for n in NUMBERS], rl)[0],
+            "generalization loss": stats.spearmanr([-n[2] for n in NUMBERS], rl)[0],
+            "pass@256": stats.spearmanr([n[1] for n in NUMBERS], rl)[0]}
+    assert rhos["post-SFT pass@1"] < 0 < rhos["generalization loss"]
+    # loss and pass@256 both rank the 8 checkpoints perfectly here: a tie, said as one
+    assert rhos["generalization loss"] == rhos["pass@256"] == pytest.approx(1.0)
+    assert ("At the instance level (8 points) the highest Spearman ρ (1.000) is shared by "
+            "generalization loss and pass@256") in findings
+    assert "Significantly positive at 0.05 (instance level): generalization loss, pass@256" \
+        in findings
+    assert "Significantly negative (ranks in reverse) at 0.05 (instance level): post-SFT " \
+        "pass@1." in findings
+    bad = sum((a[0] - b[0]) * (a[3] - b[3]) < 0 for a, b in itertools.combinations(NUMBERS, 2))
+    assert f"both order strictly, post-SFT pass@1 orders {bad} the wrong way round" in findings
+    assert "`ep3-long_cot-diverse-2000-sft`, ranks 8 of 8 by post-SFT pass@1" in findings
+    # the 4 data-set points can never reach p < 0.05 in an exact permutation test: 2/4! = 0.083
+    assert "With 4 points even a perfect ranking has p = 0.083" in findings
+    assert "No calibration R² at the data-set level: calibration size 3 needs m >= 2 and at " \
+        "least 2 held-out points, have n=4" in findings
+    gains = np.array([n[3] - n[0] for n in NUMBERS])
+    assert f"mean {gains.mean():+.4f}, std {gains.std():.4f}" in findings
+    assert "The mean gain is beyond sampling noise" in findings
+    assert "too little RL signal" not in findings
+    assert "**The paper's central finding reproduces at this scale**" in findings
+
+
+def test_time_commands_paper_table_and_plots(built):
+    sweep, readme, text = built
+    total = RUN_MINUTES * len(NUMBERS) + PREDICT_MINUTES
+    assert f"Sweep wall-clock time (first start to last end in `sweep.json`, the predict run " \
+           f"included): {total // 60}h{total % 60:02d}m00s" in text
+    assert (f"python -m sftrl.launch --sweep=configs/sweeps/quagmire_tiny.py --workdir={sweep} "
+            "--max_parallel=1") in text
+    assert f"python -m sftrl.study --sweep_dir={sweep} --out={readme.parent}" in text
+    paper = table(text, "model")
+    assert len(paper) == 8 and {r["model"] for r in paper} == {"Llama-3-8B", "Mistral-NeMo-12B"}
+    assert all(r[c] == "" for r in paper for c in r if c not in ("model", "proxy"))
+    assert "**To be filled from the paper**" in text
+    for name in ("proxies_vs_rl.png", "passk_curves.png", "rl_gain.png"):
+        assert f"]({name})" in text
+        assert (readme.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    numbers = json.loads((readme.parent / "study.json").read_text())
+    assert numbers["wall_clock_s"] == total * 60 and not numbers["partial"]
+
+
+def test_rl_gain_within_noise_says_so(tmp_path):
+    flat = [(p1, p256, loss, p1 + 1e-4 * (i % 3)) for i, (p1, p256, loss, _) in
+            enumerate(NUMBERS)]
+    text = study.write_study(make_sweep(tmp_path / "sweep", flat), tmp_path / "out").read_text()
+    findings = text.split("## Findings")[1]
+    assert "That is too little RL signal at this scale." in findings
+    assert "does not reproduce at this scale**: too little RL signal at this scale" in findings
+
+
+@pytest.fixture
+def sweep_copy(built, tmp_path):
+    return Path(shutil.copytree(built[0], tmp_path / "sweep"))
+
+
+def test_unfinished_runs_are_listed_and_refused_or_marked(sweep_copy, tmp_path):
+    status = json.loads((sweep_copy / "sweep.json").read_text())
+    status["runs"]["long_cot-diverse-ep9"].update(state="running", end=None)
+    status["runs"]["predict"] = {"state": "pending"}
+    (sweep_copy / "sweep.json").write_text(json.dumps(status))
+    (sweep_copy / "short_cot-diverse-ep3" / "eval" / "ep3-short_cot-diverse-2000-rl.json").unlink()
+    with pytest.raises(study.StudyError, match=r"unfinished runs: .*short_cot-diverse-ep3 "
+                       r"\(no post-RL eval file\), long_cot-diverse-ep9 \(running\)"):
+        study.write_study(sweep_copy, tmp_path / "out")
+    text = study.write_study(sweep_copy, tmp_path / "out", allow_partial=True).read_text()
+    assert "**Partial" in text
+    rows = {r["run"]: r for r in table(text, "#")}
+    assert rows["long_cot-diverse-ep9"]["RL pass@1"] == "missing"
+    assert rows["short_cot-diverse-ep3"]["RL pass@1"] == "missing"
+    assert float(rows["short_cot-diverse-ep3"]["SFT pass@1"]) == pytest.approx(0.18)
+    assert "re-computed by `sftrl.study` with `sftrl.eval.predict` over the 7 finished" in text
+    assert "6 SFT checkpoints with a post-RL result" in text
+
+
+def test_a_run_missing_from_the_sweep_file_is_unfinished(sweep_copy, tmp_path):
+    status = json.loads((sweep_copy / "sweep.json").read_text())
+    del status["runs"]["answer_only-diverse-ep3"]
+    (sweep_copy / "sweep.json").write_text(json.dumps(status))
+    with pytest.raises(study.StudyError, match=r"answer_only-diverse-ep3 \(not started\)"):
+        study.write_study(sweep_copy, tmp_path / "out",
+                          sweep_spec="configs/sweeps/quagmire_tiny.py")
+    with pytest.raises(study.StudyError, match=r"are not in configs/sweeps/quagmire_tiny\.py:ci"):
+        study.write_study(sweep_copy, tmp_path / "out",
+                          sweep_spec="configs/sweeps/quagmire_tiny.py:ci")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: "{\n  \"checkpoint\": oops", r"ep3-long_cot-diverse-2000-sft\.json:2: not valid"),
+    (lambda r: json.dumps({k: v for k, v in r.items() if k != "generalization_loss"}),
+     r"ep3-long_cot-diverse-2000-sft\.json: field 'generalization_loss'"),
+    (lambda r: json.dumps({**r, "benchmarks": {"synthetic": {
+        **r["benchmarks"]["synthetic"], "pass@k": {"1": "high"}}}}),
+     r"ep3-long_cot-diverse-2000-sft\.json: benchmarks\.synthetic: field 'pass@k\[1\]'"),
+    (lambda r: json.dumps({**r, "stage": "pretrain"}),
+     r"ep3-long_cot-diverse-2000-sft\.json: field 'stage'"),
+])
+def test_a_malformed_eval_file_is_named_with_its_field(sweep_copy, tmp_path, edit, message):
+    path = sweep_copy / "long_cot-diverse-ep3" / "eval" / "ep3-long_cot-diverse-2000-sft.json"
+    path.write_text(edit(json.loads(path.read_text())))
+    with pytest.raises(study.StudyError, match=message):
+        study.write_study(sweep_copy, tmp_path / "out")
+
+
+def test_malformed_status_pipeline_and_stale_predictor(sweep_copy, tmp_path):
+    path = sweep_copy / "predict" / "report" / "predictor.json"
+    report = json.loads(path.read_text())
+    report["groups"]["llama-128x4"]["candidates"][0]["outcomes"][predict.OUTCOME] += 0.1
+    path.write_text(json.dumps(report))
+    with pytest.raises(study.StudyError, match=r"predictor\.json is stale: checkpoint .*"
+                       r"field 'outcomes\.rl_pass@1'"):
+        study.write_study(sweep_copy, tmp_path / "out")
+    write_predictor(sweep_copy)
+    pipeline = sweep_copy / "answer_only-diverse-ep9" / "pipeline.json"
+    pipeline.write_text("{}")
+    with pytest.raises(study.StudyError, match=r"pipeline\.json: field "
+                       r"'answer_only-diverse-2000/sft\.final_step'"):
+        study.write_study(sweep_copy, tmp_path / "out")
+    status = json.loads((sweep_copy / "sweep.json").read_text())
+    status["runs"]["predict"]["state"] = "finished"
+    (sweep_copy / "sweep.json").write_text(json.dumps(status))
+    with pytest.raises(study.StudyError, match=r"sweep\.json: runs\.predict: field 'state'"):
+        study.write_study(sweep_copy, tmp_path / "out")
+
+
+def test_paper_numbers_fill_the_table_and_are_checked(sweep_copy, tmp_path):
+    numbers = tmp_path / "paper.json"
+    numbers.write_text(json.dumps({"models": {"Llama-3-8B": {
+        "generalization loss": {"instance_spearman": 0.5, "dataset_r2": "0.3 ± 0.1"}}}}))
+    text = study.write_study(sweep_copy, tmp_path / "out", paper_numbers=numbers).read_text()
+    row = next(r for r in table(text, "model")
+               if r["model"] == "Llama-3-8B" and r["proxy"] == "generalization loss")
+    assert row["instance Spearman"] == "0.5" and row["data-set R²"] == "0.3 ± 0.1"
+    assert row["data-set Spearman"] == ""
+    numbers.write_text(json.dumps({"models": {"Llama-3-8B": {
+        "pass@1": {"instance_spearman": 0.5}}}}))
+    with pytest.raises(study.StudyError, match=r"paper\.json: models\.Llama-3-8B\.pass@1: "
+                       "unknown row"):
+        study.write_study(sweep_copy, tmp_path / "out", paper_numbers=numbers)
+
+
+def test_cli(sweep_copy, tmp_path, capsys):
+    out = tmp_path / "docs"
+    assert study.main([f"--sweep_dir={sweep_copy}", f"--out={out}"]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "README.md")
+    assert study.main([f"--sweep_dir={tmp_path / 'nowhere'}", f"--out={out}"]) == 2
+    assert "nowhere: no such sweep directory" in capsys.readouterr().err
