@@ -11,12 +11,16 @@ What is measured
 
 Rows
     `reference` (plain JAX, XLA-fused) always; `pallas` (Triton on GPU, Mosaic on TPU) when the
-    backend is a GPU or TPU, with `speedup` = reference median / pallas median. The interpreter is
-    not timed (it measures nothing about the kernel). On CPU the table has the reference only.
+    backend is a GPU or TPU, one row per `--splits` value (a comma-separated list of split-KV
+    counts or `auto`, default `auto`), with `speedup` = reference median / pallas median. The
+    `splits` column is the number the kernel actually used (auto resolved, capped by the kv
+    blocks); the pallas time includes the split merge. The interpreter is not timed (it measures
+    nothing about the kernel). On CPU the table has the reference only.
 
 Usage
     python benchmarks/decode_attention.py --out=runs/bench
     python benchmarks/decode_attention.py --prompts=8 --samples=64 --prefix=2048 --dtype=bfloat16
+    python benchmarks/decode_attention.py --prompts=1 --samples=16 --splits=1,4,auto
 Writes DIR/decode_attention.json (a list of rows) and DIR/decode_attention.md (the table).
 """
 
@@ -40,8 +44,8 @@ if str(ROOT) not in sys.path:  # `kernels` is imported from the repository root,
 
 from kernels import decode_attention as da  # noqa: E402
 
-COLUMNS = ("impl", "backend", "dtype", "P", "K", "N", "G", "S", "D", "block_kv", "compile_s",
-           "median_ms", "min_ms", "gb_per_s", "speedup")
+COLUMNS = ("impl", "backend", "dtype", "P", "K", "N", "G", "S", "D", "block_kv", "splits",
+           "compile_s", "median_ms", "min_ms", "gb_per_s", "speedup")
 
 
 def _time(fn, args, warmup: int, iters: int) -> tuple[float, list[float]]:
@@ -68,18 +72,24 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     v = jax.random.normal(keys[2], (P, K, S, D), dtype)
     lengths = jnp.full((P,), S, jnp.int32)
     prefix_bytes = 2 * P * K * S * D * dtype.itemsize
-    impls = ["reference"] + (["pallas"] if backend in ("gpu", "tpu") else [])
-    block_sizes = da.BlockSizes(block_kv=args.block_kv)
+    runs: list[tuple[str, da.BlockSizes, int | None]] = [
+        ("reference", da.BlockSizes(block_kv=args.block_kv), None)]
+    if backend in ("gpu", "tpu"):
+        for splits in args.splits:
+            block_sizes = da.BlockSizes(block_kv=args.block_kv, num_splits=splits)
+            used = da.num_splits_for(q.shape, S, dtype, block_sizes, backend)
+            runs.append(("pallas", block_sizes, used))
     rows = []
-    for impl in impls:
-        def step(q, k, v, lengths, impl=impl):
+    for impl, block_sizes, used in runs:
+        def step(q, k, v, lengths, impl=impl, block_sizes=block_sizes):
             return da.prefix_decode_attention(q, k, v, lengths, block_sizes=block_sizes, impl=impl)
 
         compile_s, times = _time(step, (q, k, v, lengths), args.warmup, args.iters)
         median = statistics.median(times)
         rows.append({
             "impl": impl, "backend": backend, "dtype": dtype.name, "P": P, "K": K, "N": N,
-            "G": G, "S": S, "D": D, "block_kv": args.block_kv, "compile_s": round(compile_s, 3),
+            "G": G, "S": S, "D": D, "block_kv": args.block_kv, "splits": used,
+            "compile_s": round(compile_s, 3),
             "median_ms": median * 1e3, "min_ms": min(times) * 1e3,
             "gb_per_s": prefix_bytes / median / 1e9, "speedup": None,
         })
@@ -99,6 +109,21 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _splits(text: str) -> list[int | None]:
+    """`--splits`: comma-separated positive ints or `auto` (None: the kernel's auto rule)."""
+    values: list[int | None] = []
+    for item in text.split(","):
+        item = item.strip()
+        if item == "auto":
+            values.append(None)
+        elif item.isdigit() and int(item) > 0:
+            values.append(int(item))
+        else:
+            raise argparse.ArgumentTypeError(
+                f"--splits takes positive ints or 'auto', comma-separated; got {item!r}")
+    return values
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=4, help="P")
@@ -109,6 +134,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=128, help="D head dim")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--block-kv", type=int, default=128)
+    parser.add_argument("--splits", type=_splits, default=[None],
+                        help="split-KV counts for the pallas rows, e.g. 1,4,auto (default auto)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--out", default="runs/bench", help="folder for decode_attention.json/.md")

@@ -1,4 +1,5 @@
-"""Shared-prefix decode attention: reference vs numpy, interpret-mode Pallas vs reference, merge."""
+"""Shared-prefix decode attention: reference vs numpy, interpret-mode Pallas vs reference (split-KV
+included), merge, the split plan, GPU/TPU lowerings and (on an accelerator) the compiled kernel."""
 
 from __future__ import annotations
 
@@ -75,13 +76,11 @@ def test_reference_matches_numpy_gqa_decode():
     _assert_lse(lse, want_lse, 1e-5)
 
 
-# (G, D, N, S, block_kv, block_rows, lengths, dtype); R = N * G
+# (G, D, N, S, block_kv, block_rows, lengths, dtype); R = N * G; default (auto) splits. Small R,
+# padding and several row blocks with explicit splits are in SPLIT_CASES below.
 CASES = [
     (1, 64, 1, 200, 128, None, [0, 131, 200], jnp.float32),      # R=1, S % block_kv != 0
-    (4, 128, 3, 100, 32, None, [37, 0], jnp.float32),             # R=12 padded to 16
     (8, 64, 16, 70, 32, None, [70, 1, 45], jnp.float32),          # R=128, one row block
-    (4, 64, 3, 96, 32, 8, [96, 50], jnp.float32),                 # several row blocks, R padded
-    (1, 128, 64, 50, 16, None, [17, 50, 0], jnp.bfloat16),        # R=64
     (8, 64, 3, 80, 32, 16, [0, 80, 33], jnp.bfloat16),            # R=24 over 2 row blocks
     (8, 64, 64, 40, 16, None, [23, 40], jnp.float32),             # R=512: 4 row blocks of 128
 ]
@@ -113,6 +112,78 @@ def test_interpret_matches_reference(G, D, N, S, block_kv, block_rows, lengths, 
     assert np.all(np.asarray(out, np.float32)[zero] == 0)
 
 
+# (G, D, N, S, block_kv, block_rows, splits, want_splits, lengths, dtype); splits None = auto.
+# Lengths: 0, inside the first split, not a multiple of block_kv, the whole prefix.
+SPLIT_CASES = [
+    (1, 64, 1, 200, 16, None, 2, 2, [0, 5, 131, 200], jnp.float32),    # GQA 1, N=1, S % bkv
+    (4, 128, 3, 100, 16, None, 3, 3, [37, 0, 100, 15], jnp.float32),   # D 128, R=12 padded
+    (8, 64, 8, 96, 16, None, 7, 6, [96, 1, 50, 0], jnp.bfloat16),      # 7 -> 6 ranges of 1
+    (4, 64, 4, 200, 16, None, None, 5, [200, 0, 17, 9], jnp.float32),  # auto: 6 -> 5
+    (4, 64, 4, 256, 16, None, None, 4, [256, 3, 0, 100], jnp.bfloat16),  # auto, bf16: 4
+    (1, 128, 64, 72, 16, None, 2, 2, [72, 0, 40], jnp.bfloat16),       # N=64, R=64
+    (8, 64, 2, 50, 16, None, 7, 4, [49, 3], jnp.float32),              # capped at 4 kv blocks
+    (4, 64, 6, 96, 32, 8, 3, 3, [96, 31, 0], jnp.float32),             # 3 row blocks x 3 splits
+    (4, 64, 16, 130, 32, None, None, 1, [130, 33, 0], jnp.float32),    # auto keeps 1 (R=64)
+]
+
+
+@pytest.mark.parametrize("G,D,N,S,block_kv,block_rows,splits,want_splits,lengths,dtype",
+                         SPLIT_CASES)
+def test_interpret_split_kv_matches_reference_and_numpy(G, D, N, S, block_kv, block_rows, splits,
+                                                        want_splits, lengths, dtype):
+    rng = np.random.default_rng(S * 10 + N)
+    P, K = len(lengths), 2
+    q = _rand(rng, (P, K, N * G, D), dtype)
+    k, v = _rand(rng, (P, K, S, D), dtype), _rand(rng, (P, K, S, D), dtype)
+    bs = da.BlockSizes(block_kv=block_kv, block_rows=block_rows, num_splits=splits)
+    assert da.num_splits_for(q.shape, S, dtype, bs, "interpret") == want_splits
+    lens = jnp.asarray(lengths, jnp.int32)
+    out, lse = da.prefix_decode_attention(q, k, v, lens, block_sizes=bs, impl="interpret")
+    assert out.shape == q.shape and out.dtype == dtype
+    assert lse.shape == q.shape[:3] and lse.dtype == jnp.float32
+    got = np.asarray(out, np.float32)
+    assert not np.isnan(got).any() and not np.isnan(np.asarray(lse)).any()
+    ref, ref_lse = da.prefix_decode_attention_reference(q, k, v, lens)
+    want, want_lse = _naive(q, k, v, np.asarray(lengths))
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2  # bf16: probabilities rounded before PV
+    np.testing.assert_allclose(got, np.asarray(ref, np.float32), atol=tol, rtol=tol)
+    np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
+    lse_tol = 1e-5 if dtype == jnp.float32 else 1e-3
+    _assert_lse(lse, np.asarray(ref_lse), lse_tol)
+    _assert_lse(lse, want_lse, lse_tol)
+    zero = np.asarray(lengths) == 0
+    assert np.all(got[zero] == 0) and np.all(np.isneginf(np.asarray(lse)[zero]))
+
+
+def test_split_plan_rule():
+    """The auto rule of BlockSizes.num_splits, and explicit values capped / evened out."""
+    plan = da._split_plan
+    # explicit: capped at the kv blocks; equal ranges of ceil(blocks / splits)
+    assert plan(1, 20, 16, 2, da.BlockSizes(num_splits=7), "gpu") == (7, 3)
+    assert plan(1, 16, 16, 2, da.BlockSizes(num_splits=7), "gpu") == (6, 3)
+    assert plan(1, 3, 16, 2, da.BlockSizes(num_splits=64), "gpu") == (3, 1)
+    assert plan(1000, 16, 16, 2, da.BlockSizes(num_splits=1), "gpu") == (1, 16)
+    assert plan(1, 16, 16, 2, da.BlockSizes(num_splits=5), "tpu") == (4, 4)
+    # auto on TPU: never split
+    assert plan(1, 64, 16, 2, da.BlockSizes(), "tpu") == (1, 64)
+    # auto on GPU (132 SMs assumed off-GPU), bf16, K=8, G=4, D=128, S=2048, block_kv=128:
+    def auto(P, N, S=2048, dtype=jnp.bfloat16, sms_backend="interpret"):
+        return da.num_splits_for((P, 8, N * 4, 128), S, dtype, da.BlockSizes(), sms_backend)
+
+    assert auto(1, 16) == 8     # 8 programs: want 33, 16 blocks // 2 = 8, traffic 8
+    assert auto(1, 4) == 8      # R=16: capped by length (2 blocks per split)
+    assert auto(8, 64) == 2     # 128 programs: want 3; traffic 2048 * 2 // (8 * 256) = 2
+    assert auto(2, 256) == 1    # R_pad=1024: the partials would outweigh the split's gain
+    assert auto(64, 16) == 1    # 512 programs already fill the GPU
+    assert auto(1, 32, S=256) == 1  # 2 kv blocks: no split shorter than 2 blocks
+    assert auto(1, 32, S=4096, dtype=jnp.float32) == 16  # traffic: 4096 * 4 // (8 * 128)
+    assert auto(1, 16, sms_backend="tpu") == 1
+    with pytest.raises(ValueError, match="backend"):
+        da.num_splits_for((1, 8, 4, 128), 64, jnp.float32, None, "cuda")
+    with pytest.raises(ValueError, match="q_shape"):
+        da.num_splits_for((8, 4, 128), 64, jnp.float32, None, "gpu")
+
+
 def test_interpret_tpu_grid_spec_and_jit_dynamic_lengths():
     """The TPU code path (scalar-prefetched lengths) runs in the interpreter; lengths are traced."""
     rng = np.random.default_rng(1)
@@ -120,11 +191,13 @@ def test_interpret_tpu_grid_spec_and_jit_dynamic_lengths():
     q, k, v = _rand(rng, (P, K, R, D)), _rand(rng, (P, K, S, D)), _rand(rng, (P, K, S, D))
     lengths = jnp.asarray([0, 129, 300], jnp.int32)
     ref, ref_lse = da.prefix_decode_attention_reference(q, k, v, lengths)
-    out, lse = da._pallas_prefix_attention(
-        q, k, v, lengths, sm_scale=1 / 8, block_sizes=da.BlockSizes(block_kv=128),
-        backend="tpu", interpret=True)
-    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
-    _assert_lse(lse, np.asarray(ref_lse), 1e-5)
+    for splits in (1, 3):  # 3 kv blocks of 128; split 2 is past the ragged lengths 0 and 129
+        out, lse = da._pallas_prefix_attention(
+            q, k, v, lengths, sm_scale=1 / 8,
+            block_sizes=da.BlockSizes(block_kv=128, num_splits=splits), backend="tpu",
+            interpret=True)
+        np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+        _assert_lse(lse, np.asarray(ref_lse), 1e-5)
 
     fn = jax.jit(lambda lengths: da.prefix_decode_attention(
         q, k, v, lengths, block_sizes=da.BlockSizes(block_kv=64), impl="interpret"))
@@ -236,6 +309,9 @@ def test_errors_are_named():
         da.BlockSizes(block_rows=-8)
     with pytest.raises(ValueError, match=r"BlockSizes\.num_warps"):
         da.BlockSizes(num_warps=0)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match=r"BlockSizes\.num_splits"):
+            da.BlockSizes(num_splits=bad)
     # backend constraints of the compiled lowerings, checked before lowering
     with pytest.raises(ValueError, match=r"BlockSizes\.block_kv.*GPU"):
         da._validate_blocks(48, 16, 64, "gpu")
@@ -276,8 +352,16 @@ def test_lengths_outside_range_are_clamped():
     _assert_lse(lse, np.asarray(ref_lse), 1e-5)
 
 
-@pytest.mark.parametrize("R,S,D,dtype", [(1, 200, 64, jnp.float32), (512, 1000, 128, jnp.bfloat16)])
-def test_gpu_and_tpu_lowerings_trace(R, S, D, dtype):
+# (R, S, D, dtype, num_splits, splits used on GPU, on TPU)
+LOWERING_CASES = [(1, 200, 64, jnp.float32, None, 1, 1),      # 2 kv blocks: auto keeps 1
+                  (512, 1000, 128, jnp.bfloat16, None, 1, 1),  # auto: traffic cap on GPU
+                  (16, 1000, 128, jnp.bfloat16, None, 4, 1),   # auto: 4 on GPU, 1 on TPU
+                  (16, 1000, 128, jnp.bfloat16, 3, 3, 3),
+                  (8, 300, 64, jnp.float32, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("R,S,D,dtype,splits,gpu_splits,tpu_splits", LOWERING_CASES)
+def test_gpu_and_tpu_lowerings_trace(R, S, D, dtype, splits, gpu_splits, tpu_splits):
     """The Triton and Mosaic code paths lower to their custom calls (no GPU/TPU needed).
 
     This runs the Pallas -> Triton IR and Pallas -> Mosaic MLIR lowerings on this CPU via
@@ -295,13 +379,21 @@ def test_gpu_and_tpu_lowerings_trace(R, S, D, dtype):
                                       ("tpu", "tpu", "tpu_custom_call")):
         def f(q, k, v, lengths, backend=backend):
             return da._pallas_prefix_attention(q, k, v, lengths, sm_scale=D ** -0.5,
-                                               block_sizes=da.BlockSizes(), backend=backend,
-                                               interpret=False)
+                                               block_sizes=da.BlockSizes(num_splits=splits),
+                                               backend=backend, interpret=False)
 
         exported = export.export(jax.jit(f), platforms=[platform],
                                  disabled_checks=[triton_ok])(*args)
         assert [a.shape for a in exported.out_avals] == [(P, K, R, D), (P, K, R)]
-        assert target in exported.mlir_module()
+        mlir = exported.mlir_module()
+        assert target in mlir
+        used = gpu_splits if backend == "gpu" else tpu_splits
+        assert da.num_splits_for((P, K, R, D), S, dtype, da.BlockSizes(num_splits=splits),
+                                 backend) == used
+        # the kernel's outputs carry the split axis: [P, K, splits, R_pad, D] and its lse
+        r_pad = -(-R // da.BlockSizes().rows_for(R)) * da.BlockSizes().rows_for(R)
+        lanes = 128 if backend == "tpu" else 1
+        assert f"tensor<{P}x{K}x{used}x{r_pad}x{lanes}xf32>" in mlir
 
 
 def test_benchmark_script_runs_on_cpu(tmp_path):
@@ -321,20 +413,22 @@ ACCELERATOR = jax.default_backend() in ("gpu", "tpu")
 
 
 @pytest.mark.skipif(not ACCELERATOR, reason="the compiled kernel needs a GPU or TPU")
+@pytest.mark.parametrize("splits", [None, 3])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 @pytest.mark.parametrize("N,G,S,D", [(1, 1, 128, 64), (16, 4, 1000, 128), (64, 8, 2048, 128),
                                      (7, 4, 300, 64)])
-def test_compiled_kernel_matches_float64_on_accelerator(dtype, N, G, S, D):
-    """The Triton / Mosaic build (not the interpreter) on ragged prefixes, empty ones included."""
+def test_compiled_kernel_matches_float64_on_accelerator(dtype, N, G, S, D, splits):
+    """The Triton / Mosaic build (not the interpreter) on ragged prefixes, empty ones included;
+    the default (auto) split plan and a forced 3-way split."""
     rng = np.random.default_rng(N * S + D)
     P, K = 3, 2
     q = _rand(rng, (P, K, N * G, D), dtype)
     k, v = _rand(rng, (P, K, S, D), dtype), _rand(rng, (P, K, S, D), dtype)
     lengths = np.array([0, S // 3 + 1, S], np.int32)
     block_kv = 128 if jax.default_backend() == "tpu" else 64
+    bs = da.BlockSizes(block_kv=block_kv, num_splits=splits)
     out, lse = jax.jit(lambda *a: da.prefix_decode_attention(
-        *a, block_sizes=da.BlockSizes(block_kv=block_kv), impl="pallas"))(
-            q, k, v, jnp.asarray(lengths))
+        *a, block_sizes=bs, impl="pallas"))(q, k, v, jnp.asarray(lengths))
     want_out, want_lse = _naive(q, k, v, lengths)
     # bf16 probabilities before the PV product (as flash attention); TF32 dots for float32
     tol = 2e-2 if dtype == jnp.bfloat16 else 2e-3
