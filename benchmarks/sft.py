@@ -23,23 +23,25 @@ What is measured
     shape) becomes an error row, the others still run.
 
 Memory
-    Our attention materialises float32 L x L scores and probabilities; without remat the
-    backward pass keeps them for every layer (about 1.2 GB per layer at B=2, L=2048 on the 125m
-    model, 17+ GB in all). `--remat dots_no_batch` (applied to both JAX methods) keeps the
-    weight matmuls' outputs and recomputes the batched attention dots in the backward pass,
-    which is what PyTorch's SDPA (flash-style) attention does too.
+    Our training attention (`sftrl.models.attention.flash_attention`, a custom VJP) keeps only
+    its output and log-sum-exp per layer and recomputes each query block's probabilities in the
+    backward pass, as PyTorch's SDPA (flash-style) attention does; the LM head is fused with the
+    NLL in sequence chunks (`sftrl.losses.head_weighted_nll`), so no [B, L, V] float32 logits
+    are kept. `--remat dots_no_batch` (applied to both JAX methods) also keeps the weight
+    matmuls' outputs and the attention residuals and recomputes the elementwise rest.
 
 Roofline
     In the same run the parent process measures float32 sgemm GFLOP/s (best of a few square
     matmuls, in numpy and in jax, the faster taken). FLOPs of a step = 6 * matmul params * tokens
     (q/k/v/o, gate/up/down per layer plus lm_head; the embedding gather excluded) + attention,
     3 * 4 * layers * L * heads * head_dim per token (QK^T and PV, forward and backward, NOT halved
-    for causality: our attention materialises the full L x L scores). "% roofline" is that FLOP
+    for causality, a fixed convention across versions). "% roofline" is that FLOP
     count per second over the measured sgemm rate: the share of the machine's matmul peak.
 
 Usage
     python benchmarks/sft.py [--shapes 8x512,2x2048] [--steps 3] [--methods ours,jit,torch]
                              [--model 125m|tiny] [--remat none|dots_no_batch|...]
+                             [--attention auto|flash|cudnn|xla|reference]
                              [--max-rss-gb N] [--out benchmarks/results]
 Writes OUT/sft.json (a list of rows) and OUT/sft.md (the table printed at the end).
 """
@@ -63,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from sftrl.models.attention import ATTENTION_IMPLS
 from sftrl.models.transformer import REMAT_POLICIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +172,7 @@ def _sftrl_parts(arch: dict[str, Any]) -> tuple[Any, Any, Any]:
 
 
 def run_ours(arch: dict[str, Any], batch_np: dict[str, np.ndarray], warmup: int,
-             steps: int, remat: str) -> dict[str, Any]:
+             steps: int, remat: str, attention: str) -> dict[str, Any]:
     import jax
 
     from sftrl import sharding
@@ -183,6 +186,7 @@ def run_ours(arch: dict[str, Any], batch_np: dict[str, np.ndarray], warmup: int,
     n = math.gcd(batch_np["tokens"].shape[0], len(devices))
     layout = sharding.Layout(sharding.make_mesh(1, n, 1, devices=devices[:n]))
     model = build_model(config, layout, seed=0, remat=remat)
+    module = model.module.clone(attention=attention)
 
     def create(params: Any) -> Any:
         return state_lib.create_train_state(params, tx, seed=0)
@@ -191,7 +195,6 @@ def run_ours(arch: dict[str, Any], batch_np: dict[str, np.ndarray], warmup: int,
         jax.eval_shape(create, model.params), param_shardings(model.module, layout),
         layout.sharding(()))
     state = jax.jit(create, out_shardings=shardings)(model.params)
-    module = model.module
     del model  # the state holds its own copy of the weights: free the first one
     step_fn = jit_sft_step(make_sft_step(module, tx, learning_rate(opt)), shardings, layout)
     holder = {"state": state}
@@ -205,7 +208,7 @@ def run_ours(arch: dict[str, Any], batch_np: dict[str, np.ndarray], warmup: int,
 
 
 def run_plain_jit(arch: dict[str, Any], batch_np: dict[str, np.ndarray], warmup: int,
-                  steps: int, remat: str) -> dict[str, Any]:
+                  steps: int, remat: str, attention: str) -> dict[str, Any]:
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -216,7 +219,8 @@ def run_plain_jit(arch: dict[str, Any], batch_np: dict[str, np.ndarray], warmup:
     from sftrl.train.sft_step import make_sft_step
 
     config, opt, tx = _sftrl_parts(arch)
-    module = Transformer(config, remat=remat)  # no Layout: no sharding constraints anywhere
+    # no Layout: no sharding constraints anywhere
+    module = Transformer(config, remat=remat, attention=attention)
 
     def create(rng: jax.Array) -> Any:
         params = nn.meta.unbox(module.init(rng, jnp.zeros((1, 1), jnp.int32)))["params"]
@@ -235,8 +239,9 @@ def run_plain_jit(arch: dict[str, Any], batch_np: dict[str, np.ndarray], warmup:
 
 
 def run_torch(arch: dict[str, Any], batch_np: dict[str, np.ndarray], warmup: int,
-              steps: int, remat: str) -> dict[str, Any]:
-    del remat  # eager PyTorch keeps every activation; its SDPA attention stores no L x L probs
+              steps: int, remat: str, attention: str) -> dict[str, Any]:
+    # eager PyTorch keeps every activation; its SDPA attention stores no L x L probs
+    del remat, attention
     import torch
     import torch.nn.functional as F
     import transformers
@@ -276,7 +281,7 @@ def one(args: argparse.Namespace) -> None:
     batch, seq = parse_shapes(args.one_shape)[0]
     arch = MODELS[args.model]
     result = RUNNERS[args.one](arch, make_batch(arch, batch, seq), args.warmup, args.steps,
-                               args.remat)
+                               args.remat, args.attention)
     if args.one != "torch":
         import jax
 
@@ -325,7 +330,7 @@ def run_child(args: argparse.Namespace, method: str, batch: int, seq: int) -> di
     """One (method, shape) in a fresh process; killed (an "error" row) past --max-rss-gb."""
     cmd = [sys.executable, __file__, "--one", method, "--one-shape", f"{batch}x{seq}",
            "--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--remat", args.remat]
+           "--remat", args.remat, "--attention", args.attention]
     env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              cwd=ROOT, env=env)
@@ -387,6 +392,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--remat", default="none", choices=sorted(REMAT_POLICIES),
                         help="remat policy of the JAX methods (sftrl REMAT_POLICIES); "
                         "dots_no_batch recomputes the L x L attention in the backward pass")
+    parser.add_argument("--attention", default="auto", choices=ATTENTION_IMPLS,
+                        help="training attention of the JAX methods (sftrl.models.attention); "
+                        "reference = plain softmax in query blocks, as before issue 8")
     parser.add_argument("--max-rss-gb", type=float, default=round(0.6 * _total_memory_gb(), 1),
                         help="kill a method's process past this resident size (default: 60%% of "
                         "RAM); it becomes an error row")
@@ -428,7 +436,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         for method in args.method_list:
             result = run_child(args, method, batch, seq)
             row: dict[str, Any] = {"method": method, "batch": batch, "seq": seq,
-                                   "remat": "none" if method == "torch" else args.remat}
+                                   "remat": "none" if method == "torch" else args.remat,
+                                   "attention": "sdpa" if method == "torch" else args.attention}
             if "error" in result:
                 row.update(result, **common)
                 print(f"{method:5s} B={batch} L={seq}: {result['error']}", flush=True)

@@ -20,6 +20,8 @@ from sftrl.models.model_config import ModelConfig, ModelConfigError
 STAGES = ("model", "sft", "rl", "eval", "predict", "pipeline")
 DTYPES = ("auto", "float32", "bfloat16")
 REMAT = ("none", "full", "dots", "dots_no_batch")
+# sftrl.models.attention.ATTENTION_IMPLS (not imported: the config module stays light)
+ATTENTION = ("auto", "flash", "cudnn", "xla", "reference")
 DATA_SOURCES = ("synthetic", "files")
 SFT_EVALS = ("heldout", "passk")
 
@@ -51,6 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.dtype = "auto"  # params and compute: bfloat16 on accelerators, float32 on CPU
     c.remat = "none"
+    # training self-attention: auto = cuDNN on GPU for unpacked bf16 batches, else flash
+    c.attention = "auto"
 
     c.model = ml_collections.ConfigDict()
     c.model.model_type = "llama"
@@ -103,6 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft.num_steps = 0  # 0: as many as num_epochs gives; else stop after this many steps
     c.sft.grad_accum = 1
     c.sft.loss_normalization = "token"  # "token" | "sequence"
+    c.sft.loss_chunk = 512  # LM head + NLL in chunks of this many positions (no [B, L, V] kept)
     c.sft.lr = 1e-3
     c.sft.warmup_steps = 0
     c.sft.schedule = "cosine"
@@ -330,6 +335,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         raise ConfigError(f"dtype: {config.dtype!r} is not one of {', '.join(DTYPES)}")
     if config.remat not in REMAT:
         raise ConfigError(f"remat: {config.remat!r} is not one of {', '.join(REMAT)}")
+    if config.attention not in ATTENTION:
+        raise ConfigError(
+            f"attention: {config.attention!r} is not one of {', '.join(ATTENTION)}")
+    if config.sft.loss_chunk < 1:
+        raise ConfigError(f"sft.loss_chunk: must be >= 1, got {config.sft.loss_chunk}")
     arch = model_config(config)
     mesh_sizes(config, jax.device_count() if num_devices is None else num_devices)
     if config.checkpoint.max_to_keep < 1:

@@ -7,6 +7,7 @@ first token of a row is never scored.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -28,6 +29,122 @@ def next_token_nll(
     nll_BxLm1 = token_nll(logits_BxLxV[:, :-1], tokens_BxL[:, 1:])
     nll_BxLm1 = nll_BxLm1 * loss_mask_BxL[:, 1:].astype(jnp.float32)
     return jnp.pad(nll_BxLm1, ((0, 0), (1, 0)))
+
+
+# --------------------------------------------------------------------------------------------------
+# LM head fused with the weighted NLL: no [B, L, V] logits kept for the backward pass.
+#
+# The loss is linear in its cotangent, so the forward pass computes, chunk by chunk along the
+# sequence, the logits, the NLL and already the gradients w.r.t. the hidden states and the head
+# (softmax - onehot, weighted); the backward pass only scales them. Same FLOPs as the unfused
+# head + loss, no recomputation, and the float32 logits live one chunk at a time (at B=2, L=2048,
+# V=32000 the unfused logits, their softmax and their gradient are 0.5 GB each).
+# --------------------------------------------------------------------------------------------------
+
+
+def _head_chunks(x: jax.Array, chunk: int) -> jax.Array:
+    """[B, L, ...] -> [L/chunk, B, chunk, ...], zero-padded along L."""
+    b, length = x.shape[:2]
+    n = -(-length // chunk)
+    pad = [(0, 0), (0, n * chunk - length)] + [(0, 0)] * (x.ndim - 2)
+    x = jnp.pad(x, pad).reshape(b, n, chunk, *x.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
+
+
+def _head_unchunk(x: jax.Array, length: int) -> jax.Array:
+    x = jnp.moveaxis(x, 0, 1)
+    return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :length]
+
+
+def _head_nll_forward(hidden_BxLxE, head_ExV, targets_BxL, weights_BxL, chunk):
+    length = hidden_BxLxE.shape[1]
+
+    def one_chunk(grad_head_ExV, xs):
+        h_BxCxE, t_BxC, w_BxC = xs
+        logits = jnp.dot(h_BxCxE, head_ExV, preferred_element_type=jnp.float32)
+        lse_BxC = jax.nn.logsumexp(logits, axis=-1)
+        target_logit = jnp.take_along_axis(logits, t_BxC[..., None], axis=-1)[..., 0]
+        nll_BxC = lse_BxC - target_logit
+        # d(sum w * nll) / d logits = w * (softmax - onehot(target))
+        grad_logits = jnp.exp(logits - lse_BxC[..., None])
+        grad_logits = grad_logits.at[
+            jnp.arange(t_BxC.shape[0])[:, None], jnp.arange(t_BxC.shape[1])[None], t_BxC
+        ].add(-1.0)
+        grad_logits = (grad_logits * w_BxC[..., None]).astype(h_BxCxE.dtype)
+        grad_h = jnp.dot(grad_logits, head_ExV.T, preferred_element_type=jnp.float32)
+        grad_head_ExV = grad_head_ExV + jnp.einsum(
+            "bce,bcv->ev", h_BxCxE, grad_logits, preferred_element_type=jnp.float32
+        )
+        return grad_head_ExV, (nll_BxC, grad_h.astype(h_BxCxE.dtype))
+
+    xs = (_head_chunks(hidden_BxLxE, chunk), _head_chunks(targets_BxL, chunk),
+          _head_chunks(weights_BxL.astype(jnp.float32), chunk))
+    grad_head, (nll, grad_hidden) = jax.lax.scan(
+        one_chunk, jnp.zeros(head_ExV.shape, jnp.float32), xs
+    )
+    nll_BxL = _head_unchunk(nll, length)
+    loss = jnp.sum(nll_BxL * weights_BxL.astype(jnp.float32))
+    return loss, nll_BxL, _head_unchunk(grad_hidden, length), grad_head.astype(head_ExV.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _head_nll(hidden_BxLxE, head_ExV, targets_BxL, weights_BxL, chunk):
+    loss, nll_BxL, _, _ = _head_nll_forward(hidden_BxLxE, head_ExV, targets_BxL, weights_BxL,
+                                            chunk)
+    return loss, nll_BxL
+
+
+def _head_nll_fwd(hidden_BxLxE, head_ExV, targets_BxL, weights_BxL, chunk):
+    loss, nll_BxL, grad_hidden, grad_head = _head_nll_forward(
+        hidden_BxLxE, head_ExV, targets_BxL, weights_BxL, chunk)
+    return (loss, nll_BxL), (grad_hidden, grad_head, nll_BxL.astype(weights_BxL.dtype))
+
+
+def _head_nll_bwd(chunk, residuals, cotangents):
+    del chunk
+    grad_hidden, grad_head, nll_BxL = residuals
+    g_loss, _ = cotangents  # nll_BxL is for metrics: the public wrapper stops its gradient
+    return (grad_hidden * g_loss.astype(grad_hidden.dtype),
+            grad_head * g_loss.astype(grad_head.dtype),
+            None,
+            nll_BxL * g_loss.astype(nll_BxL.dtype))
+
+
+_head_nll.defvjp(_head_nll_fwd, _head_nll_bwd)
+
+
+def head_weighted_nll(
+    hidden_BxLxE: jax.Array,
+    head_ExV: jax.Array,
+    targets_BxL: jax.Array,
+    weights_BxL: jax.Array,
+    *,
+    chunk: int = 512,
+) -> tuple[jax.Array, jax.Array]:
+    """(sum_t weights[t] * -log softmax(hidden[t] @ head)[targets[t]], that NLL per position).
+
+    Equals `token_nll(hidden @ head, targets)` weighted and summed, with float32 logits (matmul
+    accumulated in float32 from the inputs' dtype), but the [B, L, V] logits are never formed
+    whole: positions go through the head `chunk` at a time. Gradients flow to hidden, head and
+    weights through the loss; the per-position NLL is returned without gradient (metrics).
+    Position t is scored against targets[t] (shift the tokens before calling: see `sft_step`).
+    """
+    if hidden_BxLxE.ndim != 3 or head_ExV.ndim != 2 or head_ExV.shape[0] != hidden_BxLxE.shape[2]:
+        raise ValueError(
+            f"head_weighted_nll: hidden [B, L, E] and head [E, V] expected, got "
+            f"{hidden_BxLxE.shape} and {head_ExV.shape}"
+        )
+    if targets_BxL.shape != hidden_BxLxE.shape[:2] or weights_BxL.shape != targets_BxL.shape:
+        raise ValueError(
+            f"head_weighted_nll: targets {targets_BxL.shape} and weights {weights_BxL.shape} "
+            f"must be the hidden states' [B, L] {hidden_BxLxE.shape[:2]}"
+        )
+    if chunk < 1:
+        raise ValueError(f"head_weighted_nll: chunk must be >= 1, got {chunk}")
+    chunk = min(int(chunk), hidden_BxLxE.shape[1])
+    loss, nll_BxL = _head_nll(hidden_BxLxE, head_ExV.astype(hidden_BxLxE.dtype),
+                              targets_BxL.astype(jnp.int32), weights_BxL, chunk)
+    return loss, jax.lax.stop_gradient(nll_BxL)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ def _max_diff(a: jax.Array, b: jax.Array, mask: np.ndarray) -> float:
 def _load(config: ml_collections.ConfigDict, layout: Layout, dtype: Any) -> Model:
     if config.model.hf_path:
         model, arch = checkpoint.load_hf(
-            config.model.hf_path, dtype=dtype, mesh=layout, remat=config.remat
+            config.model.hf_path, dtype=dtype, mesh=layout, remat=config.remat,
+            attention=config.attention,
         )
         expected = config_lib.model_config(config)
         if arch != expected:
@@ -60,7 +61,7 @@ def _load(config: ml_collections.ConfigDict, layout: Layout, dtype: Any) -> Mode
         return model
     return build_model(
         config_lib.model_config(config), layout, seed=config.seed, dtype=dtype,
-        param_dtype=dtype, remat=config.remat,
+        param_dtype=dtype, remat=config.remat, attention=config.attention,
     )
 
 

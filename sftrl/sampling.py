@@ -6,6 +6,11 @@ small per-sample suffix KV), and then decodes the P*N sequences in lockstep. Eac
 attention reads the prompt's KV once for all N samples (the prefix kernel) and merges it with the
 sample's own suffix by log-sum-exp.
 
+Each decode step is ONE jitted device call (model step, key derivation, filtering, the draw, both
+log-probs, stop/pad bookkeeping), with the suffix KV and the [P, N, T] output buffers donated and
+updated in place. Inside the loop the host only reads the previous step's all-done flag; the
+outputs come back once per wave.
+
 Randomness: the token of sample n of prompt p at step t is drawn with the key
 fold_in(fold_in(fold_in(key(seed), p), n), t), where p is the prompt's index in `prompts`. So
 results do not depend on how prompts are grouped into waves, and the same seed gives the same
@@ -22,6 +27,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -109,32 +115,118 @@ def _step_keys(base: jax.Array, prompt_ids_PxN: jax.Array, sample_ids_PxN: jax.A
     return jax.vmap(jax.vmap(key))(prompt_ids_PxN, sample_ids_PxN)
 
 
+class _Wave(NamedTuple):
+    """What every decode step of a wave reads and never changes (passed, not donated)."""
+
+    prefix_k_LxPxKxSxD: jax.Array
+    prefix_v_LxPxKxSxD: jax.Array
+    prefix_lengths_P: jax.Array  # int32
+    prompt_ids_PxN: jax.Array  # int32: the key ids of each row (see the module docstring)
+    sample_ids_PxN: jax.Array  # int32
+    base_key: jax.Array
+    stops: jax.Array  # int32 stop ids ([-1] when none)
+    pad_id: jax.Array  # int32 scalar
+
+
+class _State(NamedTuple):
+    """What a decode step carries to the next (donated: updated in place)."""
+
+    suffix_k_LxPxNxKxTxD: jax.Array
+    suffix_v_LxPxNxKxTxD: jax.Array
+    step: jax.Array  # int32 scalar: index of the last token drawn (== suffix slots written)
+    done_PxN: jax.Array  # bool: the sequence has emitted a stop id
+    tokens_PxNxT: jax.Array  # int32: pad_id after a sequence's stop
+    logprobs_PxNxT: jax.Array  # float32
+    model_logprobs_PxNxT: jax.Array  # float32
+    was_done_PxNxT: jax.Array  # bool: the sequence had stopped before this step
+
+
+def _draw(state: _State, wave: _Wave, logits_PxNxV: jax.Array, step: jax.Array,
+          sampling: dict) -> tuple[_State, jax.Array]:
+    """Draw token `step` of every row from its logits and record it; (state, all rows done)."""
+    keys = _step_keys(wave.base_key, wave.prompt_ids_PxN, wave.sample_ids_PxN, step)
+    tok, logp, model_logp = _sample(logits_PxNxV, keys, **sampling)
+    done = state.done_PxN
+    tok = jnp.where(done, wave.pad_id, tok)
+
+    def put(buffer_PxNxT: jax.Array, value_PxN: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_update_index_in_dim(buffer_PxNxT, value_PxN, step, axis=2)
+
+    new_done = done | jnp.isin(tok, wave.stops)
+    state = state._replace(
+        step=step,
+        done_PxN=new_done,
+        tokens_PxNxT=put(state.tokens_PxNxT, tok),
+        logprobs_PxNxT=put(state.logprobs_PxNxT, jnp.where(done, 0.0, logp)),
+        model_logprobs_PxNxT=put(state.model_logprobs_PxNxT, jnp.where(done, 0.0, model_logp)),
+        was_done_PxNxT=put(state.was_done_PxNxT, done),
+    )
+    return state, jnp.all(new_done)
+
+
 class _Decoder:
-    """The jitted prefill and decode steps of one model."""
+    """The two jitted calls of one model: `start` (prefill + the first draw) and `step` (one
+    decode step + the next draw + stop bookkeeping, the carried state donated).
+
+    One device call per generated token: on a GPU every separate dispatch costs launch latency,
+    and the host never reads anything back inside the loop except the lagged all-done flag.
+    """
 
     def __init__(self, model: Model):
         module = model.module
 
-        def prefill(params, tokens_PxS, mask_PxS):
-            cache = KVCache.init(module.config, tokens_PxS.shape[0], tokens_PxS.shape[1],
-                                 module.dtype, module.layout)
-            lengths = jnp.sum(mask_PxS, axis=1, dtype=jnp.int32)
+        def start(params, tokens_PxS, mask_PxS, wave_ids, base_key, stops, pad_id, *,
+                  num_samples: int, max_new_tokens: int, **sampling):
+            p = tokens_PxS.shape[0]
+            cache = KVCache.init(module.config, p, tokens_PxS.shape[1], module.dtype,
+                                 module.layout)
+            lengths_P = jnp.sum(mask_PxS, axis=1, dtype=jnp.int32)
             logits, cache = module.apply(
                 {"params": params}, tokens_PxS, attention_mask_BxL=mask_PxS, cache=cache,
-                logit_positions_B=jnp.maximum(lengths - 1, 0),
+                logit_positions_B=jnp.maximum(lengths_P - 1, 0),
             )
-            return logits[:, 0], cache, lengths
+            shared = SharedPrefixCache.from_prefill(cache, lengths_P, num_samples,
+                                                    max_new_tokens)
+            wave = _Wave(shared.prefix_k_LxPxKxSxD, shared.prefix_v_LxPxKxSxD,
+                         shared.prefix_lengths_P, *wave_ids, base_key, stops, pad_id)
+            shape = (p, num_samples, max_new_tokens)
+            state = _State(
+                shared.suffix_k_LxPxNxKxTxD, shared.suffix_v_LxPxNxKxTxD,
+                jnp.zeros((), jnp.int32), jnp.zeros(shape[:2], bool),
+                jnp.full(shape, pad_id, jnp.int32), jnp.zeros(shape, jnp.float32),
+                jnp.zeros(shape, jnp.float32), jnp.zeros(shape, bool),
+            )
+            logits_PxNxV = jnp.broadcast_to(logits[:, :1], (p, num_samples, logits.shape[-1]))
+            state, all_done = _draw(state, wave, logits_PxNxV, jnp.zeros((), jnp.int32),
+                                    sampling)
+            return wave, state, all_done
 
-        def decode(params, cache: SharedPrefixCache, tokens_PxN, positions_PxN):
-            p, n = tokens_PxN.shape
+        def step(params, wave: _Wave, state: _State, **sampling):
+            # Feed the last token drawn; it sits at slot `state.step` of the suffix.
+            tok_PxN = jax.lax.dynamic_index_in_dim(state.tokens_PxNxT, state.step, axis=2,
+                                                   keepdims=False)
+            p, n = tok_PxN.shape
+            positions_PxN = jnp.broadcast_to(wave.prefix_lengths_P[:, None] + state.step,
+                                             (p, n))
+            cache = SharedPrefixCache(
+                wave.prefix_k_LxPxKxSxD, wave.prefix_v_LxPxKxSxD, wave.prefix_lengths_P,
+                state.suffix_k_LxPxNxKxTxD, state.suffix_v_LxPxNxKxTxD, state.step,
+            )
             logits, cache = module.apply(
-                {"params": params}, tokens_PxN.reshape(p * n, 1),
+                {"params": params}, tok_PxN.reshape(p * n, 1),
                 positions_BxL=positions_PxN.reshape(p * n, 1), cache=cache,
             )
-            return logits.reshape(p, n, -1), cache
+            state = state._replace(suffix_k_LxPxNxKxTxD=cache.suffix_k_LxPxNxKxTxD,
+                                   suffix_v_LxPxNxKxTxD=cache.suffix_v_LxPxNxKxTxD)
+            return _draw(state, wave, logits.reshape(p, n, -1), state.step + 1, sampling)
 
-        self.prefill = jax.jit(prefill)
-        self.decode = jax.jit(decode, donate_argnums=(1,))
+        sampling_args = ("temperature", "top_k", "top_p")
+        self.start = jax.jit(
+            start, static_argnames=("num_samples", "max_new_tokens", *sampling_args)
+        )
+        # The wave (prefix KV included) is read only and not donated: a donated buffer is dead
+        # after the call, so every step would have to return the prefix as an output.
+        self.step = jax.jit(step, static_argnames=sampling_args, donate_argnames=("state",))
 
 
 _DECODERS: dict[int, tuple[Model, _Decoder]] = {}
@@ -236,6 +328,7 @@ def generate(
     )
     base_key = jax.random.key(seed)
     stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
+    pad = jnp.asarray(pad_id, jnp.int32)
     sampling = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
     waves = _waves([len(p) for p in prompts], n * t_max, max_kv_tokens)
     bar = tqdm.tqdm(total=p_total * n * t_max, unit="tok", desc="generate",
@@ -249,36 +342,26 @@ def generate(
         for row, i in enumerate(wave):
             tokens_PxS[row, : len(prompts[i])] = prompts[i]
             mask_PxS[row, : len(prompts[i])] = True
-        last_logits_PxV, cache, lengths_P = decoder.prefill(model.params, tokens_PxS, mask_PxS)
-        lengths_P = np.asarray(lengths_P)  # a host copy: the cache's own is donated each step
-        shared = SharedPrefixCache.from_prefill(cache, lengths_P, n, t_max)
-        del cache
         # Row r, sample n draws with key (prompt id, first sample id + n): with shared prefixes
         # (p, n); with repeated prompts the same (p, n) pairs, so both modes sample alike.
-        prompt_ids = jnp.asarray(np.repeat(_key_ids[0][wave][:, None], n, axis=1), jnp.int32)
-        sample_ids = jnp.asarray(_key_ids[1][wave][:, None] + np.arange(n), jnp.int32)
-        logits_PxNxV = jnp.broadcast_to(last_logits_PxV[:, None], (len(wave), n,
-                                                                   last_logits_PxV.shape[-1]))
-        done_PxN = jnp.zeros((len(wave), n), bool)
-        steps = []
-        all_done_before = None
-        for step in range(t_max):
-            keys = _step_keys(base_key, prompt_ids, sample_ids, jnp.int32(step))
-            tok, logp, model_logp = _sample(logits_PxNxV, keys, **sampling)
-            tok = jnp.where(done_PxN, pad_id, tok)
-            steps.append((tok, jnp.where(done_PxN, 0.0, logp),
-                          jnp.where(done_PxN, 0.0, model_logp), done_PxN))
-            done_PxN = done_PxN | jnp.isin(tok, stops)
+        wave_ids = (np.repeat(_key_ids[0][wave][:, None], n, axis=1).astype(np.int32),
+                    (_key_ids[1][wave][:, None] + np.arange(n)).astype(np.int32))
+        consts, state, all_done = decoder.start(
+            model.params, tokens_PxS, mask_PxS, wave_ids, base_key, stops, pad,
+            num_samples=n, max_new_tokens=t_max, **sampling,
+        )
+        bar.update(len(wave) * n)
+        # The stop test reads the previous step's flag, which is ready while the current step
+        # still runs: the host never waits for the device, and at most one step (all pad) is
+        # wasted after the last sequence stops.
+        step, all_done_before = 0, None
+        while step < t_max - 1 and not (all_done_before is not None and bool(all_done_before)):
+            all_done_before = all_done
+            state, all_done = decoder.step(model.params, consts, state, **sampling)
+            step += 1
             bar.update(len(wave) * n)
-            # The stop test reads the previous step's flags, which are ready while this step
-            # still runs: the host never waits for the device, and at most one step (all pad)
-            # is wasted after the last sequence stops.
-            if step == t_max - 1 or (all_done_before is not None and bool(all_done_before)):
-                break
-            all_done_before = jnp.all(done_PxN)
-            positions = np.broadcast_to(lengths_P[:, None] + step, tok.shape)
-            logits_PxNxV, shared = decoder.decode(model.params, shared, tok, positions)
-        _store_wave(out, wave, steps, stop_ids)
+        del consts
+        _store_wave(out, wave, state, step + 1, stop_ids)
     bar.close()
     return out
 
@@ -290,16 +373,17 @@ def _bucket(width: int) -> int:
     return -(-width // PREFIX_BUCKET) * PREFIX_BUCKET
 
 
-def _store_wave(out: Samples, wave: list[int], steps: list, stop_ids: Sequence[int]) -> None:
-    tokens = np.stack([np.asarray(s[0]) for s in steps], axis=-1)
-    logp = np.stack([np.asarray(s[1]) for s in steps], axis=-1)
-    model_logp = np.stack([np.asarray(s[2]) for s in steps], axis=-1)
-    was_done = np.stack([np.asarray(s[3]) for s in steps], axis=-1)
-    t = tokens.shape[-1]
+def _store_wave(out: Samples, wave: list[int], state: _State, steps: int,
+                stop_ids: Sequence[int]) -> None:
+    """Copy the first `steps` tokens of a wave to the host (once per wave) and derive lengths."""
+    tokens, logp, model_logp, was_done = (
+        np.asarray(x[:, :, :steps]) for x in (state.tokens_PxNxT, state.logprobs_PxNxT,
+                                              state.model_logprobs_PxNxT, state.was_done_PxNxT)
+    )
     rows = np.asarray(wave)
-    out.tokens[rows, :, :t] = tokens  # already pad_id after a sequence's stop
-    out.logprobs[rows, :, :t] = logp
-    out.model_logprobs[rows, :, :t] = model_logp
+    out.tokens[rows, :, :steps] = tokens  # already pad_id after a sequence's stop
+    out.logprobs[rows, :, :steps] = logp
+    out.model_logprobs[rows, :, :steps] = model_logp
     is_stop = np.isin(tokens, list(stop_ids)) & ~was_done
     finished = is_stop.any(axis=-1)
     out.finished[rows] = finished

@@ -69,6 +69,8 @@ def test_unknown_variant_is_named():
         ("stage=train", r"stage: 'train' is not one of"),
         ("dtype=float64", r"dtype: 'float64'"),
         ("remat=sometimes", r"remat: 'sometimes'"),
+        ("attention=fastest", r"attention: 'fastest' is not one of"),
+        ("sft.loss_chunk=0", r"sft.loss_chunk: must be >= 1"),
         ("model_check.seq_len=999999", r"model_check.seq_len"),
         ("nokey", r"key=value"),
     ],

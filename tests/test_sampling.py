@@ -144,3 +144,51 @@ def test_unshared_prefix_gives_the_same_samples(model):
     np.testing.assert_array_equal(shared.tokens, repeated.tokens)
     np.testing.assert_allclose(shared.model_logprobs, repeated.model_logprobs, atol=1e-5)
     np.testing.assert_array_equal(shared.lengths, repeated.lengths)
+
+
+def _reference_generate(model, prompts, *, num_samples, max_new_tokens, stop_ids, seed, pad_id,
+                        **sampling_args):
+    """The sampler's contract written as a plain loop: every step a full forward pass (no
+    cache), keys fold_in(fold_in(fold_in(key(seed), p), n), t), pad and zeros after a stop."""
+    width = max(len(p) for p in prompts) + max_new_tokens
+    rows = [(p, n) for p in range(len(prompts)) for n in range(num_samples)]
+    seqs = [list(prompts[p]) for p, _ in rows]
+    done = np.zeros(len(rows), bool)
+    shape = (len(prompts), num_samples, max_new_tokens)
+    tokens, logps, model_logps = np.full(shape, pad_id), np.zeros(shape), np.zeros(shape)
+    base = jax.random.key(seed)
+    for t in range(max_new_tokens):
+        batch = np.full((len(rows), width), pad_id, np.int32)
+        for r, seq in enumerate(seqs):
+            batch[r, : len(seq)] = seq
+        logits = np.asarray(model(batch))[np.arange(len(rows)), [len(s) - 1 for s in seqs]]
+        keys = jax.numpy.stack([
+            jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, p), n), t)
+            for p, n in rows
+        ])
+        tok, logp, model_logp = (np.asarray(x)[0] for x in sampling._sample(
+            logits[None], keys[None], **sampling_args))
+        for r, (p, n) in enumerate(rows):
+            if not done[r]:
+                tokens[p, n, t], logps[p, n, t], model_logps[p, n, t] = tok[r], logp[r], \
+                    model_logp[r]
+                done[r] = tok[r] in stop_ids
+            seqs[r].append(int(tokens[p, n, t]))
+    return tokens, logps, model_logps
+
+
+def test_fused_steps_equal_a_plain_reference_loop(model):
+    # the settings of test_waves_give_the_same_samples_as_one_batch: its compiled steps are reused
+    kwargs = dict(num_samples=4, max_new_tokens=6, seed=5, pad_id=0)
+    sampling_args = dict(temperature=1.0, top_k=0, top_p=0.9)
+    # stop ids that occur: the first tokens the sampler draws for two of the prompts
+    first = sampling.generate(model, PROMPTS, progress=False, **kwargs, **sampling_args)
+    stop_ids = sorted({int(first.tokens[0, 0, 1]), int(first.tokens[2, 1, 0])})
+    out = sampling.generate(model, PROMPTS, stop_ids=stop_ids, progress=False, **kwargs,
+                            **sampling_args)
+    tokens, logps, model_logps = _reference_generate(model, PROMPTS, stop_ids=stop_ids,
+                                                     **kwargs, **sampling_args)
+    assert out.finished.any() and not out.finished.all()
+    np.testing.assert_array_equal(out.tokens, tokens)
+    np.testing.assert_allclose(out.logprobs, logps, atol=2e-5)
+    np.testing.assert_allclose(out.model_logprobs, model_logps, atol=2e-5)

@@ -1,4 +1,5 @@
-"""The pure SFT step: loss/gradient vs a direct computation, accumulation, sharding, NaN metric."""
+"""The pure SFT step: loss/gradient vs a direct computation, accumulation, sharding, NaN metric,
+and the chunked LM head + NLL it uses."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import numpy as np
 import optax
 import pytest
 
+from sftrl.losses import head_weighted_nll, token_nll
 from sftrl.models.model_config import ModelConfig
-from sftrl.models.transformer import build_model, param_shardings
+from sftrl.models.transformer import build_model, lm_head_kernel, param_shardings
 from sftrl.sharding import Layout, make_mesh, shard_batch, single_device_layout
 from sftrl.train import state as state_lib
 from sftrl.train.optim import OptimizerConfig, OptimizerConfigError, decay_mask, make_optimizer
@@ -64,14 +66,15 @@ def _direct_loss(model, params, batch, normalization):
     return sum(per_example) / len(per_example)
 
 
-@pytest.mark.parametrize("normalization", ["token", "sequence"])
-def test_loss_and_gradient_match_direct_computation(normalization):
+@pytest.mark.parametrize(("normalization", "loss_chunk"), [("token", 512), ("sequence", 5)])
+def test_loss_and_gradient_match_direct_computation(normalization, loss_chunk):
+    """loss_chunk 5 splits the 16 positions into 4 chunks (the last one padded)."""
     layout = single_device_layout()
     model = build_model(CFG, layout, seed=1)
     batch = _packed_batch()
     tx = optax.sgd(1.0)
     step = make_sft_step(model.module, tx, optax.constant_schedule(1.0),
-                         normalization=normalization)
+                         normalization=normalization, loss_chunk=loss_chunk)
     state = state_lib.create_train_state(model.params, tx, seed=0)
     new_state, metrics = jax.jit(step)(state, {k: jnp.asarray(v) for k, v in batch.items()})
 
@@ -171,3 +174,66 @@ def test_decay_mask_and_optimizer_validation():
         OptimizerConfig(schedule="exp")
     with pytest.raises(OptimizerConfigError, match="lr"):
         OptimizerConfig(lr=0.0)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16, 64])
+def test_head_weighted_nll_equals_unfused_loss_and_gradients(chunk):
+    rng = np.random.default_rng(chunk)
+    hidden = jnp.asarray(rng.standard_normal((3, 16, 8)), jnp.float32)
+    head = jnp.asarray(rng.standard_normal((8, 40)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 40, (3, 16)), jnp.int32)
+    weights = jnp.asarray(rng.random((3, 16)) * (rng.random((3, 16)) > 0.3), jnp.float32)
+
+    def unfused(h, w, wt):
+        return jnp.sum(token_nll(h @ w, targets) * wt)
+
+    def fused(h, w, wt):
+        return head_weighted_nll(h, w, targets, wt, chunk=chunk)[0]
+
+    loss, nll = head_weighted_nll(hidden, head, targets, weights, chunk=chunk)
+    np.testing.assert_allclose(float(loss), float(unfused(hidden, head, weights)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(nll), np.asarray(token_nll(hidden @ head, targets)),
+                               rtol=1e-6, atol=1e-6)
+    want = jax.grad(unfused, (0, 1, 2))(hidden, head, weights)
+    got = jax.jit(jax.grad(fused, (0, 1, 2)))(hidden, head, weights)
+    for name, a, b in zip(("hidden", "head", "weights"), got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6, rtol=1e-5,
+                                   err_msg=name)
+    # the cotangent scales the stored gradients (a loss multiplied by 3 has 3x the gradient)
+    g3 = jax.grad(lambda h: 3.0 * fused(h, head, weights))(hidden)
+    np.testing.assert_allclose(np.asarray(g3), 3 * np.asarray(got[0]), rtol=1e-6)
+
+
+def test_head_weighted_nll_bfloat16_and_errors():
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.standard_normal((2, 9, 8)), jnp.bfloat16)
+    head = jnp.asarray(rng.standard_normal((8, 40)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 40, (2, 9)), jnp.int32)
+    weights = jnp.ones((2, 9), jnp.float32)
+    loss, nll = head_weighted_nll(hidden, head, targets, weights, chunk=4)
+    assert loss.dtype == jnp.float32 and nll.dtype == jnp.float32
+    want = jnp.sum(token_nll(jnp.dot(hidden, head.astype(jnp.bfloat16),
+                                     preferred_element_type=jnp.float32), targets))
+    np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
+    grads = jax.grad(lambda h, w: head_weighted_nll(h, w, targets, weights, chunk=4)[0],
+                     (0, 1))(hidden, head)
+    assert grads[0].dtype == jnp.bfloat16 and grads[1].dtype == jnp.float32
+    with pytest.raises(ValueError, match="hidden \\[B, L, E\\] and head \\[E, V\\]"):
+        head_weighted_nll(hidden, head.T, targets, weights)
+    with pytest.raises(ValueError, match="targets"):
+        head_weighted_nll(hidden, head, targets[:, :3], weights)
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        head_weighted_nll(hidden, head, targets, weights, chunk=0)
+    model = build_model(CFG, single_device_layout(), seed=0)
+    with pytest.raises(ValueError, match="loss_chunk must be >= 1"):
+        make_sft_step(model.module, optax.sgd(1.0), optax.constant_schedule(1.0), loss_chunk=0)
+
+
+def test_return_hidden_times_head_is_the_logits():
+    model = build_model(CFG, single_device_layout(), seed=5)
+    tokens = jnp.asarray(_packed_batch(1)["tokens"])
+    logits, _ = model.module.apply({"params": model.params}, tokens)
+    hidden, _ = model.module.apply({"params": model.params}, tokens, return_hidden=True)
+    assert hidden.shape == (*tokens.shape, CFG.hidden_size)
+    np.testing.assert_allclose(np.asarray(hidden @ lm_head_kernel(CFG, model.params)),
+                               np.asarray(logits), atol=1e-5, rtol=1e-5)

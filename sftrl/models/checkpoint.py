@@ -198,6 +198,7 @@ def load_hf(
     rules: Rules = TRAIN_RULES,
     remat: str = "none",
     param_dtype: Any = None,
+    attention: str = "auto",
 ) -> tuple[Model, ModelConfig]:
     """Loads a local Hugging Face folder as a sharded Model.
 
@@ -211,7 +212,8 @@ def load_hf(
     dtype = jnp.dtype(dtype or default_dtype())
     param_dtype = jnp.dtype(param_dtype or dtype)
     layout = _as_layout(mesh, rules)
-    module = Transformer(config, dtype=dtype, param_dtype=param_dtype, layout=layout, remat=remat)
+    module = Transformer(config, dtype=dtype, param_dtype=param_dtype, layout=layout, remat=remat,
+                         attention=attention)
     shapes, logical_axes = abstract_params(module)
     shardings = layout.tree_shardings(logical_axes, shapes)
     owner = _open_weights(folder)

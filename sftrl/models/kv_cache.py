@@ -65,15 +65,20 @@ class SharedPrefixCache:
     The prefix (the prompt, prefilled once) is stored kv-head-major, [L, P, K, S, D], so each
     (prompt, kv head) stream is contiguous for the decode kernel and no transpose happens per
     step; its valid length per prompt is `prefix_lengths_P` (prompts are right-padded). Each
-    sample's own tokens go to the suffix, [L, P, N, T, K, D], at slot `suffix_end` (shared by all
-    samples: they advance in lockstep).
+    sample's own tokens go to the suffix, [L, P, N, K, T, D], at slot `suffix_end` (shared by all
+    samples: they advance in lockstep). The suffix is kv-head-major too: the suffix scores and
+    values are then batched matrix products over (p, n, k) with no transpose of the suffix.
+
+    A decode step reads the prefix and updates the suffix in place: the layer scan carries the
+    stacked suffix and writes one slot per layer into it (passing it through the scan as
+    inputs and outputs would copy all of it, GBs at Llama-3-8B shapes, every step).
     """
 
     prefix_k_LxPxKxSxD: jax.Array
     prefix_v_LxPxKxSxD: jax.Array
     prefix_lengths_P: jax.Array  # int32
-    suffix_k_LxPxNxTxKxD: jax.Array
-    suffix_v_LxPxNxTxKxD: jax.Array
+    suffix_k_LxPxNxKxTxD: jax.Array
+    suffix_v_LxPxNxKxTxD: jax.Array
     suffix_end: jax.Array  # int32 scalar: suffix slots written
 
     @classmethod
@@ -84,7 +89,7 @@ class SharedPrefixCache:
         k = jnp.transpose(cache.k_LxBxSxKxD, (0, 1, 3, 2, 4))
         v = jnp.transpose(cache.v_LxBxSxKxD, (0, 1, 3, 2, 4))
         layers, prompts, _, heads, dim = cache.k_LxBxSxKxD.shape
-        suffix_shape = (layers, prompts, num_samples, max_new_tokens, heads, dim)
+        suffix_shape = (layers, prompts, num_samples, heads, max_new_tokens, dim)
         dtype = cache.k_LxBxSxKxD.dtype
         return cls(k, v, jnp.asarray(prefix_lengths_P, jnp.int32),
                    jnp.zeros(suffix_shape, dtype), jnp.zeros(suffix_shape, dtype),

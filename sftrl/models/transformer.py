@@ -22,6 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sftrl.models.attention import (
+    RESIDUAL_NAMES,
+    flash_attention,
+    fused_attention,
+    resolve_impl,
+)
 from sftrl.models.kv_cache import KVCache, SharedPrefixCache
 from sftrl.models.model_config import ModelConfig
 from sftrl.sharding import Layout
@@ -31,7 +37,12 @@ REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # also saves flash attention's output and log-sum-exp (its custom VJP's residuals): without
+    # them the backward pass would run the attention forward again
+    "dots_no_batch": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(*RESIDUAL_NAMES),
+    ),
 }
 _MASKED = float(np.finfo(np.float32).min)  # finite: a fully masked row gives uniform, not NaN
 
@@ -47,6 +58,9 @@ class _Sharded(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     layout: Layout | None = None
+    # Training self-attention: a name in attention.ATTENTION_IMPLS; Transformer resolves "auto"
+    # per call (cuDNN on GPU for unpacked half-precision batches, else flash) for its layers.
+    attention: str = "auto"
 
     def constrain(self, x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
         return x if self.layout is None else self.layout.constrain(x, axes)
@@ -109,18 +123,32 @@ def dot_product_attention(
     return out_BxLxKxGxD.reshape(b, l, h, d)
 
 
-CAUSAL_BLOCK = 256
+# 128: on CPU (125M model, L = 2048) 20% less attention work than 256 (less of the masked
+# upper triangle computed, tiles nearer the caches), and no slower at L = 512.
+CAUSAL_BLOCK = 128
 
 
 def causal_attention(
-    q_BxLxHxD: jax.Array, k_BxLxKxD: jax.Array, v_BxLxKxD: jax.Array, mask_BxLxS: jax.Array
+    q_BxLxHxD: jax.Array, k_BxLxKxD: jax.Array, v_BxLxKxD: jax.Array, mask_BxLxS: jax.Array,
+    *, impl: str = "flash",
 ) -> jax.Array:
-    """Self-attention over one sequence whose mask is causal (no cache): queries in blocks of
-    CAUSAL_BLOCK, each against the keys up to the end of its block only.
+    """Self-attention over one sequence whose mask is causal (no cache).
+
+    impl (see `attention.ATTENTION_IMPLS`; "auto" is resolved by the Transformer, here it means
+    "flash"): "flash" = `attention.flash_attention` in query blocks of CAUSAL_BLOCK (custom VJP,
+    no probabilities kept); "cudnn"/"xla" = `jax.nn.dot_product_attention` (unpacked, unwindowed
+    batches only); "reference" = plain softmax attention, queries in blocks of CAUSAL_BLOCK,
+    each against the keys up to the end of its block only.
 
     Exact (every key a block skips is masked anyway) and it skips the upper triangle's scores:
-    at L = 2048 it computes ~56% of the L x L scores and keeps that much for the backward pass.
+    at L = 2048 and blocks of 128 it computes ~53% of the L x L scores.
     """
+    if impl in ("flash", "auto"):
+        return flash_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, mask_BxLxS, block_q=CAUSAL_BLOCK)
+    if impl in ("cudnn", "xla"):
+        return fused_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, mask_BxLxS, impl)
+    if impl != "reference":
+        raise ValueError(f"unknown attention implementation {impl!r}")
     l = q_BxLxHxD.shape[1]
     if l < 2 * CAUSAL_BLOCK:
         return dot_product_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, mask_BxLxS)
@@ -158,29 +186,40 @@ def _shared_prefix_attention(
     k_BxLxKxD: jax.Array,
     v_BxLxKxD: jax.Array,
     layer_cache: tuple[jax.Array, ...],
-    cache_meta: tuple[jax.Array, jax.Array],
+    cache_meta: tuple[jax.Array, jax.Array, jax.Array],
 ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     """One decode step for B = P*N rows: prefix part (read once per prompt) + own suffix part,
-    merged by log-sum-exp."""
+    merged by log-sum-exp.
+
+    layer_cache is (this layer's prefix k, v [P, K, S, D], the suffix k, v of ALL layers
+    [L, P, N, K, T, D]); cache_meta is (prefix lengths [P], suffix slot, this layer's index).
+    The new token's k/v is written into the stacked suffix in place and the stacked suffix is
+    returned: it travels through the layer scan as carry, never copied whole.
+    """
     # Imported here: `kernels` lives at the repo root (never published under that name), and
     # only decoding needs it.
     from kernels.decode_attention import merge_attention, prefix_decode_attention
 
-    prefix_k, prefix_v, suffix_k, suffix_v = layer_cache
-    prefix_lengths_P, suffix_end = cache_meta
+    prefix_k, prefix_v, suffix_k_all, suffix_v_all = layer_cache
+    prefix_lengths_P, suffix_end, layer = cache_meta
     p, kv_heads, _, d = prefix_k.shape[0], prefix_k.shape[1], prefix_k.shape[2], prefix_k.shape[3]
-    n, t = suffix_k.shape[1], suffix_k.shape[2]
+    n, t = suffix_k_all.shape[2], suffix_k_all.shape[4]
     h = q_BxLxHxD.shape[2]
     g = h // kv_heads
     if q_BxLxHxD.shape[1] != 1:
         raise ValueError("the shared-prefix cache decodes one token per sample at a time")
-    start = (0, 0, suffix_end, 0, 0)
-    suffix_k = jax.lax.dynamic_update_slice(
-        suffix_k, k_BxLxKxD.reshape(p, n, 1, kv_heads, d).astype(suffix_k.dtype), start
+    zero = jnp.zeros((), jnp.int32)
+    start = (layer, zero, zero, zero, suffix_end, zero)
+    suffix_k_all = jax.lax.dynamic_update_slice(
+        suffix_k_all,
+        k_BxLxKxD.reshape(1, p, n, kv_heads, 1, d).astype(suffix_k_all.dtype), start,
     )
-    suffix_v = jax.lax.dynamic_update_slice(
-        suffix_v, v_BxLxKxD.reshape(p, n, 1, kv_heads, d).astype(suffix_v.dtype), start
+    suffix_v_all = jax.lax.dynamic_update_slice(
+        suffix_v_all,
+        v_BxLxKxD.reshape(1, p, n, kv_heads, 1, d).astype(suffix_v_all.dtype), start,
     )
+    suffix_k = jax.lax.dynamic_index_in_dim(suffix_k_all, layer, keepdims=False)
+    suffix_v = jax.lax.dynamic_index_in_dim(suffix_v_all, layer, keepdims=False)
     q_PxNxKxGxD = q_BxLxHxD.reshape(p, n, kv_heads, g, d)
     # The N samples x G heads of one kv head are the query rows of one prefix stream.
     q_PxKxRxD = jnp.transpose(q_PxNxKxGxD, (0, 2, 1, 3, 4)).reshape(p, kv_heads, n * g, d)
@@ -189,14 +228,14 @@ def _shared_prefix_attention(
         prefix_lengths_P,
     )
     scores_PxNxKxGxT = jnp.einsum(
-        "pnkgd,pntkd->pnkgt", q_PxNxKxGxD, suffix_k.astype(q_PxNxKxGxD.dtype),
+        "pnkgd,pnktd->pnkgt", q_PxNxKxGxD, suffix_k.astype(q_PxNxKxGxD.dtype),
         preferred_element_type=jnp.float32,
     ) * (d**-0.5)
     valid_T = jnp.arange(t) <= suffix_end
     scores_PxNxKxGxT = jnp.where(valid_T, scores_PxNxKxGxT, -jnp.inf)
     lse_suf = jax.nn.logsumexp(scores_PxNxKxGxT, axis=-1)
     probs = jnp.exp(scores_PxNxKxGxT - lse_suf[..., None])
-    out_suf = jnp.einsum("pnkgt,pntkd->pnkgd", probs, suffix_v.astype(jnp.float32))
+    out_suf = jnp.einsum("pnkgt,pnktd->pnkgd", probs, suffix_v.astype(jnp.float32))
 
     def rows(x: jax.Array) -> jax.Array:  # [P, N, K, G, ...] -> [P, K, N*G, ...]
         x = jnp.moveaxis(x, 2, 1)
@@ -204,7 +243,7 @@ def _shared_prefix_attention(
 
     out, _ = merge_attention(out_pre.astype(jnp.float32), lse_pre, rows(out_suf), rows(lse_suf))
     out_PxNxKxGxD = jnp.moveaxis(out.reshape(p, kv_heads, n, g, d), 1, 2)
-    return out_PxNxKxGxD.reshape(p * n, 1, h, d), (prefix_k, prefix_v, suffix_k, suffix_v)
+    return out_PxNxKxGxD.reshape(p * n, 1, h, d), (prefix_k, prefix_v, suffix_k_all, suffix_v_all)
 
 
 class Attention(_Sharded):
@@ -256,10 +295,14 @@ class Attention(_Sharded):
                 v_cache, v_BxLxKxD.astype(v_cache.dtype), start
             )
             new_cache = (k_BxSxKxD, v_BxSxKxD)
-        attend = causal_attention if layer_cache is None else query_blocked_attention
-        out_BxLxHxD = attend(
-            q_BxLxHxD, k_BxSxKxD.astype(self.dtype), v_BxSxKxD.astype(self.dtype), mask_BxLxS
-        )
+        if layer_cache is None:
+            out_BxLxHxD = causal_attention(
+                q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxLxS, impl=self.attention
+            )
+        else:
+            out_BxLxHxD = query_blocked_attention(
+                q_BxLxHxD, k_BxSxKxD.astype(self.dtype), v_BxSxKxD.astype(self.dtype), mask_BxLxS
+            )
         out = out_BxLxHxD.reshape(b, l, c.num_heads * c.head_dim)
         return self.dense("o_proj", out, c.hidden_size, ("q_heads", "embed")), new_cache
 
@@ -288,7 +331,8 @@ class DecoderLayer(_Sharded):
         cache_end: jax.Array | None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         c = self.config
-        kw = dict(config=c, dtype=self.dtype, param_dtype=self.param_dtype, layout=self.layout)
+        kw = dict(config=c, dtype=self.dtype, param_dtype=self.param_dtype, layout=self.layout,
+                  attention=self.attention)
         norm = functools.partial(RMSNorm, c.rms_norm_eps, self.dtype, self.param_dtype)
         attn_out, new_cache = Attention(**kw, name="attn")(
             norm(name="input_norm")(x_BxLxE), cos_sin, mask_BxLxS, layer_cache, cache_end
@@ -299,6 +343,31 @@ class DecoderLayer(_Sharded):
             x_BxLxE, ("activation_batch", "activation_length", "activation_embed")
         )
         return x_BxLxE, new_cache
+
+
+class _SharedPrefixLayer(DecoderLayer):
+    """DecoderLayer for a shared-prefix decode step, scanned with the stacked suffix in the carry.
+
+    Scanned inputs are this layer's prefix k, v and its index; the carry is (x, suffix k, suffix
+    v of all layers), updated in place. Same parameters (names and shapes) as DecoderLayer.
+    """
+
+    def __call__(  # type: ignore[override]
+        self,
+        carry: tuple[jax.Array, jax.Array, jax.Array],
+        scanned: tuple[jax.Array, jax.Array, jax.Array],
+        cos_sin: tuple[jax.Array, jax.Array],
+        mask_BxLxS: jax.Array,
+        cache_meta: tuple[jax.Array, jax.Array],
+    ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], None]:
+        x_BxLxE, suffix_k, suffix_v = carry
+        prefix_k, prefix_v, layer = scanned
+        x_BxLxE, new_cache = super().__call__(
+            x_BxLxE, (prefix_k, prefix_v, suffix_k, suffix_v), cos_sin, mask_BxLxS,
+            (*cache_meta, layer),
+        )
+        _, _, suffix_k, suffix_v = new_cache
+        return (x_BxLxE, suffix_k, suffix_v), None
 
 
 def segment_positions(segment_ids_BxL: jax.Array) -> jax.Array:
@@ -328,6 +397,7 @@ class Transformer(_Sharded):
         segment_ids_BxL: jax.Array | None = None,
         cache: KVCache | SharedPrefixCache | None = None,
         logit_positions_B: jax.Array | None = None,
+        return_hidden: bool = False,
     ) -> tuple[jax.Array, KVCache | SharedPrefixCache | None]:
         """Logits [B, L, V] in float32, and the updated cache when one is given.
 
@@ -337,6 +407,9 @@ class Transformer(_Sharded):
         logit_positions_B: only the logits at these positions, [B, 1, V]. A prefill needs just
             the last prompt token's: full [B, L, V] float32 logits of a 64 x 2048 prefill with a
             128k vocabulary would take 67 GB.
+        return_hidden: return the final-normed hidden states [B, L, E] (model dtype) instead of
+            logits; the caller applies `lm_head_kernel` (e.g. fused with the loss, chunked, so
+            the [B, L, V] float32 logits are never kept whole for the backward pass).
         """
         c = self.config
         b, l = tokens_BxL.shape
@@ -389,7 +462,11 @@ class Transformer(_Sharded):
             x_BxLxE, ("activation_batch", "activation_length", "activation_embed")
         )
 
-        layer_cls: Any = DecoderLayer
+        attention_impl = resolve_impl(
+            self.attention, self.dtype, packed=segment_ids_BxL is not None,
+            sliding=c.sliding_window is not None,
+        )
+        layer_cls: Any = _SharedPrefixLayer if shared else DecoderLayer
         policy = REMAT_POLICIES[self.remat]
         if self.remat != "none":
             layer_cls = nn.remat(layer_cls, policy=policy, prevent_cse=False)
@@ -401,39 +478,53 @@ class Transformer(_Sharded):
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(config=c, dtype=self.dtype, param_dtype=self.param_dtype, layout=self.layout,
-          name="layers")
+          attention=attention_impl, name="layers")
+        carry: Any = x_BxLxE
         if shared:
+            carry = (x_BxLxE, cache.suffix_k_LxPxNxKxTxD, cache.suffix_v_LxPxNxKxTxD)
             layer_caches = (cache.prefix_k_LxPxKxSxD, cache.prefix_v_LxPxKxSxD,
-                            cache.suffix_k_LxPxNxTxKxD, cache.suffix_v_LxPxNxTxKxD)
+                            jnp.arange(c.num_layers, dtype=jnp.int32))
             cache_meta = (cache.prefix_lengths_P, cache.suffix_end)
         else:
             layer_caches = None if cache is None else (cache.k_LxBxSxKxD, cache.v_LxBxSxKxD)
             cache_meta = None if cache is None else cache.end
-        x_BxLxE, new_layer_caches = layers(x_BxLxE, layer_caches, cos_sin, mask_BxLxS, cache_meta)
+        carry, new_layer_caches = layers(carry, layer_caches, cos_sin, mask_BxLxS, cache_meta)
+        if shared:
+            x_BxLxE, suffix_k, suffix_v = carry
+        else:
+            x_BxLxE = carry
         x_BxLxE = RMSNorm(c.rms_norm_eps, self.dtype, self.param_dtype, name="final_norm")(x_BxLxE)
         if logit_positions_B is not None:
             x_BxLxE = jnp.take_along_axis(
                 x_BxLxE, logit_positions_B.astype(jnp.int32)[:, None, None], axis=1)
 
-        if c.tie_embeddings:
+        if return_hidden:
+            logits_BxLxV = x_BxLxE
+        elif c.tie_embeddings:
             logits_BxLxV = jnp.dot(x_BxLxE, embedding.astype(self.dtype).T)
         else:
             logits_BxLxV = self.dense("lm_head", x_BxLxE, c.vocab_size, ("embed", "vocab"))
-        logits_BxLxV = self.constrain(
-            logits_BxLxV.astype(jnp.float32),
-            ("activation_batch", "activation_length", "activation_vocab"),
-        )
+        if not return_hidden:
+            logits_BxLxV = self.constrain(
+                logits_BxLxV.astype(jnp.float32),
+                ("activation_batch", "activation_length", "activation_vocab"),
+            )
         new_cache = None
         if shared:
-            _, _, suffix_k, suffix_v = new_layer_caches
             new_cache = cache.replace(
-                suffix_k_LxPxNxTxKxD=suffix_k, suffix_v_LxPxNxTxKxD=suffix_v,
+                suffix_k_LxPxNxKxTxD=suffix_k, suffix_v_LxPxNxKxTxD=suffix_v,
                 suffix_end=cache.suffix_end + 1,
             )
         elif cache is not None:
             k, v = new_layer_caches
             new_cache = KVCache(k, v, key_valid_BxS, cache.end + l)
         return logits_BxLxV, new_cache
+
+
+def lm_head_kernel(config: ModelConfig, params: Params) -> jax.Array:
+    """The LM head as an [E, V] matrix (the tied embedding transposed, or `lm_head`): what a
+    caller of `Transformer(..., return_hidden=True)` multiplies the hidden states by."""
+    return params["embed"].T if config.tie_embeddings else params["lm_head"]
 
 
 # --- parameters and a callable model ------------------------------------------------------------
@@ -576,9 +667,11 @@ def build_model(
     dtype: Any = jnp.float32,
     param_dtype: Any = jnp.float32,
     remat: str = "none",
+    attention: str = "auto",
 ) -> Model:
     """A randomly initialised model, sharded per `layout`."""
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {remat!r}")
-    module = Transformer(config, dtype=dtype, param_dtype=param_dtype, layout=layout, remat=remat)
+    module = Transformer(config, dtype=dtype, param_dtype=param_dtype, layout=layout, remat=remat,
+                         attention=attention)
     return Model(module, init_params(module, seed, layout))

@@ -44,7 +44,8 @@ def load_model(
     path = config.model.hf_path if hf_path is None else hf_path
     if path:
         model, arch = checkpoint.load_hf(
-            path, dtype=dtype, param_dtype=jnp.float32, mesh=layout, remat=config.remat
+            path, dtype=dtype, param_dtype=jnp.float32, mesh=layout, remat=config.remat,
+            attention=config.attention,
         )
         if arch.vocab_size != config.model.vocab_size:
             log.info("vocab_size %d from %s/config.json (config says %d)", arch.vocab_size, path,
@@ -52,7 +53,7 @@ def load_model(
         return model
     return build_model(
         config_lib.model_config(config), layout, seed=config.seed, dtype=dtype,
-        param_dtype=jnp.float32, remat=config.remat,
+        param_dtype=jnp.float32, remat=config.remat, attention=config.attention,
     )
 
 
@@ -106,7 +107,7 @@ def training_module(config: ml_collections.ConfigDict, layout: Layout) -> Transf
     """The config's model module (float32 params, compute in config.dtype), without weights."""
     return Transformer(
         config_lib.model_config(config), dtype=config_lib.resolve_dtype(config.dtype),
-        param_dtype=jnp.float32, layout=layout, remat=config.remat,
+        param_dtype=jnp.float32, layout=layout, remat=config.remat, attention=config.attention,
     )
 
 

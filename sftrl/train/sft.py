@@ -133,6 +133,7 @@ class SFTTrainer:
         step_fn = make_sft_step(
             self.model.module, self.tx, self.schedule,
             normalization=config.sft.loss_normalization, grad_accum=config.sft.grad_accum,
+            loss_chunk=config.sft.loss_chunk,
         )
         self.setup = common.fresh_or_restored_state(
             self.model, self.tx, layout, self.checkpointer, seed=config.seed

@@ -7,6 +7,10 @@ each segment as an example). Gradient accumulation splits the global batch into 
 inside the step (`lax.scan`); the normalisers are computed from the whole batch first, so the
 update equals the one-big-batch update up to float summation order.
 
+The LM head is fused with the loss (`sftrl.losses.head_weighted_nll`): the model returns its final
+hidden states and the head + NLL run `loss_chunk` positions at a time, so the [B, L, V] float32
+logits (and their softmax and gradient) are never kept whole.
+
 Metrics are raw sums and counts (reduced once, on the host): `loss_sum` (weighted like the loss,
 so `loss = loss_sum`), `nll_sum` and `tokens` (token-weighted NLL), `sequences`, `grad_norm`,
 `lr`, `finite` (1.0 when loss and gradients are finite).
@@ -21,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sftrl.losses import next_token_nll
-from sftrl.models.transformer import Transformer
+from sftrl.losses import head_weighted_nll
+from sftrl.models.transformer import Transformer, lm_head_kernel
 from sftrl.sharding import Layout
 from sftrl.train.state import TrainState
 
@@ -79,22 +83,34 @@ def make_sft_step(
     *,
     normalization: str = "token",
     grad_accum: int = 1,
+    loss_chunk: int = 512,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The un-jitted step; `jit_sft_step` adds the shardings."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     if grad_accum < 1:
         raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
+    if loss_chunk < 1:
+        raise ValueError(f"loss_chunk must be >= 1, got {loss_chunk}")
+
+    def shift(x: jax.Array) -> jax.Array:
+        """Column t holds token t + 1's value: what the hidden state at t predicts."""
+        return jnp.pad(x[:, 1:], ((0, 0), (0, 1)))
 
     def loss_fn(params: Any, micro: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        logits, _ = module.apply(
+        hidden_BxLxE, _ = module.apply(
             {"params": params}, micro["tokens"],
             attention_mask_BxL=micro.get("attention_mask"),
             positions_BxL=micro.get("positions"),
             segment_ids_BxL=micro.get("segment_ids"),
+            return_hidden=True,
         )
-        nll_BxL = next_token_nll(logits, micro["tokens"], micro["scored"])
-        return jnp.sum(nll_BxL * micro["weights"]), jnp.sum(nll_BxL)
+        head_ExV = lm_head_kernel(module.config, params).astype(module.dtype)
+        loss, nll_BxL = head_weighted_nll(
+            hidden_BxLxE, head_ExV, shift(micro["tokens"]), shift(micro["weights"]),
+            chunk=loss_chunk,
+        )
+        return loss, jnp.sum(nll_BxL * shift(micro["scored"]))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
