@@ -41,7 +41,8 @@ class ReportError(ValueError):
 # --- inputs -------------------------------------------------------------------------------------
 
 
-def _curve(entry: Any, where: str) -> dict[int, float]:
+def pass_at_k_curve(entry: Any, where: str) -> dict[int, float]:
+    """A benchmark entry's checked 'pass@k' field as {k: value}, sorted by k."""
     if not isinstance(entry, dict):
         raise ReportError(f"{where}: expected an object")
     raw = entry.get("pass@k")
@@ -73,7 +74,7 @@ def load_evals(eval_dir: Path) -> list[dict[str, Any]]:
         if not isinstance(benches, dict) or not benches:
             raise ReportError(f"{path}: field 'benchmarks' must be a non-empty object")
         for name, entry in benches.items():
-            _curve(entry, f"{path}: benchmarks.{name}")
+            pass_at_k_curve(entry, f"{path}: benchmarks.{name}")
         twin = next((r["_path"] for r in out if r["checkpoint"] == record["checkpoint"]), None)
         if twin is not None:
             raise ReportError(f"{path}: field 'checkpoint': {record['checkpoint']!r} is also "
@@ -152,7 +153,7 @@ def _plot_curves(curves: list[tuple[str, dict[str, Any]]], title: str, path: Pat
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, entry in curves:
-        curve = _curve(entry, label)
+        curve = pass_at_k_curve(entry, label)
         ks = list(curve)
         line = ax.plot(ks, list(curve.values()), marker="o", markersize=3, label=label)[0]
         ci = entry.get("pass@k_ci") or {}
@@ -193,7 +194,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _benchmark_row(name: str, entry: dict[str, Any]) -> str:
-    curve = _curve(entry, name)
+    curve = pass_at_k_curve(entry, name)
     k_max = max(curve)
     ci = (entry.get("pass@k_ci") or {}).get(str(k_max))
     at_max = _fmt(curve[k_max]) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from sftrl import report as report_lib
 from sftrl.eval import predict
 
 STATUS_FILE = "sweep.json"
@@ -128,16 +129,10 @@ def load_status(sweep_dir: Path) -> tuple[str, dict[str, RunStatus]]:
 
 def _curve(entry: Any, where: str) -> dict[int, float]:
     """A benchmark's pass@k curve; pass@1 from its 'pass@1' field as the predictor reads it."""
-    if not isinstance(entry, dict):
-        raise StudyError(f"{where}: expected an object")
-    raw = entry.get("pass@k")
-    if not isinstance(raw, dict) or not raw:
-        raise StudyError(f"{where}: field 'pass@k' must be a non-empty object")
-    curve = {}
-    for k, v in raw.items():
-        if not str(k).isdigit() or int(k) < 1:
-            raise StudyError(f"{where}: field 'pass@k' has key {k!r}, not a positive integer")
-        curve[int(k)] = _number(v, f"{where}: field 'pass@k[{k}]'")
+    try:
+        curve = report_lib.pass_at_k_curve(entry, where)
+    except report_lib.ReportError as error:
+        raise StudyError(str(error)) from None
     if "pass@1" in entry:
         curve[1] = _number(entry["pass@1"], f"{where}: field 'pass@1'")
     if 1 not in curve:

@@ -121,3 +121,10 @@ def test_main_invalid_config_value(tmp_path):
     result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.mesh.tensor=3")
     assert result.returncode == 2
     assert "invalid config: mesh" in result.stderr
+
+
+def test_attention_names_match_the_model():
+    """config_lib keeps its own copy of the names (it does not import the model): same list."""
+    from sftrl.models.attention import ATTENTION_IMPLS
+
+    assert config_lib.ATTENTION == ATTENTION_IMPLS

@@ -180,16 +180,18 @@ def test_shard_batch_splits_rows_over_data_axes():
     np.testing.assert_array_equal(np.asarray(placed["weights"]), batch["weights"])
 
 
+# A tiny model whose positions reach past several attention blocks.
+_LONG_CFG = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, num_layers=2,
+                        num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=64,
+                        max_position_embeddings=1024)
+
+
 def test_block_causal_attention_equals_full(monkeypatch):
     """Long sequences take the blocked causal path; valid positions match the one-block path."""
     from sftrl.models import transformer
-    from sftrl.models.model_config import ModelConfig
     from sftrl.sharding import single_device_layout
 
-    cfg = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=64,
-                      max_position_embeddings=1024)
-    model = transformer.build_model(cfg, single_device_layout(), seed=0)
+    model = transformer.build_model(_LONG_CFG, single_device_layout(), seed=0)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 64, (2, 600)).astype(np.int32)
     segments = np.ones((2, 600), np.int32)
@@ -208,13 +210,9 @@ def test_cached_prefill_in_query_blocks_and_last_logits_only(monkeypatch):
     """A long prefill into a cache takes the query-blocked path and matches the cache-free
     forward; logit_positions_B returns exactly those positions' logits."""
     from sftrl.models import transformer
-    from sftrl.models.model_config import ModelConfig
     from sftrl.sharding import single_device_layout
 
-    cfg = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=64,
-                      max_position_embeddings=1024)
-    model = transformer.build_model(cfg, single_device_layout(), seed=0)
+    model = transformer.build_model(_LONG_CFG, single_device_layout(), seed=0)
     rng = np.random.default_rng(1)
     tokens = rng.integers(0, 64, (2, 300)).astype(np.int32)
     mask = np.ones((2, 300), bool)

@@ -1,6 +1,6 @@
 """The pure SFT update: `sft_step(state, batch) -> (state, metrics)`, jitted with shardings.
 
-Loss: masked next-token NLL of the response tokens (`sftrl.losses.next_token_nll`), normalised
+Loss: masked next-token NLL of the response tokens (`sftrl.losses.head_weighted_nll`), normalised
 either per token over the whole global batch ("token": every trained token weighs the same) or
 per sequence ("sequence": each example's mean token NLL, averaged over examples; packed rows count
 each segment as an example). Gradient accumulation splits the global batch into micro-batches
