@@ -144,3 +144,15 @@ def test_metrics_file_torn_last_line_dropped_damaged_middle_refused(tmp_path):
     path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not valid JSON"):
         MetricsWriter(tmp_path, resume_step=1, tensorboard=False)
+
+
+def test_metrics_rows_keep_numbers_as_floats_and_the_rest_as_is(tmp_path):
+    from sftrl.train.metrics_log import MetricsWriter
+
+    writer = MetricsWriter(tmp_path, resume_step=None, tensorboard=False)
+    writer.write(3, {"loss": np.float32(1.5), "tokens": 7, "mfu": None, "note": "warmup",
+                     "finite": jax.numpy.asarray(True)})
+    writer.close()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert row == {"step": 3, "loss": 1.5, "tokens": 7.0, "mfu": None, "note": "warmup",
+                   "finite": 1.0}

@@ -93,8 +93,10 @@ class MetricsWriter:
         if self.prefix:
             row["stage"] = self.prefix.rstrip("/")
         for key, value in metrics.items():
-            # numbers (Python or numpy/jax scalars) as floats; anything else as it is
-            row[key] = float(value) if np.ndim(value) == 0 and np.isreal(value) else value
+            # numbers (Python or numpy/jax scalars) as floats; anything else (None, text) as is
+            number = isinstance(value, int | float) or (hasattr(value, "dtype")
+                                                        and np.ndim(value) == 0)
+            row[key] = float(value) if number else value
         with self.path.open("a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
         if self._tb is not None:
