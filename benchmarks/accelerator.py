@@ -55,6 +55,8 @@ PARTS = ("limits", "kernel", "sampler", "sft")
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v5 lite": 197e12,
              "TPU v5": 459e12, "TPU v4": 275e12, "TPU v6": 918e12}
 
+# The shapes are spelled out here rather than read from configs/: that needs ml_collections,
+# which accelerator images often lack (this script needs only jax, flax and optax).
 LLAMA3_8B = ModelConfig(
     model_type="llama", vocab_size=128256, hidden_size=4096, num_layers=32, num_heads=32,
     num_kv_heads=8, head_dim=128, intermediate_size=14336, rope_theta=500000.0,
@@ -209,7 +211,7 @@ def sampler(small: bool, bandwidth: float, shapes: Sequence[tuple[int, int, int]
             prefill_only()
             prefill = prefill_only()
             decode = max(seconds - prefill, 1e-9)
-            bound = k * (r - 1) / (_decode_bytes(config, p, r, k, shared) / bandwidth * (r - 1))
+            bound = k * bandwidth / _decode_bytes(config, p, r, k, shared)  # rows per step
             tokens_per_s = k * (r - 1) / decode
             rows.append({"part": "sampler", "method": "a shared" if shared else "b unshared",
                          "P": p, "R": r, "k": k, "seconds": seconds, "warmup_seconds": warm,
