@@ -210,18 +210,23 @@ def sampler(small: bool, bandwidth: float, shapes: Sequence[tuple[int, int, int]
 
             prefill_only()
             prefill = prefill_only()
-            decode = max(seconds - prefill, 1e-9)
             bound = k * bandwidth / _decode_bytes(config, p, r, k, shared)  # rows per step
-            tokens_per_s = k * (r - 1) / decode
+            # Decode time is the run minus a prefill-only run; when timing noise makes it <= 0
+            # (tiny shapes) there is no decode figure rather than an absurd one.
+            decode = seconds - prefill
+            tokens_per_s = k * (r - 1) / decode if decode > 0 else None
             rows.append({"part": "sampler", "method": "a shared" if shared else "b unshared",
                          "P": p, "R": r, "k": k, "seconds": seconds, "warmup_seconds": warm,
                          "prefill_seconds": prefill, "decode_tokens_per_s": tokens_per_s,
                          "end_to_end_tokens_per_s": k * r / seconds,
                          "roofline_tokens_per_s": bound,
-                         "share_of_bandwidth_roofline": tokens_per_s / bound})
+                         "share_of_bandwidth_roofline":
+                             tokens_per_s / bound if tokens_per_s else None})
+            decode_text = (f"decode {tokens_per_s:.0f} tok/s = "
+                           f"{100 * tokens_per_s / bound:.0f}% of roofline" if tokens_per_s
+                           else "decode time below timer noise")
             print(f"sampler {rows[-1]['method']} P={p} R={r} k={k}: {seconds:.2f} s "
-                  f"(prefill {prefill:.2f} s), decode {tokens_per_s:.0f} tok/s = "
-                  f"{100 * tokens_per_s / bound:.0f}% of roofline", flush=True)
+                  f"(prefill {prefill:.2f} s), {decode_text}", flush=True)
         a, b = rows[-2], rows[-1]
         a["shared_over_unshared"] = b["seconds"] / a["seconds"]
     return rows
