@@ -245,7 +245,7 @@ def _step_flops(config: ModelConfig, batch: int, seq: int) -> float:
 
 
 def sft(small: bool, matmul_flops: float, shapes: Sequence[tuple[int, int]],
-        remats: Sequence[str]) -> list[dict[str, Any]]:
+        remats: Sequence[str], attentions: Sequence[str] = ("auto",)) -> list[dict[str, Any]]:
     from sftrl import sharding
     from sftrl.train.optim import OptimizerConfig, make_optimizer
 
@@ -254,21 +254,24 @@ def sft(small: bool, matmul_flops: float, shapes: Sequence[tuple[int, int]],
     tx = make_optimizer(opt)
     layout = sharding.Layout(sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
     rows = []
-    for remat in remats:
-        for batch, seq in shapes:
-            try:
-                rows.append(_sft_variant(config, layout, tx, opt, remat, batch, seq, small,
-                                         matmul_flops))
-            except Exception as error:  # an OOM at one shape leaves the others measurable
-                traceback.print_exc()
-                rows.append({"part": "sft", "batch": batch, "seq": seq, "remat": remat,
-                             "error": f"{type(error).__name__}: {error}"[:300]})
+    for attention in attentions:
+        for remat in remats:
+            for batch, seq in shapes:
+                try:
+                    rows.append(_sft_variant(config, layout, tx, opt, remat, batch, seq, small,
+                                             matmul_flops, attention))
+                except Exception as error:  # an OOM at one shape leaves the others measurable
+                    traceback.print_exc()
+                    rows.append({"part": "sft", "batch": batch, "seq": seq, "remat": remat,
+                                 "attention": attention,
+                                 "error": f"{type(error).__name__}: {error}"[:300]})
     return rows
 
 
 def _sft_variant(config: ModelConfig, layout: Any, tx: Any, opt: Any, remat: str, batch: int,
-                 seq: int, small: bool, matmul_flops: float) -> dict[str, Any]:
-    """One (remat, batch, seq) SFT step measurement."""
+                 seq: int, small: bool, matmul_flops: float,
+                 attention: str = "auto") -> dict[str, Any]:
+    """One (attention, remat, batch, seq) SFT step measurement."""
     from sftrl import sharding
     from sftrl.models.transformer import build_model, param_shardings
     from sftrl.train import state as state_lib
@@ -276,7 +279,7 @@ def _sft_variant(config: ModelConfig, layout: Any, tx: Any, opt: Any, remat: str
     from sftrl.train.sft_step import jit_sft_step, make_sft_step
 
     model = build_model(config, layout, seed=0, dtype=jnp.bfloat16,
-                        param_dtype=jnp.float32, remat=remat)
+                        param_dtype=jnp.float32, remat=remat, attention=attention)
 
     def create(params):
         return state_lib.create_train_state(params, tx, seed=0)
@@ -311,13 +314,13 @@ def _sft_variant(config: ModelConfig, layout: Any, tx: Any, opt: Any, remat: str
     flops = _step_flops(config, batch, seq)
     peak = peak_flops()
     row = {"part": "sft", "params_b": config.num_params() / 1e9, "batch": batch,
-           "seq": seq, "remat": remat, "step_seconds": seconds,
+           "seq": seq, "remat": remat, "attention": attention, "step_seconds": seconds,
            "first_step_seconds": compile_s, "tokens_per_s": batch * seq / seconds,
            "tflops": flops / seconds / 1e12,
            "mfu_datasheet": flops / seconds / peak if peak else None,
            "mfu_measured_matmul": flops / seconds / matmul_flops,
            "losses_finite": bool(all(np.isfinite(float(x)) for x in losses))}
-    print(f"sft {remat} ({batch}, {seq}): {seconds * 1e3:.0f} ms/step, "
+    print(f"sft {attention} {remat} ({batch}, {seq}): {seconds * 1e3:.0f} ms/step, "
           f"{row['tokens_per_s']:.0f} tok/s, {row['tflops']:.0f} TFLOP/s, MFU "
           f"{row['mfu_datasheet']} (datasheet) {row['mfu_measured_matmul']:.2f} "
           f"(measured matmul)", flush=True)
@@ -376,7 +379,7 @@ def _run_part(args: argparse.Namespace, part: str, out: Path) -> None:
             rows.extend(sampler(args.small, bandwidth, sampler_shapes))
         else:
             rows.extend(sft(args.small, measured["bf16_matmul_tflops"] * 1e12, sft_shapes,
-                            args.sft_remat.split(",")))
+                            args.sft_remat.split(","), args.sft_attention.split(",")))
     except Exception as error:  # keep the other parts' figures; the error is reported
         traceback.print_exc()
         rows.append({"part": part, "error": f"{type(error).__name__}: {error}"[:500]})
@@ -392,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                         help="comma list of PxRxk (prompt tokens, new tokens, samples)")
     parser.add_argument("--sft-shapes", default="2x4096,4x4096", help="comma list of BATCHxSEQ")
     parser.add_argument("--sft-remat", default="dots_no_batch", help="comma list")
+    parser.add_argument("--sft-attention", default="auto",
+                        help="comma list of attention implementations (auto, cudnn, flash, xla)")
     parser.add_argument("--child", choices=PARTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -407,7 +412,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     # Each part in its own process: every one starts with the whole device memory (an 8B
     # sampler's weights or a failed allocation must not shrink the next part's room).
     passed = ["--out", str(out), "--sampler-shapes", args.sampler_shapes, "--sft-shapes",
-              args.sft_shapes, "--sft-remat", args.sft_remat] + (["--small"] if args.small else [])
+              args.sft_shapes, "--sft-remat", args.sft_remat, "--sft-attention",
+              args.sft_attention] + (["--small"] if args.small else [])
     for part in ["limits"] + [p for p in parts if p != "limits"]:
         # The sampler's shapes one process each, so that a run cut short keeps the finished ones.
         shapes = args.sampler_shapes.split(",") if part == "sampler" else [args.sampler_shapes]

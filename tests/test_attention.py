@@ -14,6 +14,7 @@ from sftrl.models.attention import (
     AttentionImplError,
     flash_attention,
     fused_attention,
+    fused_mask,
     resolve_impl,
 )
 from sftrl.models.model_config import ModelConfig
@@ -103,20 +104,70 @@ def test_flash_bfloat16_close_to_float32():
                for g in grads)
 
 
+@pytest.mark.parametrize("mask_for", ["xla", "cudnn"])
 @pytest.mark.parametrize("kind", ["causal", "right_pad", "left_pad"])
-def test_jax_nn_xla_path_equals_ours(kind):
-    """The call the GPU takes with implementation="cudnn", run with "xla": is_causal plus the
-    key-padding row expresses exactly our mask (on rows that see a key)."""
+def test_jax_nn_xla_path_equals_ours(kind, mask_for):
+    """jax.nn's call with is_causal and the mask `fused_attention` builds for each implementation
+    (a key-padding row for XLA, the dense [B, 1, L, S] mask for cuDNN), run with "xla" on CPU:
+    exactly our mask on rows that see a key."""
     mask = _mask(kind, 7)
     rows = mask.any(-1)
     q, k, v = _qkv(7)
+
+    def attend(q, k, v, m):
+        return jax.nn.dot_product_attention(q, k, v, mask=fused_mask(m, mask_for), is_causal=True,
+                                            implementation="xla")
+
     want = np.asarray(transformer.dot_product_attention(q, k, v, jnp.asarray(mask)))
-    got = np.asarray(fused_attention(q, k, v, jnp.asarray(mask), "xla"))
+    got = np.asarray(attend(q, k, v, jnp.asarray(mask)))
     np.testing.assert_allclose(got[rows], want[rows], atol=2e-6, rtol=1e-5)
     ref_grads = jax.grad(_loss(transformer.dot_product_attention, mask, 1), (0, 1, 2))(q, k, v)
-    grads = jax.grad(_loss(lambda *a: fused_attention(*a, "xla"), mask, 1), (0, 1, 2))(q, k, v)
+    grads = jax.grad(_loss(attend, mask, 1), (0, 1, 2))(q, k, v)
     for got_g, want_g in zip(grads, ref_grads, strict=True):
         np.testing.assert_allclose(np.asarray(got_g), np.asarray(want_g), atol=5e-6, rtol=1e-4)
+    if mask_for == "xla":
+        got = np.asarray(fused_attention(q, k, v, jnp.asarray(mask), "xla"))
+        np.testing.assert_allclose(got[rows], want[rows], atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+@pytest.mark.parametrize("kind", ["causal", "right_pad", "left_pad"])
+def test_cudnn_equals_reference_on_gpu(kind):
+    """The cuDNN kernel itself (bf16) against float32 reference attention, outputs and grads."""
+    even = L - L % 2  # cuDNN's backward with a mask needs even lengths
+    mask = _mask(kind, 3)[:, :even, :even]
+    rows = mask.any(-1)
+    q, k, v = (jnp.pad(x[:, :even], ((0, 0), (0, 0), (0, 0), (0, 64 - D))) for x in _qkv(3))
+    lo = tuple(x.astype(jnp.bfloat16) for x in (q, k, v))
+    want = np.asarray(transformer.dot_product_attention(q, k, v, jnp.asarray(mask)))
+    got = np.asarray(fused_attention(*lo, jnp.asarray(mask), "cudnn"), np.float32)
+    np.testing.assert_allclose(got[rows], want[rows], atol=3e-2, rtol=3e-2)
+
+    def loss(attend, dtype):
+        w = jnp.asarray(np.random.default_rng(5).standard_normal((B, even, H, 64)) *
+                        rows[:, :, None, None], jnp.float32)
+        return lambda *a: jnp.sum(attend(*(x.astype(dtype) for x in a), jnp.asarray(mask))
+                                  .astype(jnp.float32) * w)
+
+    ref = jax.grad(loss(transformer.dot_product_attention, jnp.float32), (0, 1, 2))(q, k, v)
+    got_g = jax.grad(loss(lambda *a: fused_attention(*a, "cudnn"), jnp.bfloat16), (0, 1, 2))(
+        q, k, v)
+    for g, r in zip(got_g, ref, strict=True):
+        scale = float(jnp.max(jnp.abs(r)))
+        assert float(jnp.max(jnp.abs(g.astype(jnp.float32) - r))) < 0.05 * scale
+
+
+def test_cudnn_odd_length_falls_back_to_flash(monkeypatch):
+    """cuDNN refuses odd lengths with a mask in training: such a batch goes through flash."""
+    calls = []
+    monkeypatch.setattr(transformer, "fused_attention", lambda *a: calls.append("fused"))
+    monkeypatch.setattr(transformer, "flash_attention",
+                        lambda *a, **kw: calls.append("flash"))
+    q, k, v = _qkv(0)
+    mask = jnp.asarray(_mask("causal"))
+    transformer.causal_attention(q, k, v, mask, impl="cudnn")  # L = 45
+    transformer.causal_attention(q[:, :44], k[:, :44], v[:, :44], mask[:, :44, :44], impl="cudnn")
+    assert calls == ["flash", "fused"]
 
 
 def test_resolve_impl_and_errors():

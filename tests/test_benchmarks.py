@@ -88,3 +88,13 @@ def test_accelerator_benchmark_small_runs_every_part(tmp_path: Path) -> None:
     assert shared["shared_over_unshared"] == unshared["seconds"] / shared["seconds"]
     assert rows[4]["losses_finite"] and rows[4]["tokens_per_s"] > 0
     assert "### sampler" in (tmp_path / "accelerator.md").read_text()
+
+
+def test_profile_decode_small_summarises_a_trace(tmp_path: Path) -> None:
+    """The decode profiler traces a tiny generate on CPU and groups the trace's events by op."""
+    profile = load_benchmark("profile_decode")
+    summary = profile.main(["--small", "--shape=24x4x3", f"--out={tmp_path}", "--top=5"])
+    assert json.loads((tmp_path / "profile_decode.json").read_text()) == summary
+    assert summary["total_device_us"] > 0 and 0 < len(summary["top"]) <= 5
+    shares = [row["share"] for row in summary["top"]]
+    assert shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-9

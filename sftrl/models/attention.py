@@ -59,17 +59,26 @@ def fused_attention(
     q_BxLxHxD: jax.Array, k_BxLxKxD: jax.Array, v_BxLxKxD: jax.Array, mask_BxLxS: jax.Array,
     implementation: str,
 ) -> jax.Array:
-    """`jax.nn.dot_product_attention` (is_causal + key padding) for unpacked, unwindowed batches.
+    """`jax.nn.dot_product_attention` with is_causal (so cuDNN skips the upper triangle) and the
+    model's own mask.
 
-    Without segments or a window the model's mask is causal AND key-valid, and its last query
-    row is exactly the key-valid row, which the call takes as a [B, 1, 1, S] mask (a broadcast
-    bias, not a dense one).
+    cuDNN takes a mask only as a bias of the full [T, S] extent (a [B, 1, 1, S] key-padding row is
+    refused), so the dense mask goes in as [B, 1, L, S], shared by the heads: one bf16 bias per
+    step, a small read next to the attention itself, and exact for left or right padding. XLA
+    broadcasts, so it gets just the key-padding row, which with is_causal is the whole mask of an
+    unpacked, unwindowed batch (`resolve_impl` sends the others to flash).
     """
-    key_valid_Bx1x1xS = mask_BxLxS[:, -1][:, None, None, :]
     return jax.nn.dot_product_attention(
-        q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, mask=key_valid_Bx1x1xS, is_causal=True,
-        implementation=implementation,
+        q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, mask=fused_mask(mask_BxLxS, implementation),
+        is_causal=True, implementation=implementation,
     )
+
+
+def fused_mask(mask_BxLxS: jax.Array, implementation: str) -> jax.Array:
+    """The 4-d mask `fused_attention` hands to `jax.nn.dot_product_attention`."""
+    if implementation == "cudnn":
+        return mask_BxLxS[:, None]
+    return mask_BxLxS[:, -1][:, None, None, :]
 
 
 def _blocks(length: int, block_q: int) -> list[tuple[int, int]]:

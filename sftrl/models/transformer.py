@@ -143,6 +143,8 @@ def causal_attention(
     Exact (every key a block skips is masked anyway) and it skips the upper triangle's scores:
     at L = 2048 and blocks of 128 it computes ~53% of the L x L scores.
     """
+    if impl == "cudnn" and (q_BxLxHxD.shape[1] % 2 or k_BxLxKxD.shape[1] % 2):
+        impl = "flash"  # cuDNN's backward with a mask (bias) needs even lengths; ours does not
     if impl in ("flash", "auto"):
         return flash_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, mask_BxLxS, block_q=CAUSAL_BLOCK)
     if impl in ("cudnn", "xla"):
