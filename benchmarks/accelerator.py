@@ -190,11 +190,14 @@ def sampler(small: bool, bandwidth: float, shapes: Sequence[tuple[int, int, int]
     rows = []
     for p, r, k in shapes:
         prompt = np.random.default_rng(p).integers(10, config.vocab_size, p).tolist()
-        for shared in (True, False):
-            def once(shared=shared, prompt=prompt, r=r, k=k) -> float:
+        # "a unrolled": the shared-prefix decode from per-layer weight copies (no layer scan)
+        for method, shared, unroll in (("a shared", True, False), ("b unshared", False, False),
+                                       ("a unrolled", True, True)):
+            def once(shared=shared, unroll=unroll, prompt=prompt, r=r, k=k) -> float:
                 begin = time.perf_counter()
                 out = sampling.generate(model, [prompt], num_samples=k, max_new_tokens=r,
-                                        share_prefix=shared, progress=False)
+                                        share_prefix=shared, unroll_layers=unroll,
+                                        progress=False)
                 if not (out.lengths == r).all():
                     raise RuntimeError("a sample stopped early: no stop ids were given")
                 return time.perf_counter() - begin
@@ -202,10 +205,10 @@ def sampler(small: bool, bandwidth: float, shapes: Sequence[tuple[int, int, int]
             warm = once()
             seconds = once()
             # The prefill alone, to report decode tokens/s (the roofline covers decode).
-            def prefill_only(shared=shared, prompt=prompt, k=k) -> float:
+            def prefill_only(shared=shared, unroll=unroll, prompt=prompt, k=k) -> float:
                 begin = time.perf_counter()
                 sampling.generate(model, [prompt], num_samples=k, max_new_tokens=1,
-                                  share_prefix=shared, progress=False)
+                                  share_prefix=shared, unroll_layers=unroll, progress=False)
                 return time.perf_counter() - begin
 
             prefill_only()
@@ -215,7 +218,7 @@ def sampler(small: bool, bandwidth: float, shapes: Sequence[tuple[int, int, int]
             # (tiny shapes) there is no decode figure rather than an absurd one.
             decode = seconds - prefill
             tokens_per_s = k * (r - 1) / decode if decode > 0 else None
-            rows.append({"part": "sampler", "method": "a shared" if shared else "b unshared",
+            rows.append({"part": "sampler", "method": method,
                          "P": p, "R": r, "k": k, "seconds": seconds, "warmup_seconds": warm,
                          "prefill_seconds": prefill, "decode_tokens_per_s": tokens_per_s,
                          "end_to_end_tokens_per_s": k * r / seconds,
@@ -227,8 +230,9 @@ def sampler(small: bool, bandwidth: float, shapes: Sequence[tuple[int, int, int]
                            else "decode time below timer noise")
             print(f"sampler {rows[-1]['method']} P={p} R={r} k={k}: {seconds:.2f} s "
                   f"(prefill {prefill:.2f} s), {decode_text}", flush=True)
-        a, b = rows[-2], rows[-1]
+        a, b, unrolled = rows[-3:]
         a["shared_over_unshared"] = b["seconds"] / a["seconds"]
+        unrolled["unrolled_over_scanned"] = a["seconds"] / unrolled["seconds"]
     return rows
 
 

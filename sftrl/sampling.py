@@ -35,7 +35,7 @@ import numpy as np
 import tqdm
 
 from sftrl.models.kv_cache import KVCache, SharedPrefixCache
-from sftrl.models.transformer import Model
+from sftrl.models.transformer import Model, unstack_layers
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,11 @@ class _Decoder:
                                     sampling)
             return wave, state, all_done
 
-        def step(params, wave: _Wave, state: _State, **sampling):
+        def make_step(module):
+            return lambda params, wave, state, **sampling: step(module, params, wave, state,
+                                                                **sampling)
+
+        def step(module, params, wave: _Wave, state: _State, **sampling):
             # Feed the last token drawn; it sits at slot `state.step` of the suffix.
             tok_PxN = jax.lax.dynamic_index_in_dim(state.tokens_PxNxT, state.step, axis=2,
                                                    keepdims=False)
@@ -226,7 +230,14 @@ class _Decoder:
         )
         # The wave (prefix KV included) is read only and not donated: a donated buffer is dead
         # after the call, so every step would have to return the prefix as an output.
-        self.step = jax.jit(step, static_argnames=sampling_args, donate_argnames=("state",))
+        self.step = jax.jit(make_step(module), static_argnames=sampling_args,
+                            donate_argnames=("state",))
+        # The same step over per-layer weight buffers (`Transformer.unrolled_layers`), and the
+        # jitted split of the stacked weights into them.
+        self.step_unrolled = jax.jit(make_step(module.clone(unrolled_layers=True)),
+                                     static_argnames=sampling_args, donate_argnames=("state",))
+        self.unstack = jax.jit(functools.partial(unstack_layers,
+                                                 num_layers=module.config.num_layers))
 
 
 _DECODERS: dict[int, tuple[Model, _Decoder]] = {}
@@ -290,6 +301,7 @@ def generate(
     pad_id: int = 0,
     max_kv_tokens: int | None = None,
     share_prefix: bool = True,
+    unroll_layers: bool = False,
     progress: bool = True,
     _key_ids: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Samples:
@@ -299,6 +311,9 @@ def generate(
     N * max_new_tokens suffix slots fit it; the results are the same as one big batch.
     share_prefix=False repeats each prompt N times instead (the peers' way: N prefills and N
     copies of the prompt's KV) and gives the same samples; it exists to measure the difference.
+    unroll_layers=True decodes from a per-layer copy of the layer weights, made once per call
+    (it holds a second copy of them while it runs): a scanned decode step slices each weight out
+    of the stack, which on GPU XLA copies before each cuBLAS gemm, every step. Same samples.
     """
     _check_args(prompts, num_samples, max_new_tokens, temperature, top_p, top_k,
                 model.config.vocab_size)
@@ -307,7 +322,8 @@ def generate(
         flat = generate(
             model, repeated, num_samples=1, max_new_tokens=max_new_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, stop_ids=stop_ids, seed=seed,
-            pad_id=pad_id, max_kv_tokens=max_kv_tokens, progress=progress,
+            pad_id=pad_id, max_kv_tokens=max_kv_tokens, unroll_layers=unroll_layers,
+            progress=progress,
             _key_ids=(np.repeat(np.arange(len(prompts)), num_samples),
                       np.tile(np.arange(num_samples), len(prompts))),
         )
@@ -326,6 +342,9 @@ def generate(
         lengths=np.full((p_total, n), t_max, np.int32),
         finished=np.zeros((p_total, n), bool),
     )
+    step_fn, step_params = decoder.step, model.params
+    if unroll_layers:
+        step_fn, step_params = decoder.step_unrolled, decoder.unstack(model.params)
     base_key = jax.random.key(seed)
     stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
     pad = jnp.asarray(pad_id, jnp.int32)
@@ -357,7 +376,7 @@ def generate(
         step, all_done_before = 0, None
         while step < t_max - 1 and not (all_done_before is not None and bool(all_done_before)):
             all_done_before = all_done
-            state, all_done = decoder.step(model.params, consts, state, **sampling)
+            state, all_done = step_fn(step_params, consts, state, **sampling)
             step += 1
             bar.update(len(wave) * n)
         del consts

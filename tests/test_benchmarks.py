@@ -79,14 +79,16 @@ def test_accelerator_benchmark_small_runs_every_part(tmp_path: Path) -> None:
 
     assert json.loads((tmp_path / "accelerator.json").read_text()) == rows
     parts = [row["part"] for row in rows]
-    assert parts == ["limits", "kernel", "sampler", "sampler", "sft"]
+    assert parts == ["limits", "kernel", "sampler", "sampler", "sampler", "sft"]
     assert not [row for row in rows if "error" in row]
     kernel = rows[1]
     assert kernel["impl"] == "interpret" and kernel["rel_err_ragged"] < 1e-2
     shared, unshared = rows[2], rows[3]
     assert (shared["method"], unshared["method"]) == ("a shared", "b unshared")
     assert shared["shared_over_unshared"] == unshared["seconds"] / shared["seconds"]
-    assert rows[4]["losses_finite"] and rows[4]["tokens_per_s"] > 0
+    assert rows[4]["method"] == "a unrolled"
+    assert rows[4]["unrolled_over_scanned"] == shared["seconds"] / rows[4]["seconds"]
+    assert rows[5]["losses_finite"] and rows[5]["tokens_per_s"] > 0
     assert "### sampler" in (tmp_path / "accelerator.md").read_text()
 
 

@@ -192,3 +192,31 @@ def test_fused_steps_equal_a_plain_reference_loop(model):
     np.testing.assert_array_equal(out.tokens, tokens)
     np.testing.assert_allclose(out.logprobs, logps, atol=2e-5)
     np.testing.assert_allclose(out.model_logprobs, model_logps, atol=2e-5)
+
+
+def test_unrolled_layers_give_the_same_samples(model):
+    """Decoding from per-layer weight copies (no scan) is the same computation: same samples,
+    same log-probs, both with shared and with repeated prompts."""
+    kwargs = dict(num_samples=3, max_new_tokens=6, seed=5, top_p=0.9, stop_ids=(3,),
+                  progress=False)
+    for share in (True, False):
+        scanned = sampling.generate(model, PROMPTS, share_prefix=share, **kwargs)
+        unrolled = sampling.generate(model, PROMPTS, share_prefix=share, unroll_layers=True,
+                                     **kwargs)
+        np.testing.assert_array_equal(unrolled.tokens, scanned.tokens)
+        np.testing.assert_array_equal(unrolled.lengths, scanned.lengths)
+        np.testing.assert_allclose(unrolled.logprobs, scanned.logprobs, atol=1e-5)
+        np.testing.assert_allclose(unrolled.model_logprobs, scanned.model_logprobs, atol=1e-5)
+
+
+def test_unstack_layers_splits_every_weight(model):
+    from sftrl.models.transformer import unstack_layers
+
+    flat = unstack_layers(model.params, model.config.num_layers)
+    assert "layers" not in flat and {"layer_0", "layer_1"} <= set(flat)
+    stacked = jax.tree.leaves(model.params["layers"])
+    for i in range(model.config.num_layers):
+        for got, want in zip(jax.tree.leaves(flat[f"layer_{i}"]), stacked, strict=True):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want)[i])
+    with pytest.raises(ValueError, match="no stacked 'layers'"):
+        unstack_layers(flat, 2)
