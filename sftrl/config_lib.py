@@ -91,7 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
     # "synthetic", else model.hf_path.
     c.data.tokenizer = ""
     c.data.synthetic = ml_collections.ConfigDict(
-        dict(style="short_cot", phrasing="diverse", size=2000, seed=0)
+        dict(style="short_cot", phrasing="diverse", size=2000, seed=0,
+             # difficulty (number of steps) of the RL prompts; SFT data has 1-3, the test 2-5
+             rl_min_steps=1, rl_max_steps=3)
     )
     c.data.train_files = ()
     c.data.heldout_fraction = 0.05
@@ -375,6 +377,12 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("data.max_heldout_examples: must be >= 0")
     if d.synthetic.size < 1:
         raise ConfigError("data.synthetic.size: must be positive")
+    from sftrl.data import sources, synthetic
+
+    try:
+        sources.synthetic_task(d)
+    except synthetic.TaskConfigError as error:
+        raise ConfigError(f"data.synthetic: {error}") from error
 
 
 def _validate_sft(config: ml_collections.ConfigDict, arch: ModelConfig) -> None:

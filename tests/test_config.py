@@ -71,6 +71,8 @@ def test_unknown_variant_is_named():
         ("remat=sometimes", r"remat: 'sometimes'"),
         ("attention=fastest", r"attention: 'fastest' is not one of"),
         ("sft.loss_chunk=0", r"sft.loss_chunk: must be >= 1"),
+        ("data.synthetic.rl_max_steps=0", r"data.synthetic: TaskConfig.rl_max_steps"),
+        ("data.synthetic.rl_min_steps=4", r"data.synthetic: TaskConfig.rl_min_steps: 4 is greater"),
         ("model_check.seq_len=999999", r"model_check.seq_len"),
         ("nokey", r"key=value"),
     ],
@@ -128,3 +130,20 @@ def test_attention_names_match_the_model():
     from sftrl.models.attention import ATTENTION_IMPLS
 
     assert config_lib.ATTENTION == ATTENTION_IMPLS
+
+
+def test_rl_prompt_difficulty_reaches_the_task():
+    """data.synthetic.rl_min/max_steps choose the RL prompts' number of steps; the test set
+    (drawn first) does not move."""
+    from sftrl.data import sources, synthetic
+
+    base = load("tiny.py")
+    harder = config_lib.apply_overrides(load("tiny.py"), [
+        "data.synthetic.rl_min_steps=2", "data.synthetic.rl_max_steps=5"])
+    config_lib.validate(harder, num_devices=1)
+    rl = synthetic.rl_records(sources.synthetic_task(harder.data))
+    assert {r["steps"] for r in rl} == {2, 3, 4, 5}
+    assert {r["steps"] for r in synthetic.rl_records(sources.synthetic_task(base.data))} == {
+        1, 2, 3}
+    assert synthetic.test_records(sources.synthetic_task(harder.data)) == \
+        synthetic.test_records(sources.synthetic_task(base.data))

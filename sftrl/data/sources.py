@@ -34,7 +34,9 @@ def synthetic_variant(data: Any) -> Any:
 def synthetic_task(data: Any) -> Any:
     from sftrl.data import synthetic
 
-    return synthetic.TaskConfig(seed=data.synthetic.seed)
+    s = data.synthetic
+    return synthetic.TaskConfig(seed=s.seed, rl_min_steps=s.rl_min_steps,
+                                rl_max_steps=s.rl_max_steps)
 
 
 def sft_splits(data: Any) -> SFTSplits:
