@@ -19,6 +19,7 @@ Statistics (per checkpoint; P prompts, n samples, p_i = c_i / n the per-prompt a
 
 Usage
     python benchmarks/grpo_curve.py --workdir=runs/grpo_curve
+    python benchmarks/grpo_curve.py --workdir=W --config=configs/tiny.py:grpo_demo   # RL helps
     python benchmarks/grpo_curve.py --workdir=W --sft_workdir=runs/tiny/sft/short_cot-diverse-2000
     python benchmarks/grpo_curve.py --workdir=W --overrides rl.lr=3e-4 rl.num_steps=60
 Every stage is skipped when its outputs exist (finished trainers return at once, eval jsons are
@@ -57,12 +58,13 @@ class CurveError(ValueError):
 
 def load_config(path: str, overrides: Sequence[str], curve_every: int):
     """The config file's config, set up for a curve run, then the user's overrides."""
-    spec = importlib.util.spec_from_file_location("grpo_curve_config", ROOT / path)
-    if spec is None or spec.loader is None:
-        raise CurveError(f"--config: cannot load {path}")
+    file, _, arg = path.partition(":")  # "configs/tiny.py:grpo_demo" names a variant
+    spec = importlib.util.spec_from_file_location("grpo_curve_config", ROOT / file)
+    if spec is None or spec.loader is None or not (ROOT / file).is_file():
+        raise CurveError(f"--config: cannot load {file}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
+    config = module.get_config(arg or None)
     # The curve comes from the eval stage on saved checkpoints, so the trainer's own (small-n)
     # evaluator would only cost time; every curve checkpoint must survive max_to_keep.
     config.rl.evals = ()

@@ -81,3 +81,13 @@ def test_smoke_run_writes_the_curve_and_rereads_it(tmp_path):
     config = curve.load_config("configs/tiny.py", TINY, curve_every=2)
     again = curve.summarize(workdir, config)
     assert again["curve"] == result["curve"]
+
+
+def test_config_variant_grpo_demo_loads_with_curve_settings():
+    """--config=configs/tiny.py:grpo_demo: the variant's SFT/RL settings, then the curve's own."""
+    config = curve.load_config("configs/tiny.py:grpo_demo", ["rl.num_steps=40"], curve_every=20)
+    assert (config.data.synthetic.size, config.sft.num_steps) == (8000, 1500)
+    assert (config.data.synthetic.rl_min_steps, config.data.synthetic.rl_max_steps) == (2, 5)
+    assert config.rl.num_steps == 40 and config.rl.save_every == 20
+    with pytest.raises(curve.CurveError, match="cannot load configs/nope.py"):
+        curve.load_config("configs/nope.py", [], curve_every=10)
