@@ -89,5 +89,5 @@ def test_config_variant_grpo_demo_loads_with_curve_settings():
     assert (config.data.synthetic.size, config.sft.num_steps) == (8000, 1500)
     assert (config.data.synthetic.rl_min_steps, config.data.synthetic.rl_max_steps) == (2, 5)
     assert config.rl.num_steps == 40 and config.rl.save_every == 20
-    with pytest.raises(curve.CurveError, match="cannot load configs/nope.py"):
+    with pytest.raises(curve.CurveError, match=r"cannot load configs/nope\.py"):
         curve.load_config("configs/nope.py", [], curve_every=10)
