@@ -398,6 +398,7 @@ def run_local(jobs: Sequence[Job], status: Status, prefix: Sequence[str],
         if status.entry(job.name)["state"] == "done":
             echo(f"[skip] {job.name}: already done")
         else:
+            _close_stale_attempt(status, job)
             status.update(job.name, state="pending", command=job.command(prefix),
                           workdir=str(job.workdir))
     running: dict[str, tuple[subprocess.Popen, Any]] = {}
@@ -411,7 +412,7 @@ def run_local(jobs: Sequence[Job], status: Status, prefix: Sequence[str],
                     log.close()
                     del running[name]
                     state = "done" if proc.returncode == 0 else "failed"
-                    status.update(name, state=state, returncode=proc.returncode, end=_now())
+                    _end_attempt(status, name, state=state, returncode=proc.returncode)
                     echo(f"[{state}] {name} (exit {proc.returncode})")
             if predict and not queue and not running:
                 job = predict.pop()
@@ -431,10 +432,42 @@ def run_local(jobs: Sequence[Job], status: Status, prefix: Sequence[str],
         _terminate([proc for proc, _ in running.values()])
         for name, (proc, log) in running.items():
             log.close()
-            status.update(name, state="failed", returncode=proc.returncode, end=_now(),
-                          error="interrupted")
+            _end_attempt(status, name, state="failed", returncode=proc.returncode,
+                         error="interrupted")
         raise
     return {j.name: status.entry(j.name)["state"] for j in jobs}
+
+
+def _end_attempt(status: Status, name: str, **fields: Any) -> None:
+    """Marks a run's attempt ended and adds its duration to the run's `elapsed_s` (the time
+    summed over every attempt: a resumed run's `start` is only its last attempt's)."""
+    entry = status.entry(name)
+    end = _now()
+    elapsed = float(entry.get("elapsed_s") or 0.0)
+    if entry.get("start"):
+        elapsed += _seconds_between(entry["start"], end)
+    status.update(name, end=end, elapsed_s=elapsed, **fields)
+
+
+def _close_stale_attempt(status: Status, job: Job) -> None:
+    """A run left 'running' by a launcher that was killed: its attempt's end is unknown, so it
+    is taken as the last write to the run's launch.log (every stage logs while it works), and
+    the duration is added to `elapsed_s` with the estimate recorded."""
+    entry = status.entry(job.name)
+    if entry.get("state") != "running" or not entry.get("start"):
+        return
+    log = job.workdir / "launch.log"
+    if not log.is_file():
+        return
+    last_write = datetime.datetime.fromtimestamp(log.stat().st_mtime, datetime.UTC)
+    seconds = max(0.0, _seconds_between(entry["start"], last_write.isoformat(timespec="seconds")))
+    status.update(job.name, elapsed_s=float(entry.get("elapsed_s") or 0.0) + seconds,
+                  estimated_attempts=int(entry.get("estimated_attempts") or 0) + 1)
+
+
+def _seconds_between(start: str, end: str) -> float:
+    return (datetime.datetime.fromisoformat(end)
+            - datetime.datetime.fromisoformat(start)).total_seconds()
 
 
 def _start(job: Job, status: Status, prefix: Sequence[str],

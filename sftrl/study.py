@@ -99,9 +99,13 @@ class RunStatus:
     state: str
     start: datetime.datetime | None
     end: datetime.datetime | None
+    # the launcher's time summed over every attempt of a resumed run (None from older launchers)
+    elapsed_s: float | None = None
 
     @property
     def seconds(self) -> float | None:
+        if self.elapsed_s is not None and self.state == "done":
+            return self.elapsed_s
         return (self.end - self.start).total_seconds() if self.start and self.end else None
 
 
@@ -123,7 +127,12 @@ def load_status(sweep_dir: Path) -> tuple[str, dict[str, RunStatus]]:
         end = _time(entry.get("end"), f"{where}.end")
         if state == "done" and (start is None or end is None):
             raise StudyError(f"{where}: a done run needs fields 'start' and 'end'")
-        runs[name] = RunStatus(name, state, start, end)
+        elapsed = entry.get("elapsed_s")
+        if elapsed is not None and (isinstance(elapsed, bool) or
+                                    not isinstance(elapsed, int | float) or elapsed < 0):
+            raise StudyError(f"{where}: field 'elapsed_s' is {elapsed!r}, not seconds")
+        runs[name] = RunStatus(name, state, start, end,
+                               None if elapsed is None else float(elapsed))
     return str(data.get("sweep") or sweep_dir.name), runs
 
 

@@ -6,7 +6,9 @@ concurrency, logs, the status file, resume and failure handling are tested in se
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -242,6 +244,32 @@ def test_local_launcher_concurrency_logs_status_failure_and_resume(tmp_path, cap
     # A third launch has nothing left to do.
     assert launch.main(argv) == 0
     assert [len(_calls(out / n)) for n in [*NAMES, "predict"]] == [1, 2, 1, 1]
+    # elapsed_s sums the attempts: the rerun run's is at least its last attempt's span
+    status = json.loads((out / "sweep.json").read_text())["runs"]
+    for name in NAMES:
+        last = launch._seconds_between(status[name]["start"], status[name]["end"])
+        assert status[name]["elapsed_s"] >= last >= 0
+
+
+def test_a_run_left_running_by_a_killed_launcher_keeps_its_time(tmp_path):
+    """The attempt a killed launcher left 'running' counts up to the last write to its log."""
+    sweep_file = write_sweep(tmp_path, SWEEP_BODY)
+    out = tmp_path / "sweep"
+    argv = [f"--sweep={sweep_file}", f"--workdir={out}", "--max_parallel=1",
+            f"--command_prefix={fake_prefix(tmp_path)}"]
+    status = launch.Status(out / "sweep.json", "s")
+    status.update(NAMES[0], state="running", start="2026-01-01T00:00:00+00:00", elapsed_s=5.0)
+    (out / NAMES[0]).mkdir(parents=True)
+    log = out / NAMES[0] / "launch.log"
+    log.write_text("stage output\n")
+    stamp = datetime.datetime(2026, 1, 1, 0, 10, tzinfo=datetime.UTC).timestamp()
+    os.utime(log, (stamp, stamp))
+
+    assert launch.main(argv) == 0
+    entry = json.loads((out / "sweep.json").read_text())["runs"][NAMES[0]]
+    assert entry["state"] == "done" and entry["estimated_attempts"] == 1
+    last = launch._seconds_between(entry["start"], entry["end"])
+    assert entry["elapsed_s"] == pytest.approx(5.0 + 600.0 + last)
 
 
 def test_relaunch_with_changed_arguments_is_refused(tmp_path, capsys):

@@ -348,3 +348,17 @@ def test_cli(sweep_copy, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(out / "README.md")
     assert study.main([f"--sweep_dir={tmp_path / 'nowhere'}", f"--out={out}"]) == 2
     assert "nowhere: no such sweep directory" in capsys.readouterr().err
+
+
+def test_run_time_sums_the_launchers_attempts(sweep_copy, tmp_path):
+    """A resumed run's time is the launcher's elapsed_s (all attempts), not its last span."""
+    status = json.loads((sweep_copy / "sweep.json").read_text())
+    status["runs"]["answer_only-diverse-ep9"]["elapsed_s"] = 7 * 3600 + 1234
+    (sweep_copy / "sweep.json").write_text(json.dumps(status))
+    _, statuses = study.load_status(sweep_copy)
+    assert statuses["answer_only-diverse-ep9"].seconds == 7 * 3600 + 1234
+    status["runs"]["answer_only-diverse-ep9"]["elapsed_s"] = "long"
+    (sweep_copy / "sweep.json").write_text(json.dumps(status))
+    with pytest.raises(study.StudyError, match=r"runs\.answer_only-diverse-ep9: field "
+                       r"'elapsed_s' is 'long'"):
+        study.load_status(sweep_copy)
