@@ -441,12 +441,9 @@ def run_local(jobs: Sequence[Job], status: Status, prefix: Sequence[str],
 def _end_attempt(status: Status, name: str, **fields: Any) -> None:
     """Marks a run's attempt ended and adds its duration to the run's `elapsed_s` (the time
     summed over every attempt: a resumed run's `start` is only its last attempt's)."""
-    entry = status.entry(name)
-    end = _now()
-    elapsed = float(entry.get("elapsed_s") or 0.0)
-    if entry.get("start"):
-        elapsed += _seconds_between(entry["start"], end)
-    status.update(name, end=end, elapsed_s=elapsed, **fields)
+    start, end = status.entry(name).get("start"), _now()
+    _add_elapsed(status, name, _seconds_between(start, end) if start else 0.0, end=end,
+                 **fields)
 
 
 def _close_stale_attempt(status: Status, job: Job) -> None:
@@ -461,8 +458,13 @@ def _close_stale_attempt(status: Status, job: Job) -> None:
         return
     last_write = datetime.datetime.fromtimestamp(log.stat().st_mtime, datetime.UTC)
     seconds = max(0.0, _seconds_between(entry["start"], last_write.isoformat(timespec="seconds")))
-    status.update(job.name, elapsed_s=float(entry.get("elapsed_s") or 0.0) + seconds,
-                  estimated_attempts=int(entry.get("estimated_attempts") or 0) + 1)
+    _add_elapsed(status, job.name, seconds,
+                 estimated_attempts=int(entry.get("estimated_attempts") or 0) + 1)
+
+
+def _add_elapsed(status: Status, name: str, seconds: float, **fields: Any) -> None:
+    elapsed = float(status.entry(name).get("elapsed_s") or 0.0) + seconds
+    status.update(name, elapsed_s=elapsed, **fields)
 
 
 def _seconds_between(start: str, end: str) -> float:

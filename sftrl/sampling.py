@@ -201,10 +201,6 @@ class _Decoder:
                                     sampling)
             return wave, state, all_done
 
-        def make_step(module):
-            return lambda params, wave, state, **sampling: step(module, params, wave, state,
-                                                                **sampling)
-
         def step(module, params, wave: _Wave, state: _State, **sampling):
             # Feed the last token drawn; it sits at slot `state.step` of the suffix.
             tok_PxN = jax.lax.dynamic_index_in_dim(state.tokens_PxNxT, state.step, axis=2,
@@ -230,11 +226,11 @@ class _Decoder:
         )
         # The wave (prefix KV included) is read only and not donated: a donated buffer is dead
         # after the call, so every step would have to return the prefix as an output.
-        self.step = jax.jit(make_step(module), static_argnames=sampling_args,
+        self.step = jax.jit(functools.partial(step, module), static_argnames=sampling_args,
                             donate_argnames=("state",))
         # The same step over per-layer weight buffers (`Transformer.unrolled_layers`), and the
         # jitted split of the stacked weights into them.
-        self.step_unrolled = jax.jit(make_step(module.clone(unrolled_layers=True)),
+        self.step_unrolled = jax.jit(functools.partial(step, module.clone(unrolled_layers=True)),
                                      static_argnames=sampling_args, donate_argnames=("state",))
         self.unstack = jax.jit(functools.partial(unstack_layers,
                                                  num_layers=module.config.num_layers))
