@@ -30,7 +30,6 @@ W/grpo_curve.md.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import math
@@ -45,7 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sftrl import config_lib  # noqa: E402
+from sftrl import config_lib, launch  # noqa: E402
 
 BENCHMARK = "synthetic"
 SFT_NAME = "sft"
@@ -58,13 +57,10 @@ class CurveError(ValueError):
 
 def load_config(path: str, overrides: Sequence[str], curve_every: int):
     """The config file's config, set up for a curve run, then the user's overrides."""
-    file, _, arg = path.partition(":")  # "configs/tiny.py:grpo_demo" names a variant
-    spec = importlib.util.spec_from_file_location("grpo_curve_config", ROOT / file)
-    if spec is None or spec.loader is None or not (ROOT / file).is_file():
-        raise CurveError(f"--config: cannot load {file}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
+    try:  # "configs/tiny.py:grpo_demo" names a variant, as --config= does
+        config = launch.load_config(path)
+    except launch.SweepError as error:
+        raise CurveError(f"--config: cannot load {path}: {error}") from None
     # The curve comes from the eval stage on saved checkpoints, so the trainer's own (small-n)
     # evaluator would only cost time; every curve checkpoint must survive max_to_keep.
     config.rl.evals = ()
