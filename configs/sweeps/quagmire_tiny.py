@@ -56,8 +56,10 @@ def get_sweep(arg: str | None = None) -> Sweep:
     runs = []
     # CI: one epoch of four of the variants (the three styles and both phrasings appear).
     variants = [v for v in VARIANTS if v in CI_VARIANTS] if ci else VARIANTS
-    for style, phrasing in variants:
-        for epochs in ([1] if ci else EPOCHS):
+    # Epochs outermost: the launcher runs the list in order, so an interrupted study already
+    # has every data set (the predictor's unit) at the shorter length.
+    for epochs in ([1] if ci else EPOCHS):
+        for style, phrasing in variants:
             overrides = {**COMMON, **(CI if ci else {}),
                          "data.synthetic.style": style, "data.synthetic.phrasing": phrasing,
                          "sft.num_epochs": epochs}
