@@ -48,6 +48,12 @@ STATUS_FILE = "sweep.json"
 PREDICT_RUN = "predict"
 PREDICTOR_JSON = Path("report") / "predictor.json"
 PAPER_MODELS = ("Llama-3-8B", "Mistral-NeMo-12B")
+# The one quantitative claim of the paper's abstract (arXiv 2510.01624), the yardstick when the
+# table above is empty.
+PAPER_HEADLINE = (
+    "The paper's abstract (Kang et al., arXiv 2510.01624) sums its table up as: predicting from "
+    "generalization loss and pass@large k instead of post-SFT performance improves R² and "
+    "Spearman's ρ by up to 0.5 (2×).")
 PAPER_COLUMNS = ("dataset_spearman", "dataset_r2", "instance_spearman", "instance_r2")
 ALPHA = 0.05
 # Two standard errors: a gain or a spread below this is not told apart from sampling noise.
@@ -461,6 +467,12 @@ def group_findings(group: str, g: dict[str, Any], rows: Sequence[Row],
                 "shared by " + " and ".join(labels[p] for p in top))
         lines.append(f"At the {where} level ({count} points) the highest Spearman ρ "
                      f"({rho[top[0]]:.3f}) is {best}; in order: {ranking}.")
+        if "pass@1" in rho and len(rho) > 1:
+            # the paper's headline is this difference: up to +0.5
+            lines.append(f"Spearman ρ minus post-SFT pass@1's at the {where} level (the "
+                         "paper's headline: up to +0.5): " + ", ".join(
+                             f"{labels[p]} {rho[p] - rho['pass@1']:+.3f}"
+                             for p in order if p != "pass@1") + ".")
         floor = min_pvalue(count, options) if count >= 2 else 1.0
         significant = [p for p in order if ok[p]["spearman"]["p_value"] < ALPHA]
         facts[f"{level}_significant_positive"] = [p for p in significant if rho[p] > 0]
@@ -672,7 +684,8 @@ def _params(model: Mapping[str, Any]) -> int | None:
 
 def setup_facts(sweep_dir: Path, rows: Sequence[Row]) -> list[str]:
     """This study's scale, for comparison with the paper's (whose models are 8B and 12B)."""
-    first = next(r for r in rows if r.sft is not None)
+    finished = [r for r in rows if r.sft is not None]
+    first = finished[0]
     config = _run_config(sweep_dir / first.run)
     model = config.get("model") or {}
     params = _params(model)
@@ -685,8 +698,9 @@ def setup_facts(sweep_dir: Path, rows: Sequence[Row]) -> list[str]:
         f"{model.get('num_layers')} layers"
         + (f" (≈{params / 1e6:.2f}M parameters)" if params else "")
         + "; the paper's are Llama-3-8B and Mistral-NeMo-12B.",
-        f"- {len(rows)} SFT checkpoints from "
-        f"{len({r.dataset for r in rows if r.dataset})} data sets"
+        f"- {len(finished)} SFT checkpoints"
+        + (f" (of {len(rows)} in the sweep)" if len(finished) < len(rows) else "")
+        + f" from {len({r.dataset for r in finished})} data sets"
         + (f" of {data.get('size')} synthetic examples" if data.get("size") else "") + ".",
         f"- the same GRPO budget per checkpoint: {rl_steps} steps.",
         f"- evaluation: {', '.join(benches)}; {sizes[0][0]} samples on each of {sizes[0][1]} "
@@ -929,7 +943,8 @@ def write_study(sweep_dir: Path, out_dir: Path, *, allow_partial: bool = False,
                  if paper_numbers else
                  "**To be filled from the paper**: its numbers are not available in this "
                  "workspace, so the cells are left empty rather than guessed. Fill them by "
-                 "passing `--paper_numbers=FILE` (see `sftrl.study.load_paper_numbers`)."), ""]
+                 "passing `--paper_numbers=FILE` (see `sftrl.study.load_paper_numbers`)."),
+              "", PAPER_HEADLINE, ""]
     paper = load_paper_numbers(paper_numbers, f"pass@{k_first}")
     lines += paper_table(paper, k_first)
     lines += ["How this study differs from the paper's setting (differences in the numbers "

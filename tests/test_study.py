@@ -196,6 +196,9 @@ def test_findings_are_computed_from_the_numbers(built):
         in findings
     assert "Significantly negative (ranks in reverse) at 0.05 (instance level): post-SFT " \
         "pass@1." in findings
+    gain = rhos["generalization loss"] - rhos["post-SFT pass@1"]
+    assert ("Spearman ρ minus post-SFT pass@1's at the instance level (the paper's headline: up "
+            f"to +0.5): generalization loss {gain:+.3f}, pass@256 {gain:+.3f}") in findings
     bad = sum((a[0] - b[0]) * (a[3] - b[3]) < 0 for a, b in itertools.combinations(NUMBERS, 2))
     assert f"both order strictly, post-SFT pass@1 orders {bad} the wrong way round" in findings
     n = len(NUMBERS)  # the best post-RL checkpoint has the lowest post-SFT pass@1
@@ -234,6 +237,8 @@ def test_time_commands_paper_table_and_plots(built):
     assert len(paper) == 8 and {r["model"] for r in paper} == {"Llama-3-8B", "Mistral-NeMo-12B"}
     assert all(r[c] == "" for r in paper for c in r if c not in ("model", "proxy"))
     assert "**To be filled from the paper**" in text
+    assert study.PAPER_HEADLINE in text
+    assert f"- {len(NUMBERS)} SFT checkpoints from " in text  # no "(of N in the sweep)"
     for name in ("proxies_vs_rl.png", "passk_curves.png", "rl_gain.png"):
         assert f"]({name})" in text
         assert (readme.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -274,6 +279,7 @@ def test_unfinished_runs_are_listed_and_refused_or_marked(sweep_copy, tmp_path):
     assert (f"re-computed by `sftrl.study` with `sftrl.eval.predict` over the {finished} "
             "finished") in text
     assert f"{finished - 1} SFT checkpoints with a post-RL result" in text
+    assert f"- {finished} SFT checkpoints (of {len(NUMBERS)} in the sweep) from " in text
 
 
 def test_a_run_missing_from_the_sweep_file_is_unfinished(sweep_copy, tmp_path):
