@@ -201,7 +201,7 @@ class _Decoder:
                                     sampling)
             return wave, state, all_done
 
-        def step(module, params, wave: _Wave, state: _State, **sampling):
+        def step(module, params, wave: _Wave, state: _State, *, window: int, **sampling):
             # Feed the last token drawn; it sits at slot `state.step` of the suffix.
             tok_PxN = jax.lax.dynamic_index_in_dim(state.tokens_PxNxT, state.step, axis=2,
                                                    keepdims=False)
@@ -211,6 +211,7 @@ class _Decoder:
             cache = SharedPrefixCache(
                 wave.prefix_k_LxPxKxSxD, wave.prefix_v_LxPxKxSxD, wave.prefix_lengths_P,
                 state.suffix_k_LxPxNxKxTxD, state.suffix_v_LxPxNxKxTxD, state.step,
+                suffix_window=window,
             )
             logits, cache = module.apply(
                 {"params": params}, tok_PxN.reshape(p * n, 1),
@@ -226,12 +227,14 @@ class _Decoder:
         )
         # The wave (prefix KV included) is read only and not donated: a donated buffer is dead
         # after the call, so every step would have to return the prefix as an output.
-        self.step = jax.jit(functools.partial(step, module), static_argnames=sampling_args,
+        self.step = jax.jit(functools.partial(step, module),
+                            static_argnames=("window", *sampling_args),
                             donate_argnames=("state",))
         # The same step over per-layer weight buffers (`Transformer.unrolled_layers`), and the
         # jitted split of the stacked weights into them.
         self.step_unrolled = jax.jit(functools.partial(step, module.clone(unrolled_layers=True)),
-                                     static_argnames=sampling_args, donate_argnames=("state",))
+                                     static_argnames=("window", *sampling_args),
+                                     donate_argnames=("state",))
         self.unstack = jax.jit(functools.partial(unstack_layers,
                                                  num_layers=module.config.num_layers))
 
@@ -372,7 +375,8 @@ def generate(
         step, all_done_before = 0, None
         while step < t_max - 1 and not (all_done_before is not None and bool(all_done_before)):
             all_done_before = all_done
-            state, all_done = step_fn(step_params, consts, state, **sampling)
+            state, all_done = step_fn(step_params, consts, state,
+                                      window=_suffix_window(step, t_max), **sampling)
             step += 1
             bar.update(len(wave) * n)
         del consts
@@ -382,6 +386,18 @@ def generate(
 
 
 PREFIX_BUCKET = 32
+# A decode step attends to a window of the suffix slots that covers the tokens so far, rounded
+# up to a bucket (each window is one compilation): at most SUFFIX_WINDOWS of them per length,
+# none smaller than MIN_SUFFIX_WINDOW slots.
+SUFFIX_WINDOWS = 8
+MIN_SUFFIX_WINDOW = 64
+
+
+def _suffix_window(step: int, max_new_tokens: int) -> int:
+    """Suffix slots decode step `step` reads: more than `step` (its own token sits at slot
+    `step`), a multiple of the bucket, at most max_new_tokens."""
+    bucket = max(MIN_SUFFIX_WINDOW, -(-max_new_tokens // SUFFIX_WINDOWS))
+    return min(max_new_tokens, (step // bucket + 1) * bucket)
 
 
 def _bucket(width: int) -> int:

@@ -220,3 +220,27 @@ def test_unstack_layers_splits_every_weight(model):
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want)[i])
     with pytest.raises(ValueError, match="no stacked 'layers'"):
         unstack_layers(flat, 2)
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 7, 64, 65, 384, 1000, 4096])
+def test_suffix_window_covers_the_step_in_few_buckets(max_new_tokens):
+    windows = [sampling._suffix_window(step, max_new_tokens) for step in range(max_new_tokens)]
+    # each step reads its own slot (`step`) and never past the suffix
+    assert all(step < w <= max_new_tokens for step, w in enumerate(windows))
+    assert windows == sorted(windows) and windows[-1] == max_new_tokens
+    assert len(set(windows)) <= sampling.SUFFIX_WINDOWS  # compilations per length
+    assert min(windows) >= min(max_new_tokens, sampling.MIN_SUFFIX_WINDOW)
+
+
+def test_suffix_window_gives_the_full_suffix_result(model, monkeypatch):
+    """Reading only the suffix slots written so far is the same computation as masking the
+    rest: identical tokens and log-probs, with windows that change mid-generation."""
+    kwargs = dict(num_samples=4, max_new_tokens=20, seed=3, progress=False)
+    monkeypatch.setattr(sampling, "MIN_SUFFIX_WINDOW", 3)  # windows 3, 6, ..., 20
+    windowed = sampling.generate(model, PROMPTS, **kwargs)
+    monkeypatch.setattr(sampling, "MIN_SUFFIX_WINDOW", 10**6)  # one window: all 20 slots
+    full = sampling.generate(model, PROMPTS, **kwargs)
+    np.testing.assert_array_equal(windowed.tokens, full.tokens)
+    np.testing.assert_array_equal(windowed.lengths, full.lengths)
+    np.testing.assert_allclose(windowed.logprobs, full.logprobs, atol=1e-6)
+    np.testing.assert_allclose(windowed.model_logprobs, full.model_logprobs, atol=1e-6)

@@ -80,6 +80,11 @@ class SharedPrefixCache:
     suffix_k_LxPxNxKxTxD: jax.Array
     suffix_v_LxPxNxKxTxD: jax.Array
     suffix_end: jax.Array  # int32 scalar: suffix slots written
+    # Static: a step attends to suffix slots [0, suffix_window) only (None: all T). Slots from
+    # suffix_end on are empty, so a window past suffix_end gives the same attention while reading
+    # window/T of the suffix, which at large k is most of a step's memory traffic; the caller
+    # keeps suffix_end < suffix_window and buckets the window to bound recompilation.
+    suffix_window: int | None = flax.struct.field(pytree_node=False, default=None)
 
     @classmethod
     def from_prefill(

@@ -195,13 +195,14 @@ def _shared_prefix_attention(
     k_BxLxKxD: jax.Array,
     v_BxLxKxD: jax.Array,
     layer_cache: tuple[jax.Array, ...],
-    cache_meta: tuple[jax.Array, jax.Array, jax.Array],
+    cache_meta: tuple[jax.Array, jax.Array, int | None, jax.Array],
 ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     """One decode step for B = P*N rows: prefix part (read once per prompt) + own suffix part,
     merged by log-sum-exp.
 
     layer_cache is (this layer's prefix k, v [P, K, S, D], the suffix k, v of ALL layers
-    [L, P, N, K, T, D]); cache_meta is (prefix lengths [P], suffix slot, this layer's index).
+    [L, P, N, K, T, D]); cache_meta is (prefix lengths [P], suffix slot, the static suffix
+    window (see SharedPrefixCache.suffix_window), this layer's index).
     The new token's k/v is written into the stacked suffix in place and the stacked suffix is
     returned: it travels through the layer scan as carry, never copied whole.
     """
@@ -210,9 +211,13 @@ def _shared_prefix_attention(
     from kernels.decode_attention import merge_attention, prefix_decode_attention
 
     prefix_k, prefix_v, suffix_k_all, suffix_v_all = layer_cache
-    prefix_lengths_P, suffix_end, layer = cache_meta
+    prefix_lengths_P, suffix_end, window, layer = cache_meta
     p, kv_heads, _, d = prefix_k.shape[0], prefix_k.shape[1], prefix_k.shape[2], prefix_k.shape[3]
     n, t = suffix_k_all.shape[2], suffix_k_all.shape[4]
+    if window is not None:
+        if not 1 <= window <= t:
+            raise ValueError(f"suffix_window {window} is outside [1, {t}]")
+        t = window
     h = q_BxLxHxD.shape[2]
     g = h // kv_heads
     if q_BxLxHxD.shape[1] != 1:
@@ -227,8 +232,10 @@ def _shared_prefix_attention(
         suffix_v_all,
         v_BxLxKxD.reshape(1, p, n, kv_heads, 1, d).astype(suffix_v_all.dtype), start,
     )
-    suffix_k = jax.lax.dynamic_index_in_dim(suffix_k_all, layer, keepdims=False)
-    suffix_v = jax.lax.dynamic_index_in_dim(suffix_v_all, layer, keepdims=False)
+    # This layer's suffix, first t slots only: one slice, so only they are read.
+    window_shape = (1, p, n, kv_heads, t, d)
+    suffix_k = jax.lax.dynamic_slice(suffix_k_all, (layer, *[zero] * 5), window_shape)[0]
+    suffix_v = jax.lax.dynamic_slice(suffix_v_all, (layer, *[zero] * 5), window_shape)[0]
     q_PxNxKxGxD = q_BxLxHxD.reshape(p, n, kv_heads, g, d)
     # The N samples x G heads of one kv head are the query rows of one prefix stream.
     q_PxKxRxD = jnp.transpose(q_PxNxKxGxD, (0, 2, 1, 3, 4)).reshape(p, kv_heads, n * g, d)
@@ -367,7 +374,7 @@ class _SharedPrefixLayer(DecoderLayer):
         scanned: tuple[jax.Array, jax.Array, jax.Array],
         cos_sin: tuple[jax.Array, jax.Array],
         mask_BxLxS: jax.Array,
-        cache_meta: tuple[jax.Array, jax.Array],
+        cache_meta: tuple[jax.Array, jax.Array, int | None],
     ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], None]:
         x_BxLxE, suffix_k, suffix_v = carry
         prefix_k, prefix_v, layer = scanned
@@ -491,7 +498,7 @@ class Transformer(_Sharded):
             carry = (x_BxLxE, cache.suffix_k_LxPxNxKxTxD, cache.suffix_v_LxPxNxKxTxD)
             layer_caches = (cache.prefix_k_LxPxKxSxD, cache.prefix_v_LxPxKxSxD,
                             jnp.arange(c.num_layers, dtype=jnp.int32))
-            cache_meta = (cache.prefix_lengths_P, cache.suffix_end)
+            cache_meta = (cache.prefix_lengths_P, cache.suffix_end, cache.suffix_window)
         else:
             layer_caches = None if cache is None else (cache.k_LxBxSxKxD, cache.v_LxBxSxKxD)
             cache_meta = None if cache is None else cache.end
