@@ -5,6 +5,8 @@ Llama-3-shaped ~125M-parameter float32 weights (saved in HF format, loaded by bo
 the same prompt, every sample decodes exactly R tokens, with:
   a  ours, shared prefix: one prefill, k samples decoded against the prompt's KV read once
   b  ours, sharing off: the prompt repeated k times (k prefills, k KV copies)
+  a0 (ablation, not in the default set) a with the suffix window off: every decode step
+     reads all R suffix slots instead of those written so far
   c  transformers generate(num_return_sequences=k)
   d  transformers with the shared-prefill trick: one batch-1 forward over the prompt, its KV
      cache repeated k times, then generate
@@ -52,10 +54,13 @@ def _prompt(length: int) -> list[int]:
     return np.random.default_rng(length).integers(10, ARCH["vocab_size"], length).tolist()
 
 
-def run_ours(folder: str, p: int, r: int, k: int, shared: bool) -> dict:
+def run_ours(folder: str, p: int, r: int, k: int, shared: bool, window: bool = True) -> dict:
     sys.path.insert(0, str(ROOT))
     from sftrl import sampling
     from sftrl.models.checkpoint import load_hf
+
+    if not window:  # one window of all R slots
+        sampling.MIN_SUFFIX_WINDOW = r
 
     model, _ = load_hf(folder, dtype="float32")
     prompt = _prompt(p)
@@ -135,8 +140,8 @@ def roofline_tokens_per_s(p: int, r: int, k: int, shared: bool, limits: dict) ->
 def one(args: argparse.Namespace) -> None:
     p, r, k = (int(x) for x in args.one_shape.split("x"))
     method = args.one
-    if method in ("a", "b"):
-        result = run_ours(args.model, p, r, k, shared=method == "a")
+    if method in ("a", "b", "a0"):
+        result = run_ours(args.model, p, r, k, shared=method != "b", window=method != "a0")
     else:
         result = run_transformers(args.model, p, r, k, shared_prefill=method == "d")
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -174,7 +179,7 @@ def main() -> None:
                     raise RuntimeError(f"{method} {shape} failed:\n{done.stderr[-3000:]}")
                 result = json.loads(lines[-1][7:])
                 tokens_per_s = k * r / result["seconds"]
-                bound = roofline_tokens_per_s(p, r, k, method == "a", limits)
+                bound = roofline_tokens_per_s(p, r, k, method in ("a", "a0"), limits)
                 rows.append({"method": method, "P": p, "R": r, "k": k, **result,
                              "tokens_per_s": tokens_per_s, "roofline_tokens_per_s": bound,
                              "share_of_roofline": tokens_per_s / bound, **limits})
