@@ -448,15 +448,16 @@ def _end_attempt(status: Status, name: str, **fields: Any) -> None:
 
 def _close_stale_attempt(status: Status, job: Job) -> None:
     """A run left 'running' by a launcher that was killed: its attempt's end is unknown, so it
-    is taken as the last write to the run's launch.log (every stage logs while it works), and
-    the duration is added to `elapsed_s` with the estimate recorded."""
+    is taken as the run's last write to its directory (launch.log, or a file a stage writes as
+    it goes: a long generation stores each wave of samples but may log nothing for an hour),
+    and the duration is added to `elapsed_s` with the estimate recorded."""
     entry = status.entry(job.name)
     if entry.get("state") != "running" or not entry.get("start"):
         return
-    log = job.workdir / "launch.log"
-    if not log.is_file():
+    writes = [path.stat().st_mtime for path in job.workdir.rglob("*") if path.is_file()]
+    if not writes:
         return
-    last_write = datetime.datetime.fromtimestamp(log.stat().st_mtime, datetime.UTC)
+    last_write = datetime.datetime.fromtimestamp(max(writes), datetime.UTC)
     seconds = max(0.0, _seconds_between(entry["start"], last_write.isoformat(timespec="seconds")))
     _add_elapsed(status, job.name, seconds,
                  estimated_attempts=int(entry.get("estimated_attempts") or 0) + 1)

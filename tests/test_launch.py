@@ -252,7 +252,8 @@ def test_local_launcher_concurrency_logs_status_failure_and_resume(tmp_path, cap
 
 
 def test_a_run_left_running_by_a_killed_launcher_keeps_its_time(tmp_path):
-    """The attempt a killed launcher left 'running' counts up to the last write to its log."""
+    """The attempt a killed launcher left 'running' counts up to the run's last write to its
+    directory: here a samples file written after the last line of the log."""
     sweep_file = write_sweep(tmp_path, SWEEP_BODY)
     out = tmp_path / "sweep"
     argv = [f"--sweep={sweep_file}", f"--workdir={out}", "--max_parallel=1",
@@ -264,12 +265,16 @@ def test_a_run_left_running_by_a_killed_launcher_keeps_its_time(tmp_path):
     log.write_text("stage output\n")
     stamp = datetime.datetime(2026, 1, 1, 0, 10, tzinfo=datetime.UTC).timestamp()
     os.utime(log, (stamp, stamp))
+    samples = out / NAMES[0] / "samples" / "ckpt" / "bench.jsonl"
+    samples.parent.mkdir(parents=True)
+    samples.write_text("{}\n")
+    os.utime(samples, (stamp + 600, stamp + 600))
 
     assert launch.main(argv) == 0
     entry = json.loads((out / "sweep.json").read_text())["runs"][NAMES[0]]
     assert entry["state"] == "done" and entry["estimated_attempts"] == 1
     last = launch._seconds_between(entry["start"], entry["end"])
-    assert entry["elapsed_s"] == pytest.approx(5.0 + 600.0 + last)
+    assert entry["elapsed_s"] == pytest.approx(5.0 + 1200.0 + last)
 
 
 def test_relaunch_with_changed_arguments_is_refused(tmp_path, capsys):
