@@ -4,6 +4,7 @@ and the evaluator interface. A tiny random model, a stand-in tokenizer and verif
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,20 @@ def test_resume_after_a_kill_gives_the_uninterrupted_files(model, tmp_path):
     bench.evaluate_benchmark(model, CharTokenizer(), RECORDS, name="toy", store_path=killed,
                              spec=SPEC, verifier=again, progress=False)
     assert again.calls == 0  # all done: nothing sampled or verified
+
+
+def test_progress_is_logged_as_prompts_are_stored(model, tmp_path, caplog):
+    """A launcher's log shows a long evaluation advancing (tqdm is silent off a terminal)."""
+    path = tmp_path / "toy.jsonl"
+    with pytest.raises(Killed):
+        _run(model, path, on_prompt_done=_kill_after(2))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=bench.log.name):
+        _run(model, path)
+    stored = [m for m in caplog.messages if "prompts stored" in m]
+    assert "resuming, 2 of 5 prompts already stored" in caplog.text
+    assert [m.split(": ")[1].split(" (")[0] for m in stored] == [
+        f"{i} of 5 prompts stored" for i in (3, 4, 5)]
 
 
 def test_scores_follow_the_stored_rows(model, tmp_path):

@@ -285,10 +285,16 @@ def evaluate_benchmark(
         rows = sample_rows(model, tokenizer, pending, name=name, spec=spec,
                            format_prompt=format_prompt or (lambda r: r["problem"]),
                            verifier=verifier, timing=timing, progress=progress)
-        for row in rows:
+        # A line in the log every eighth of the work: tqdm stays silent when the output is not a
+        # terminal (a launcher's launch.log), and a large-k evaluation can take an hour.
+        every = max(1, len(pending) // 8)
+        for done, row in enumerate(rows, start=1):
             t = time.perf_counter()
             store.append(row)
             timing.bookkeeping_s += time.perf_counter() - t
+            if done % every == 0 or done == len(pending):
+                log.info("%s: %d of %d prompts stored (%.0f s so far)", store_path,
+                         len(clean) - len(pending) + done, len(clean), time.perf_counter() - t0)
             if on_prompt_done is not None:
                 on_prompt_done(row)
         t = time.perf_counter()
