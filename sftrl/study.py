@@ -107,6 +107,8 @@ class RunStatus:
     end: datetime.datetime | None
     # the launcher's time summed over every attempt of a resumed run (None from older launchers)
     elapsed_s: float | None = None
+    # attempts a killed launcher left open, whose end the launcher estimated
+    estimated_attempts: int = 0
 
     @property
     def seconds(self) -> float | None:
@@ -137,8 +139,11 @@ def load_status(sweep_dir: Path) -> tuple[str, dict[str, RunStatus]]:
         if elapsed is not None and (isinstance(elapsed, bool) or
                                     not isinstance(elapsed, int | float) or elapsed < 0):
             raise StudyError(f"{where}: field 'elapsed_s' is {elapsed!r}, not seconds")
+        estimated = entry.get("estimated_attempts") or 0
+        if isinstance(estimated, bool) or not isinstance(estimated, int) or estimated < 0:
+            raise StudyError(f"{where}: field 'estimated_attempts' is {estimated!r}, not a count")
         runs[name] = RunStatus(name, state, start, end,
-                               None if elapsed is None else float(elapsed))
+                               None if elapsed is None else float(elapsed), estimated)
     return str(data.get("sweep") or sweep_dir.name), runs
 
 
@@ -221,6 +226,7 @@ class Row:
     epochs: int | None = None
     sft_steps: int | None = None
     seconds: float | None = None
+    seconds_estimated: bool = False  # an attempt's end is the launcher's estimate
     sft: EvalResult | None = None
     rl: EvalResult | None = None
     missing: str = ""  # why the row is incomplete
@@ -273,7 +279,8 @@ def load_run(sweep_dir: Path, status: RunStatus) -> list[Row]:
     if not sft:
         raise StudyError(f"{run_dir / 'eval'}: no post-SFT eval file (stage 'sft')")
     rows = {name: Row(status.name, name, e.record["group"], e.record["dataset"], epochs,
-                      _sft_steps(run_dir, e.record["dataset"]), status.seconds, e)
+                      _sft_steps(run_dir, e.record["dataset"]), status.seconds,
+                      status.estimated_attempts > 0, e)
             for name, e in sft.items()}
     for e in evals:
         if e.record["stage"] != "rl":
@@ -646,10 +653,15 @@ def checkpoint_table(rows: Sequence[Row], k: int) -> list[str]:
                  "missing" if r.sft_steps is None else str(r.sft_steps),
                  _fmt(loss), _fmt(sft.pass1 if sft else None), _fmt(at_k),
                  _fmt(r.rl.pass1 if r.rl else None), _signed(r.gain),
-                 _fmt(None if se is None else NOISE_SE * se), _duration(r.seconds)]
+                 _fmt(None if se is None else NOISE_SE * se),
+                 ("≈" if r.seconds_estimated else "") + _duration(r.seconds)]
         lines.append("| " + " | ".join(cells) + " |")
     missing = [r for r in rows if r.missing]
     lines.append("")
+    if any(r.seconds_estimated for r in rows):
+        lines += ["≈: the run was resumed after its launcher was killed; the killed attempt is "
+                  "counted up to the run's last file write (the launcher's estimate), so the "
+                  "time may be short by the minutes that wrote nothing.", ""]
     if missing:
         lines += ["Missing (shown because of `--allow_partial`):", ""]
         lines += [f"- `{r.run}`: {r.missing}" for r in missing] + [""]
@@ -971,6 +983,7 @@ def write_study(sweep_dir: Path, out_dir: Path, *, allow_partial: bool = False,
         "checkpoints": [{
             "run": r.run, "checkpoint": r.checkpoint, "dataset": r.dataset, "epochs": r.epochs,
             "sft_steps": r.sft_steps, "missing": r.missing, "seconds": r.seconds,
+            "seconds_estimated": r.seconds_estimated,
             "generalization_loss": r.sft.record["generalization_loss"] if r.sft else None,
             "sft_pass@k": {str(k): v for k, v in r.sft.curve.items()} if r.sft else None,
             "rl_pass@k": {str(k): v for k, v in r.rl.curve.items()} if r.rl else None,

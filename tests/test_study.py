@@ -368,3 +368,23 @@ def test_run_time_sums_the_launchers_attempts(sweep_copy, tmp_path):
     with pytest.raises(study.StudyError, match=r"runs\.answer_only-diverse-ep9: field "
                        r"'elapsed_s' is 'long'"):
         study.load_status(sweep_copy)
+
+
+def test_a_run_time_with_an_estimated_attempt_is_marked(sweep_copy, tmp_path):
+    """A time that includes a killed launcher's estimated attempt is shown as approximate."""
+    status = json.loads((sweep_copy / "sweep.json").read_text())
+    status["runs"]["answer_only-diverse-ep9"].update(elapsed_s=3600 + 120, estimated_attempts=1)
+    (sweep_copy / "sweep.json").write_text(json.dumps(status))
+    text = study.write_study(sweep_copy, tmp_path / "out").read_text()
+    rows = {r["run"]: r for r in table(text, "#")}
+    assert rows["answer_only-diverse-ep9"]["run time"] == "≈1h02m00s"
+    assert not any(r["run time"].startswith("≈") for name, r in rows.items()
+                   if name != "answer_only-diverse-ep9")
+    assert "≈: the run was resumed after its launcher was killed" in text
+    numbers = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert [c["run"] for c in numbers["checkpoints"] if c["seconds_estimated"]] == \
+        ["answer_only-diverse-ep9"]
+    status["runs"]["answer_only-diverse-ep9"]["estimated_attempts"] = -1
+    (sweep_copy / "sweep.json").write_text(json.dumps(status))
+    with pytest.raises(study.StudyError, match=r"field 'estimated_attempts' is -1"):
+        study.load_status(sweep_copy)
