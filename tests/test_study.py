@@ -212,6 +212,12 @@ def test_findings_are_computed_from_the_numbers(built):
     assert "The mean gain is beyond sampling noise" in findings
     assert "too little RL signal" not in findings
     assert "**The paper's central finding reproduces at this scale**" in findings
+    margins = re.search(r"Instance-level Spearman ρ minus post-SFT pass@1's, with a 95% paired "
+                        r"bootstrap interval over the checkpoints: generalization loss "
+                        r"(\+\d\.\d+) \[(\+\d\.\d+), ", findings)
+    assert margins and float(margins[2]) > 0  # beyond noise
+    assert float(margins[1]) == pytest.approx(rhos["generalization loss"]
+                                              - rhos["post-SFT pass@1"], abs=5e-4)
 
 
 def test_too_few_data_sets_are_reported_as_a_limit(tmp_path):
@@ -388,3 +394,33 @@ def test_a_run_time_with_an_estimated_attempt_is_marked(sweep_copy, tmp_path):
     (sweep_copy / "sweep.json").write_text(json.dumps(status))
     with pytest.raises(study.StudyError, match=r"field 'estimated_attempts' is -1"):
         study.load_status(sweep_copy)
+
+
+def _labeled(pass1, other, outcome):
+    return [{"proxies": {"pass@1": a, "x": b}, "outcomes": {predict.OUTCOME: y}}
+            for a, b, y in zip(pass1, other, outcome, strict=True)]
+
+
+def test_spearman_margin_needs_a_paired_bootstrap_interval_above_zero():
+    options = {"seed": 0, "n_bootstrap": 400}
+    y = list(range(12))
+    # a proxy that ranks perfectly against a post-SFT pass@1 that ranks in reverse
+    d, low, high = study.spearman_margins(_labeled(y[::-1], y, y), ["x"], options)["x"]
+    assert d == pytest.approx(2.0) and 0 < low <= high
+    # the same ranking as pass@1 but one swapped pair: a small margin, inside the noise
+    noisy = [0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10]
+    better = [0, 1, 2, 3, 5, 4, 6, 8, 7, 9, 11, 10]
+    d, low, high = study.spearman_margins(_labeled(noisy, better, y), ["x"], options)["x"]
+    assert 0 < d < 0.05 and low <= 0 < high
+
+
+def test_a_best_proxy_that_ties_pass1_within_noise_does_not_reproduce():
+    facts = {"instance_best_proxies": ["average"], "instance_significant_positive":
+             ["average", "pass@1"], "discordant": 3, "instance_margin_beyond_noise": []}
+    signal = {"n": 10, "mean_gain": 0.01, "mean_gain_se": 0.001, "rl_std": 0.005,
+              "rl_se_rms": 0.001}
+    [text] = study.verdict(facts, signal, 10)
+    assert text.startswith("**The paper's central finding does not reproduce at this scale**")
+    assert "better than post-SFT pass@1 only within noise" in text
+    [text] = study.verdict({**facts, "instance_margin_beyond_noise": ["average"]}, signal, 10)
+    assert text.startswith("**The paper's central finding reproduces at this scale**")
