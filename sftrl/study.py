@@ -541,10 +541,11 @@ CONFIDENCE = 0.95
 
 
 def _rho(x: np.ndarray, y: np.ndarray) -> float:
-    rx, ry = predict.rankdata(x), predict.rankdata(y)
-    if rx.std() == 0 or ry.std() == 0:
+    """The predictor's Spearman ρ; NaN where it is undefined (a resample with all ranks tied)."""
+    try:
+        return predict.spearman(x, y)
+    except predict.PredictError:
         return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def spearman_margins(labeled: Sequence[Mapping[str, Any]], proxies: Sequence[str],
