@@ -740,6 +740,16 @@ def _params(model: Mapping[str, Any]) -> int | None:
         return None
 
 
+def _synthetic_size(run_dir: Path) -> Any:
+    return ((_run_config(run_dir).get("data") or {}).get("synthetic") or {}).get("size")
+
+
+def _or_list(values: Sequence[Any]) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    words = [str(v) for v in values]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
 def setup_facts(sweep_dir: Path, rows: Sequence[Row]) -> list[str]:
     """This study's scale, for comparison with the paper's (whose models are 8B and 12B)."""
     finished = [r for r in rows if r.sft is not None]
@@ -750,7 +760,9 @@ def setup_facts(sweep_dir: Path, rows: Sequence[Row]) -> list[str]:
     sizes = first.sft.sizes
     benches = sorted(first.sft.record["benchmarks"])
     rl_steps = (config.get("rl") or {}).get("num_steps")
-    data = (config.get("data") or {}).get("synthetic") or {}
+    # A sweep may vary the data size too, so every run's size counts, not the first's.
+    data_sizes = sorted({size for r in finished
+                         if isinstance(size := _synthetic_size(sweep_dir / r.run), int)})
     return [
         f"- model: {model.get('model_type')} with hidden size {model.get('hidden_size')} and "
         f"{model.get('num_layers')} layers"
@@ -759,7 +771,7 @@ def setup_facts(sweep_dir: Path, rows: Sequence[Row]) -> list[str]:
         f"- {len(finished)} SFT checkpoints"
         + (f" (of {len(rows)} in the sweep)" if len(finished) < len(rows) else "")
         + f" from {len({r.dataset for r in finished})} data sets"
-        + (f" of {data.get('size')} synthetic examples" if data.get("size") else "") + ".",
+        + (f" of {_or_list(data_sizes)} synthetic examples" if data_sizes else "") + ".",
         f"- the same GRPO budget per checkpoint: {rl_steps} steps.",
         f"- evaluation: {', '.join(benches)}; {sizes[0][0]} samples on each of {sizes[0][1]} "
         "prompts.",

@@ -25,18 +25,31 @@ from sftrl.eval import predict
 VARIANTS = [("answer_only", "diverse"), ("short_cot", "homogeneous"), ("short_cot", "diverse"),
             ("long_cot", "diverse"), ("answer_only", "homogeneous"), ("long_cot", "homogeneous")]
 EPOCHS = [3, 9]
+
+
+def grid_runs(variants) -> list[tuple[str, str, str, int, int]]:
+    """(run, style, phrasing, SFT size, epochs) for every variant at every epoch count."""
+    return [(f"{style}-{phrasing}-ep{epochs}", style, phrasing, 2000, epochs)
+            for (style, phrasing), epochs in itertools.product(variants, EPOCHS)]
+
+
+# The sweep's grid, then its data-size axis (named like configs/sweeps/quagmire_tiny.py's runs).
+RUNS = [*grid_runs(VARIANTS),
+        ("short_cot-diverse-1000-ep3", "short_cot", "diverse", 1000, 3),
+        ("short_cot-diverse-6000-ep3", "short_cot", "diverse", 6000, 3)]
 KS = [2**i for i in range(9)]  # 1 .. 256
 N, PROMPTS = 256, 128
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 RUN_MINUTES, PREDICT_MINUTES = 10, 1
 # (post-SFT pass@1, post-SFT pass@256, generalization loss, post-RL pass@1) per run, in the order
-# of VARIANTS x EPOCHS: pass@1 ranks against the RL result, loss and pass@256 with it.
+# of RUNS: pass@1 ranks against the RL result, loss and pass@256 with it.
 NUMBERS = [(0.30, 0.45, 0.90, 0.35), (0.34, 0.42, 1.00, 0.33),
            (0.20, 0.70, 0.70, 0.55), (0.25, 0.65, 0.75, 0.52),
            (0.18, 0.80, 0.60, 0.62), (0.22, 0.78, 0.62, 0.60),
            (0.10, 0.85, 0.55, 0.66), (0.15, 0.83, 0.58, 0.65),
            (0.36, 0.40, 1.05, 0.30), (0.38, 0.39, 1.10, 0.28),
-           (0.12, 0.82, 0.585, 0.64), (0.14, 0.81, 0.595, 0.63)]
+           (0.12, 0.82, 0.585, 0.64), (0.14, 0.81, 0.595, 0.63),
+           (0.28, 0.60, 0.80, 0.45), (0.26, 0.62, 0.78, 0.50)]
 
 
 def _curve(p1: float, p256: float) -> dict[str, float]:
@@ -62,22 +75,21 @@ def _iso(minutes: float) -> str:
     return (T0 + datetime.timedelta(minutes=minutes)).isoformat(timespec="seconds")
 
 
-def make_sweep(root: Path, numbers=NUMBERS, variants=VARIANTS) -> Path:
+def make_sweep(root: Path, numbers=NUMBERS, runs=RUNS) -> Path:
     """A finished quagmire_tiny-shaped sweep directory with the given numbers."""
     root.mkdir(parents=True)
     status: dict = {"sweep": "quagmire_tiny", "runs": {}}
     predict_config = {"seed": 0, "predict": {"calibration_sizes": [3, 4], "n_bootstrap": 50,
                                              "n_permutations": 200}}
-    for i, ((style, phrasing), epochs) in enumerate(itertools.product(variants, EPOCHS)):
+    for i, (run, style, phrasing, size, epochs) in enumerate(runs):
         p1, p256, loss, rl = numbers[i]
-        run = f"{style}-{phrasing}-ep{epochs}"
-        dataset = f"{style}-{phrasing}-2000"
+        dataset = f"{style}-{phrasing}-{size}"
         sft_name, rl_name = f"ep{epochs}-{dataset}-sft", f"ep{epochs}-{dataset}-rl"
         run_dir = root / run
         (run_dir / "eval").mkdir(parents=True)
         config = {**predict_config, "sft": {"num_epochs": epochs},
                   "rl": {"num_steps": 30},
-                  "data": {"synthetic": {"style": style, "phrasing": phrasing, "size": 2000}},
+                  "data": {"synthetic": {"style": style, "phrasing": phrasing, "size": size}},
                   "model": {"model_type": "llama", "hidden_size": 128, "num_layers": 4,
                             "intermediate_size": 384, "vocab_size": 512, "num_heads": 4,
                             "num_kv_heads": 2, "head_dim": 32, "tie_embeddings": False}}
@@ -136,10 +148,10 @@ def test_checkpoint_table_has_exactly_the_eval_numbers(built):
     _, _, text = built
     rows = {r["run"]: r for r in table(text, "#")}
     assert len(rows) == len(NUMBERS)
-    for i, ((style, phrasing), epochs) in enumerate(itertools.product(VARIANTS, EPOCHS)):
-        p1, p256, loss, rl = NUMBERS[i]
-        row = rows[f"{style}-{phrasing}-ep{epochs}"]
-        assert row["data set"] == f"{style}-{phrasing}-2000"
+    for (run, style, phrasing, size, epochs), (p1, p256, loss, rl) in zip(RUNS, NUMBERS,
+                                                                         strict=True):
+        row = rows[run]
+        assert row["data set"] == f"{style}-{phrasing}-{size}"
         assert int(row["epochs"]) == epochs and int(row["SFT steps"]) == 22 * epochs
         expected = {"gen. loss": loss, "SFT pass@1": p1, "SFT pass@256": p256,
                     "RL pass@1": rl, "RL gain": rl - p1}
@@ -203,7 +215,7 @@ def test_findings_are_computed_from_the_numbers(built):
     assert f"both order strictly, post-SFT pass@1 orders {bad} the wrong way round" in findings
     n = len(NUMBERS)  # the best post-RL checkpoint has the lowest post-SFT pass@1
     assert f"`ep3-long_cot-diverse-2000-sft`, ranks {n} of {n} by post-SFT pass@1" in findings
-    # 6 data-set points can reach p < 0.05 (2/6! = 0.0028) and leave 2 held out at m = 4, so
+    # 8 data-set points can reach p < 0.05 (2/8! = 5e-5) and leave 4 held out at m = 4, so
     # neither limitation is reported (the 4-data-set case is test_too_few_data_sets_...)
     assert "even a perfect ranking has p =" not in findings
     assert "No calibration R² at the data-set level" not in findings
@@ -223,7 +235,7 @@ def test_findings_are_computed_from_the_numbers(built):
 def test_too_few_data_sets_are_reported_as_a_limit(tmp_path):
     """Four data sets (8 checkpoints): the data-set level can never reach p < 0.05 in an exact
     permutation test (2/4! = 0.083), and calibration R² at m = 3 has < 2 held-out points."""
-    sweep = make_sweep(tmp_path / "sweep", numbers=NUMBERS[:8], variants=VARIANTS[:4])
+    sweep = make_sweep(tmp_path / "sweep", numbers=NUMBERS[:8], runs=grid_runs(VARIANTS[:4]))
     text = study.write_study(sweep, tmp_path / "docs").read_text()
     findings = text.split("## Findings")[1].split("\n## ")[0]
     assert "With 4 points even a perfect ranking has p = 0.083" in findings
@@ -245,6 +257,7 @@ def test_time_commands_paper_table_and_plots(built):
     assert "**To be filled from the paper**" in text
     assert study.PAPER_HEADLINE in text
     assert f"- {len(NUMBERS)} SFT checkpoints from " in text  # no "(of N in the sweep)"
+    assert " data sets of 1000, 2000 or 6000 synthetic examples." in text
     for name in ("proxies_vs_rl.png", "passk_curves.png", "rl_gain.png"):
         assert f"]({name})" in text
         assert (readme.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -424,3 +437,9 @@ def test_a_best_proxy_that_ties_pass1_within_noise_does_not_reproduce():
     assert "better than post-SFT pass@1 only within noise" in text
     [text] = study.verdict({**facts, "instance_margin_beyond_noise": ["average"]}, signal, 10)
     assert text.startswith("**The paper's central finding reproduces at this scale**")
+
+
+def test_setup_facts_of_a_single_data_size(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", numbers=NUMBERS[:12], runs=grid_runs(VARIANTS))
+    text = study.write_study(sweep, tmp_path / "docs").read_text()
+    assert "- 12 SFT checkpoints from 6 data sets of 2000 synthetic examples." in text

@@ -4,10 +4,12 @@ followed by the same GRPO budget and evaluated on the harder test set; then the 
     python -m sftrl.launch --sweep=configs/sweeps/quagmire_tiny.py --workdir=runs/quagmire \
         --max_parallel=1
 
-Runs (12 checkpoints from 6 data variants): answer-only / short CoT / long CoT, each with
-homogeneous and diverse phrasing, each at two training lengths (epochs over a 2000-example set).
-Six data sets, because the predictor's data-set-level R^2 on calibration subsets of 3-4 needs at
-least m + 2 points. Every run is the 'pipeline' stage (SFT -> eval -> GRPO -> eval); the sweep's
+Runs (14 checkpoints from 8 data variants): answer-only / short CoT / long CoT, each with
+homogeneous and diverse phrasing, each at two training lengths (epochs over a 2000-example set);
+then the data-size axis on diverse short CoT: 1000 and 6000 examples at 3 epochs (6000 x 3 is the
+SFT length of 2000 x 9: the same steps over three times the distinct data). At least six data
+sets, because the predictor's data-set-level R^2 on calibration subsets of 3-4 needs at least
+m + 2 points. Every run is the 'pipeline' stage (SFT -> eval -> GRPO -> eval); the sweep's
 predict run then scores post-SFT pass@1, generalization loss and pass@k against the post-RL
 pass@1. Generation budgets cover long CoT: on the test set (2-5 steps) its solutions take 230
 tokens at the median and 359 at the 99th percentile, on the RL prompts (1-3 steps) far fewer; the
@@ -26,6 +28,8 @@ VARIANTS = [
 CI_VARIANTS = [("answer_only", "diverse"), ("short_cot", "homogeneous"),
                ("short_cot", "diverse"), ("long_cot", "diverse")]
 EPOCHS = [3, 9]
+# (style, phrasing, size, epochs) beyond the grid's 2000 examples.
+SIZE_RUNS = [("short_cot", "diverse", 1000, 3), ("short_cot", "diverse", 6000, 3)]
 
 # The same GRPO budget and evaluation for every checkpoint (n = 256 on 64 test prompts).
 COMMON = {
@@ -65,6 +69,12 @@ def get_sweep(arg: str | None = None) -> Sweep:
                          "sft.num_epochs": epochs}
             name = f"{style}-{phrasing}-ep{epochs}"
             runs.append(Run(name, {**overrides, "eval.name": f"ep{epochs}"}, stage="pipeline"))
+    # The size axis comes after the grid, so a sweep started with the grid alone keeps its order.
+    for style, phrasing, size, epochs in ([] if ci else SIZE_RUNS):
+        overrides = {**COMMON, "data.synthetic.size": size, "data.synthetic.style": style,
+                     "data.synthetic.phrasing": phrasing, "sft.num_epochs": epochs}
+        name = f"{style}-{phrasing}-{size}-ep{epochs}"
+        runs.append(Run(name, {**overrides, "eval.name": f"ep{epochs}"}, stage="pipeline"))
     predict = {k: v for k, v in (CI if ci else COMMON).items() if k.startswith("predict.")}
     return Sweep(name="quagmire_tiny", base_config="configs/tiny.py", runs=runs, predict=True,
                  predict_overrides=predict)
