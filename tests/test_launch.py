@@ -369,7 +369,9 @@ def test_cli_module_entry_point_dry_run(tmp_path):
 def test_shipped_sweeps_validate(tmp_path):
     for spec, count in (("configs/sweeps/sft_variants_tiny.py", 24),
                         ("configs/sweeps/sft_variants_tiny.py:small", 6),
-                        ("configs/sweeps/llama8b_sft_data.py:/data,/models/l8b", 12)):
+                        ("configs/sweeps/llama8b_sft_data.py:/data,/models/l8b", 12),
+                        ("configs/sweeps/quagmire_tiny.py", 14),
+                        ("configs/sweeps/quagmire_tiny.py:ci", 4)):
         sweep, path = launch.load_sweep(spec)
         jobs = launch.plan(sweep, tmp_path, where=str(path))
         assert len(jobs) == count + 1 and jobs[-1].name == "predict", spec
@@ -378,6 +380,15 @@ def test_shipped_sweeps_validate(tmp_path):
     assert sweep.runs[0].overrides["model.hf_path"] == "/models/l8b"
     with pytest.raises(SweepError, match="unknown arg 'big'"):
         launch.load_sweep("configs/sweeps/sft_variants_tiny.py:big")
+    # The study's data-size axis: the same GRPO budget and evaluation, only the size differs.
+    sweep, _ = launch.load_sweep("configs/sweeps/quagmire_tiny.py")
+    runs = {run.name: run.overrides for run in sweep.runs}
+    small, large = runs["short_cot-diverse-1000-ep3"], runs["short_cot-diverse-6000-ep3"]
+    assert (small["data.synthetic.size"], large["data.synthetic.size"]) == (1000, 6000)
+    base = runs["short_cot-diverse-ep3"]
+    for overrides in (small, large):
+        assert {k: v for k, v in overrides.items() if k != "data.synthetic.size"} == {
+            k: v for k, v in base.items() if k != "data.synthetic.size"}
 
 
 # ------------------------------------------------------------------ XManager launcher
