@@ -33,6 +33,7 @@ import itertools
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -538,6 +539,106 @@ def group_findings(group: str, g: dict[str, Any], rows: Sequence[Row],
 
 
 CONFIDENCE = 0.95
+# A trailing "-<digits>" of a data set's name is its size (the synthetic task's "style-phrasing-N").
+_SIZE_SUFFIX = re.compile(r"-(\d+)$")
+
+
+def data_distribution(dataset: str) -> str:
+    """The data set's name without its size: checkpoints of one distribution share it."""
+    return _SIZE_SUFFIX.sub("", dataset)
+
+
+def _within_zscored_average(x: Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """The predictor's `average`, z-scored within these points rather than the whole group."""
+    z = [(x[p] - x[p].mean()) / x[p].std() if x[p].std() > 0 else np.zeros_like(x[p])
+         for p in names]
+    return np.mean(z, axis=0)
+
+
+def paper_settings(labeled: Sequence[Mapping[str, Any]], rows: Sequence[Row], k: int,
+                   options: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The paper's two settings on the matching subsets of the checkpoints. Its "data-set
+    level" compares checkpoints of ONE data distribution trained differently (epochs, size);
+    its "instance level" compares DIFFERENT data sets trained the same way. The predictor's
+    levels here are another cut (every checkpoint; per data set averaged), so both are
+    recomputed: Spearman ρ per subset, and for the one-distribution setting the share of
+    checkpoint pairs each proxy orders the right way round, pooled over the distributions."""
+    labels = {name: label for label, name in proxy_rows(k)}
+    base = [name for name in labels if name != predict.AVERAGE]
+    by_name = {r.checkpoint: r for r in rows}
+    points = [(c, by_name.get(c["checkpoint"])) for c in labeled]
+    points = [(c, r) for c, r in points if r is not None and r.epochs is not None]
+
+    def proxies(members: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        x = {p: np.array([c["proxies"][p] for c in members], float) for p in base}
+        x[predict.AVERAGE] = _within_zscored_average(x, base)
+        return x
+
+    def rho_text(members: Sequence[Mapping[str, Any]]) -> tuple[str, dict[str, Any]]:
+        y = np.array([c["outcomes"][predict.OUTCOME] for c in members], float)
+        out, cells = {}, []
+        for p, x in proxies(members).items():
+            rho = _rho(x, y)
+            if math.isnan(rho):
+                cells.append(f"{labels[p]} undefined (tied ranks)")
+                continue
+            pval = predict.permutation_pvalue(x, y, int(options["n_permutations"]),
+                                              int(options["seed"]))
+            out[p] = {"rho": float(rho), "p_value": float(pval)}
+            cells.append(f"{labels[p]} {rho:.3f} (p = {pval:.3f})")
+        return ", ".join(cells), out
+
+    lines: list[str] = []
+    facts: dict[str, Any] = {"one_distribution": {}, "same_recipe": {}}
+    # One distribution, trained differently.
+    groups: dict[str, list] = {}
+    for c, _ in points:
+        groups.setdefault(data_distribution(c["dataset"]), []).append(c)
+    right = dict.fromkeys(labels, 0)
+    pairs = 0
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        y = [c["outcomes"][predict.OUTCOME] for c in members]
+        pairs += sum(int(a != b) for a, b in itertools.combinations(y, 2))
+        for p, x in proxies(members).items():
+            bad, total = discordant_pairs(list(x), y)
+            right[p] += int(total - bad)  # a proxy tie orders the pair neither way
+    if pairs:
+        facts["one_distribution"]["pairs"] = pairs
+        facts["one_distribution"]["ordered_right"] = right
+        lines.append(
+            "The paper's data-set level (checkpoints of one data distribution that differ in SFT "
+            f"epochs or data size): of the {pairs} pairs of such checkpoints that post-RL pass@1 "
+            "orders strictly, each proxy orders the right way round " + ", ".join(
+                f"{labels[p]} {right[p]}" for p in labels) + ".")
+    for dist, members in sorted(groups.items()):
+        if len(members) < 3:
+            continue
+        text, scores = rho_text(members)
+        facts["one_distribution"][dist] = {"n": len(members), "scores": scores}
+        floor = min_pvalue(len(members), options)
+        lines.append(f"Within `{dist}` ({len(members)} checkpoints), Spearman ρ: {text}"
+                     + (f"; with {len(members)} points even a perfect ranking has "
+                        f"p = {floor:.3f}" if floor >= ALPHA else "") + ".")
+    # Different data sets, one recipe (same size and epochs).
+    recipes: dict[tuple[int | None, int], list] = {}
+    for c, r in points:
+        size = _SIZE_SUFFIX.search(c["dataset"])
+        recipes.setdefault((int(size[1]) if size else None, r.epochs), []).append(c)
+    for (size, epochs), members in sorted(recipes.items(), key=lambda kv: str(kv[0])):
+        distinct = {data_distribution(c["dataset"]) for c in members}
+        if len(distinct) < 3:
+            continue
+        text, scores = rho_text(members)
+        recipe = (f"{size} examples × " if size else "") + f"{epochs} epochs"
+        facts["same_recipe"][recipe] = {"n": len(members), "scores": scores}
+        floor = min_pvalue(len(members), options)
+        lines.append(f"The paper's instance level (different data sets, one SFT recipe: "
+                     f"{recipe}; {len(members)} checkpoints), Spearman ρ: {text}"
+                     + (f"; with {len(members)} points even a perfect ranking has "
+                        f"p = {floor:.3f}" if floor >= ALPHA else "") + ".")
+    return lines, facts
 
 
 def _rho(x: np.ndarray, y: np.ndarray) -> float:
@@ -988,6 +1089,9 @@ def write_study(sweep_dir: Path, out_dir: Path, *, allow_partial: bool = False,
                   f"table]({plot})", ""]
         statements, facts = group_findings(group, g, group_rows, options)
         findings += statements
+        labeled = [c for c in g["candidates"] if predict.OUTCOME in c["outcomes"]]
+        settings, facts["paper_settings"] = paper_settings(labeled, group_rows, g["k"], options)
+        findings += settings
         verdicts += verdict(facts, rl_signal(group_rows), g["n_labeled"])
         study_groups[group] = {"facts": facts, "k": g["k"]}
     if signal["n"]:

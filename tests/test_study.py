@@ -217,7 +217,7 @@ def test_findings_are_computed_from_the_numbers(built):
     assert f"`ep3-long_cot-diverse-2000-sft`, ranks {n} of {n} by post-SFT pass@1" in findings
     # 8 data-set points can reach p < 0.05 (2/8! = 5e-5) and leave 4 held out at m = 4, so
     # neither limitation is reported (the 4-data-set case is test_too_few_data_sets_...)
-    assert "even a perfect ranking has p =" not in findings
+    assert "no data-set-level correlation can be significant" not in findings
     assert "No calibration R² at the data-set level" not in findings
     gains = np.array([n[3] - n[0] for n in NUMBERS])
     assert f"mean {gains.mean():+.4f}, std {gains.std():.4f}" in findings
@@ -443,3 +443,44 @@ def test_setup_facts_of_a_single_data_size(tmp_path):
     sweep = make_sweep(tmp_path / "sweep", numbers=NUMBERS[:12], runs=grid_runs(VARIANTS))
     text = study.write_study(sweep, tmp_path / "docs").read_text()
     assert "- 12 SFT checkpoints from 6 data sets of 2000 synthetic examples." in text
+
+
+def test_the_papers_two_settings_are_recomputed_on_their_subsets(built):
+    """The paper's data-set level (one distribution, trained differently) and instance level
+    (different data sets, one recipe), from the checkpoint numbers by an independent route."""
+    _, readme, text = built
+    findings = text.split("## Findings")[1].split("\n## ")[0]
+    by_distribution: dict[str, list[int]] = {}
+    by_recipe: dict[tuple[int, int], list[int]] = {}
+    for i, (_, style, phrasing, size, epochs) in enumerate(RUNS):
+        by_distribution.setdefault(f"{style}-{phrasing}", []).append(i)
+        by_recipe.setdefault((size, epochs), []).append(i)
+    sign = {"post-SFT pass@1": (0, 1), "generalization loss": (2, -1), "pass@256": (1, 1)}
+    right = dict.fromkeys(sign, 0)
+    pairs = 0
+    for members in by_distribution.values():
+        for a, b in itertools.combinations(members, 2):
+            dy = NUMBERS[a][3] - NUMBERS[b][3]
+            pairs += dy != 0
+            for label, (col, s) in sign.items():
+                right[label] += s * (NUMBERS[a][col] - NUMBERS[b][col]) * dy > 0
+    assert pairs == 5 + 6  # five distributions with 2 checkpoints, short_cot-diverse with 4
+    assert (f"of the {pairs} pairs of such checkpoints that post-RL pass@1 orders strictly, each "
+            f"proxy orders the right way round post-SFT pass@1 {right['post-SFT pass@1']}, "
+            f"generalization loss {right['generalization loss']}, pass@256 "
+            f"{right['pass@256']}, ") in findings
+    assert right["post-SFT pass@1"] == 0 and right["pass@256"] == pairs
+    assert "Within `short_cot-diverse` (4 checkpoints), Spearman ρ: post-SFT pass@1 -1.000" \
+        in findings and "perfect ranking has p = 0.083" in findings
+    for (size, epochs), members in by_recipe.items():
+        if len(members) < 3:
+            assert f"{size} examples × {epochs} epochs" not in findings
+            continue
+        rl = [NUMBERS[i][3] for i in members]
+        rho = stats.spearmanr([NUMBERS[i][0] for i in members], rl)[0]
+        assert (f"one SFT recipe: {size} examples × {epochs} epochs; {len(members)} "
+                f"checkpoints), Spearman ρ: post-SFT pass@1 {rho:.3f} (p = ") in findings
+    numbers = json.loads((readme.parent / "study.json").read_text())
+    settings = numbers["groups"]["llama-128x4"]["facts"]["paper_settings"]
+    assert settings["one_distribution"]["pairs"] == pairs
+    assert settings["same_recipe"]["2000 examples × 9 epochs"]["n"] == 6
