@@ -1,7 +1,8 @@
 """The replication study's report: a sweep directory -> `docs/<study>/README.md` and plots.
 
     python -m sftrl.study --sweep_dir=runs/quagmire --out=docs/quagmire_tiny \
-        --sweep=configs/sweeps/quagmire_tiny.py [--allow_partial] [--paper_numbers=FILE]
+        --sweep=configs/sweeps/quagmire_tiny.py [--allow_partial] \
+        [--paper_numbers=docs/quagmire_paper_numbers.json]
 
 Reads what `python -m sftrl.launch` left in the sweep directory:
   sweep.json                        per run: state, start and end times (the wall-clock time)
@@ -11,9 +12,11 @@ Reads what `python -m sftrl.launch` left in the sweep directory:
   predict/report/predictor.json     the predictor's scores (Spearman, R², levels, proxies)
 and writes into the output directory:
   README.md                         per-checkpoint table, the predictor table laid out like the
-                                    paper's, an empty table for the paper's own numbers (filled
-                                    only from `--paper_numbers`), findings computed from the
-                                    numbers, the sweep's wall-clock time, the commands
+                                    paper's, the paper's own numbers (only from
+                                    `--paper_numbers`, with its source; empty without it) and
+                                    this study's ρ next to them, findings computed from the
+                                    numbers (the paper's two settings recomputed on the
+                                    matching subsets included), the wall-clock time, commands
   study.json                        every number the README shows
   proxies_vs_rl*.png, passk_curves.png, rl_gain.png
 
@@ -711,6 +714,59 @@ def verdict(group_facts: dict[str, Any], signal: dict[str, Any], n: int) -> list
 # ------------------------------------------------------------------ paper numbers
 
 
+def paper_provenance(path: Path | None) -> tuple[str, list[str]]:
+    """(where the numbers come from, notes on them) from the `--paper_numbers` file: a table
+    without a source cannot be checked, so "source" is required."""
+    if path is None:
+        return "", []
+    data = _read_json(path)
+    source = data.get("source") if isinstance(data, dict) else None
+    if not isinstance(source, str) or not source.strip():
+        raise StudyError(f"{path}: field 'source' must say where the numbers come from")
+    notes = data.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise StudyError(f"{path}: field 'notes' must be a list of strings")
+    return source.strip(), notes
+
+
+def _leading_number(cell: Any) -> float | None:
+    """The number a paper cell starts with ("0.57 ± 0.29" -> 0.57); None for text."""
+    if isinstance(cell, int | float) and not isinstance(cell, bool):
+        return float(cell)
+    match = re.match(r"\s*(-?\d+(?:\.\d+)?)", cell) if isinstance(cell, str) else None
+    return float(match[1]) if match else None
+
+
+def paper_differences(paper: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                      g: dict[str, Any], k: int) -> list[str]:
+    """Per paper model, this study's Spearman ρ minus the paper's, proxy by proxy, and the
+    margin over post-SFT pass@1 in both (the paper's headline), at both levels."""
+    lines = []
+    for level, column, pooling in (("dataset", "dataset_spearman", "one point per data set"),
+                                   ("instance", "instance_spearman", "one point per checkpoint")):
+        where = "data-set" if level == "dataset" else level
+        ours = {name: _score(g, level, name) for _, name in proxy_rows(k)}
+        ours = {n: s["spearman"]["rho"] for n, s in ours.items() if "error" not in s}
+        for model in PAPER_MODELS:
+            cells = []
+            base_paper = _leading_number(paper.get(model, {}).get("post-SFT pass@1", {})
+                                         .get(column))
+            for label, name in proxy_rows(k):
+                key = "pass@k" if label == f"pass@{k}" else label
+                theirs = _leading_number(paper.get(model, {}).get(key, {}).get(column))
+                if theirs is None or name not in ours:
+                    continue
+                text = f"{label} {ours[name]:.2f} vs {theirs:.2f}"
+                if name != "pass@1" and base_paper is not None and "pass@1" in ours:
+                    text += (f" (margin over pass@1: {ours[name] - ours['pass@1']:+.2f} here, "
+                             f"{theirs - base_paper:+.2f} there)")
+                cells.append(text)
+            if cells:
+                lines.append(f"Spearman ρ at the {where} level, this study's ({pooling}) vs "
+                             f"the paper's {model}: " + "; ".join(cells) + ".")
+    return lines
+
+
 def load_paper_numbers(path: Path | None, k_label: str) -> dict[str, dict[str, dict[str, Any]]]:
     """{model: {row label: {column: value}}} from a JSON file typed in from the paper:
     {"source": "...", "models": {"Llama-3-8B": {"post-SFT pass@1": {"dataset_spearman": 0.1,
@@ -1111,9 +1167,10 @@ def write_study(sweep_dir: Path, out_dir: Path, *, allow_partial: bool = False,
             "by sqrt(p(1-p)/(nP))); seed-to-seed variation of RL itself is not measured "
             "(one RL run per checkpoint) and adds to it.")
     lines += ["## Findings", "", *[f"- {f}" for f in findings + verdicts], ""]
+    source, notes = paper_provenance(paper_numbers)
     lines += ["## The paper's numbers", "",
               "For comparison with the paper's own table for Llama-3-8B and Mistral-NeMo-12B. "
-              + ("Values from `--paper_numbers`, typed in from the paper."
+              + (f"Values from `{paper_numbers}`, as typed in there; their source: {source}"
                  if paper_numbers else
                  "**To be filled from the paper**: its numbers are not available in this "
                  "workspace, so the cells are left empty rather than guessed. Fill them by "
@@ -1121,6 +1178,11 @@ def write_study(sweep_dir: Path, out_dir: Path, *, allow_partial: bool = False,
               "", PAPER_HEADLINE, ""]
     paper = load_paper_numbers(paper_numbers, f"pass@{k_first}")
     lines += paper_table(paper, k_first)
+    lines += [f"- {note}" for note in notes] + ([""] if notes else [])
+    if paper:
+        differences = [line for group, g in report["groups"].items()
+                       for line in paper_differences(paper, g, g["k"])]
+        lines += [f"- {line}" for line in differences] + ([""] if differences else [])
     lines += ["How this study differs from the paper's setting (differences in the numbers "
               "above follow partly from these):", "", *setup_facts(sweep_dir, rows), ""]
     lines += ["## Plots", ""]

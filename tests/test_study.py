@@ -353,14 +353,34 @@ def test_malformed_status_pipeline_and_stale_predictor(sweep_copy, tmp_path):
 
 def test_paper_numbers_fill_the_table_and_are_checked(sweep_copy, tmp_path):
     numbers = tmp_path / "paper.json"
-    numbers.write_text(json.dumps({"models": {"Llama-3-8B": {
-        "generalization loss": {"instance_spearman": 0.5, "dataset_r2": "0.3 ± 0.1"}}}}))
+    numbers.write_text(json.dumps({
+        "source": "Table 3 of the paper.", "notes": ["k = 64 there."],
+        "models": {"Llama-3-8B": {
+            "generalization loss": {"instance_spearman": 0.5, "dataset_r2": "0.3 ± 0.1"},
+            "post-SFT pass@1": {"instance_spearman": "0.25 (text after the number)"}}}}))
     text = study.write_study(sweep_copy, tmp_path / "out", paper_numbers=numbers).read_text()
     row = next(r for r in table(text, "model")
                if r["model"] == "Llama-3-8B" and r["proxy"] == "generalization loss")
     assert row["instance Spearman"] == "0.5" and row["data-set R²"] == "0.3 ± 0.1"
     assert row["data-set Spearman"] == ""
-    numbers.write_text(json.dumps({"models": {"Llama-3-8B": {
+    assert f"Values from `{numbers}`, as typed in there; their source: Table 3 of the paper." \
+        in text and "- k = 64 there." in text
+    # This study's ρ next to the paper's, and both margins over post-SFT pass@1.
+    g = json.loads((sweep_copy / "predict" / "report" / "predictor.json").read_text())[
+        "groups"]["llama-128x4"]["scores"]["instance"][predict.OUTCOME]
+    loss, pass1 = g["-generalization_loss"]["spearman"]["rho"], g["pass@1"]["spearman"]["rho"]
+    assert ("- Spearman ρ at the instance level, this study's (one point per checkpoint) vs the "
+            f"paper's Llama-3-8B: post-SFT pass@1 "
+            f"{pass1:.2f} vs 0.25; generalization loss {loss:.2f} vs 0.50 (margin over pass@1: "
+            f"{loss - pass1:+.2f} here, +0.25 there).") in text
+    assert "Mistral-NeMo-12B:" not in text.split("## The paper's numbers")[1].split("## ")[0]
+    for bad, message in (({"models": {}}, "field 'source' must say"),
+                         ({"source": "x", "notes": "one", "models": {}},
+                          "field 'notes' must be a list of strings")):
+        numbers.write_text(json.dumps(bad))
+        with pytest.raises(study.StudyError, match=message):
+            study.write_study(sweep_copy, tmp_path / "out", paper_numbers=numbers)
+    numbers.write_text(json.dumps({"source": "x", "models": {"Llama-3-8B": {
         "pass@1": {"instance_spearman": 0.5}}}}))
     with pytest.raises(study.StudyError, match=r"paper\.json: models\.Llama-3-8B\.pass@1: "
                        "unknown row"):
