@@ -558,6 +558,26 @@ def _within_zscored_average(x: Mapping[str, np.ndarray], names: Sequence[str]) -
     return np.mean(z, axis=0)
 
 
+def spearman_by_k(rows: Sequence[Row], options: Mapping[str, Any]) -> dict[int, dict[str, float]]:
+    """{k: Spearman ρ and permutation p of post-SFT pass@k against post-RL pass@1} over the
+    checkpoints with both, for every k they all report: where along k the signal appears (the
+    paper shows its correlation rising from k = 1 to k = 64)."""
+    done = [r for r in rows if r.sft is not None and r.rl is not None]
+    if len(done) < 3:
+        return {}
+    y = np.array([r.rl.pass1 for r in done], float)
+    ks = sorted(set.intersection(*(set(r.sft.curve) for r in done)))
+    out = {}
+    for k in ks:
+        x = np.array([r.sft.curve[k] for r in done], float)
+        rho = _rho(x, y)
+        if math.isnan(rho):
+            continue
+        out[k] = {"rho": float(rho), "p_value": float(predict.permutation_pvalue(
+            x, y, int(options["n_permutations"]), int(options["seed"])))}
+    return out
+
+
 def paper_settings(labeled: Sequence[Mapping[str, Any]], rows: Sequence[Row], k: int,
                    options: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
     """The paper's two settings on the matching subsets of the checkpoints. Its "data-set
@@ -1148,6 +1168,13 @@ def write_study(sweep_dir: Path, out_dir: Path, *, allow_partial: bool = False,
         labeled = [c for c in g["candidates"] if predict.OUTCOME in c["outcomes"]]
         settings, facts["paper_settings"] = paper_settings(labeled, group_rows, g["k"], options)
         findings += settings
+        by_k = spearman_by_k(group_rows, options)
+        facts["spearman_by_k"] = {str(k): v for k, v in by_k.items()}
+        if by_k:
+            findings.append(
+                "Instance-level Spearman ρ of post-SFT pass@k against post-RL pass@1, by k "
+                "(permutation p): " + ", ".join(f"k = {k} {v['rho']:.3f} ({v['p_value']:.3f})"
+                                                for k, v in by_k.items()) + ".")
         verdicts += verdict(facts, rl_signal(group_rows), g["n_labeled"])
         study_groups[group] = {"facts": facts, "k": g["k"]}
     if signal["n"]:

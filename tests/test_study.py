@@ -504,3 +504,17 @@ def test_the_papers_two_settings_are_recomputed_on_their_subsets(built):
     settings = numbers["groups"]["llama-128x4"]["facts"]["paper_settings"]
     assert settings["one_distribution"]["pairs"] == pairs
     assert settings["same_recipe"]["2000 examples × 9 epochs"]["n"] == 6
+
+
+def test_spearman_of_pass_at_k_is_reported_for_every_k(built):
+    _, readme, text = built
+    findings = text.split("## Findings")[1].split("\n## ")[0]
+    rl = [n[3] for n in NUMBERS]
+    rho = {k: stats.spearmanr([_curve(n[0], n[1])[str(k)] for n in NUMBERS], rl)[0] for k in KS}
+    cells = [f"k = {k} {rho[k]:.3f} (" for k in KS]
+    line = next(f for f in findings.splitlines() if "of post-SFT pass@k against" in f)
+    assert all(cell in line for cell in cells) and line.index(cells[0]) < line.index(cells[-1])
+    by_k = json.loads((readme.parent / "study.json").read_text())["groups"]["llama-128x4"][
+        "facts"]["spearman_by_k"]
+    assert sorted(map(int, by_k)) == KS
+    assert by_k["1"]["rho"] == pytest.approx(stats.spearmanr([n[0] for n in NUMBERS], rl)[0])
