@@ -536,12 +536,20 @@ def group_findings(group: str, g: dict[str, Any], rows: Sequence[Row],
         lines.append(
             "Instance-level Spearman ρ minus post-SFT pass@1's, with a "
             f"{100 * CONFIDENCE:g}% paired bootstrap interval over the checkpoints: "
-            + ", ".join(f"{labels[p]} {d:+.3f} [{low:+.3f}, {high:+.3f}]"
+            + ", ".join(f"{labels[p]} {_margin_text(d, low, high)}"
                         for p, (d, low, high) in margins.items()) + ".")
     return lines, facts
 
 
 CONFIDENCE = 0.95
+
+
+def _margin_text(d: float, low: float, high: float) -> str:
+    if math.isnan(d):
+        return "undefined (tied ranks)"
+    if math.isnan(low):
+        return f"{d:+.3f} [no interval: every resample has tied ranks]"
+    return f"{d:+.3f} [{low:+.3f}, {high:+.3f}]"
 # A trailing "-<digits>" of a data set's name is its size (the synthetic task's "style-phrasing-N").
 _SIZE_SUFFIX = re.compile(r"-(\d+)$")
 
@@ -654,7 +662,8 @@ def paper_settings(labeled: Sequence[Mapping[str, Any]], rows: Sequence[Row], k:
         if len(distinct) < 3:
             continue
         text, scores = rho_text(members)
-        recipe = (f"{size} examples × " if size else "") + f"{epochs} epochs"
+        recipe = (f"{size} examples × " if size else "") + \
+            f"{epochs} epoch{'' if epochs == 1 else 's'}"
         facts["same_recipe"][recipe] = {"n": len(members), "scores": scores}
         floor = min_pvalue(len(members), options)
         lines.append(f"The paper's instance level (different data sets, one SFT recipe: "

@@ -11,8 +11,11 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from scipy import stats
 from sftrl import predict_stage, study
 from sftrl.eval import predict
 
+ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = [("answer_only", "diverse"), ("short_cot", "homogeneous"), ("short_cot", "diverse"),
             ("long_cot", "diverse"), ("answer_only", "homogeneous"), ("long_cot", "homogeneous")]
 EPOCHS = [3, 9]
@@ -518,3 +522,28 @@ def test_spearman_of_pass_at_k_is_reported_for_every_k(built):
         "facts"]["spearman_by_k"]
     assert sorted(map(int, by_k)) == KS
     assert by_k["1"]["rho"] == pytest.approx(stats.spearmanr([n[0] for n in NUMBERS], rl)[0])
+
+
+def test_the_ci_study_runs_end_to_end(tmp_path):
+    """The study's CI-sized variant, for real: the launcher trains and evaluates 4 tiny runs
+    and predicts, the report is written from what they left, and a second launch resumes
+    (skips everything)."""
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, "-m", "sftrl.launch", "--sweep=configs/sweeps/quagmire_tiny.py:ci",
+               f"--workdir={sweep_dir}", "--max_parallel=1"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200,
+                            env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    readme = study.write_study(sweep_dir, tmp_path / "docs",
+                               sweep_spec="configs/sweeps/quagmire_tiny.py:ci",
+                               paper_numbers=ROOT / "docs" / "quagmire_paper_numbers.json")
+    text = readme.read_text()
+    assert "**Partial" not in text and not re.search(r"\bnan\b", text, re.IGNORECASE)
+    rows = table(text, "#")
+    assert len(rows) == 4 and all(r["RL pass@1"] != "missing" for r in rows)
+    assert "- 4 SFT checkpoints from 4 data sets of 48 synthetic examples." in text
+    assert "| Mistral-NeMo-12B | pass@k (large k) | 0.92 |" in text
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                           env=env)
+    assert again.returncode == 0 and again.stdout.count("[skip]") == 5, again.stdout[-2000:]
