@@ -9,6 +9,7 @@ Reads what `python -m sftrl.launch` left in the sweep directory:
   <run>/config.json                 epochs, data variant, model size, RL steps
   <run>/pipeline.json               SFT steps of each variant (`<variant>/sft: final_step`)
   <run>/eval/*.json                 post-SFT and post-RL evals (`sftrl.eval.predict`'s schema)
+  <run>/samples/<ckpt>/<bench>.jsonl  the post-SFT samples, for the guessing control (optional)
   predict/report/predictor.json     the predictor's scores (Spearman, R², levels, proxies)
 and writes into the output directory:
   README.md                         per-checkpoint table, the predictor table laid out like the
@@ -46,7 +47,8 @@ from typing import Any
 import numpy as np
 
 from sftrl import report as report_lib
-from sftrl.eval import predict
+from sftrl import rewards
+from sftrl.eval import passk, predict, sample_store
 
 STATUS_FILE = "sweep.json"
 PREDICT_RUN = "predict"
@@ -554,6 +556,72 @@ def _margin_text(d: float, low: float, high: float) -> str:
 _SIZE_SUFFIX = re.compile(r"-(\d+)$")
 
 
+CONTROL_SHIFTS = 8
+
+
+def guessing_control(sweep_dir: Path, row: Row, ks: Sequence[int]) -> dict[int, float] | None:
+    """{k: post-SFT pass@k scored against another prompt's gold answer} (the guessing control,
+    `passk.mismatched_answer_pass_at_k`), averaged over the benchmarks like pass@k itself; None
+    when the run kept no samples. Answers are compared after `rewards.normalize_answer`."""
+    if row.sft is None:
+        return None
+    folder = sweep_dir / row.run / "samples" / row.checkpoint
+    benches = sorted(row.sft.record["benchmarks"])
+    paths = [folder / f"{bench}.jsonl" for bench in benches]
+    if not all(path.is_file() for path in paths):
+        return None
+    per_bench = []
+    for bench, path in zip(benches, paths, strict=True):
+        try:
+            samples = sample_store.read_rows(path)
+        except (OSError, sample_store.SampleStoreError) as e:
+            raise StudyError(str(e)) from e
+        expected = row.sft.record["benchmarks"][bench].get("num_prompts")
+        if expected is not None and len(samples) != expected:
+            raise StudyError(f"{path}: {len(samples)} prompts, but {row.sft.path} field "
+                             f"'benchmarks.{bench}.num_prompts' is {expected}")
+        answers = [[None if a is None else rewards.normalize_answer(a) for a in r["extracted"]]
+                   for r in samples]
+        golds = [rewards.normalize_answer(r["answer"]) for r in samples]
+        try:
+            per_bench.append({k: passk.mismatched_answer_pass_at_k(
+                answers, golds, k, shifts=CONTROL_SHIFTS) for k in ks})
+        except ValueError as e:
+            raise StudyError(f"{path}: {e}") from e
+    return {k: float(np.mean([b[k] for b in per_bench])) for k in ks}
+
+
+def control_findings(rows: Sequence[Row], controls: Mapping[str, dict[int, float]], k: int,
+                     options: Mapping[str, Any]) -> list[str]:
+    """The guessing control next to the true pass@k, and whether pass@k above the control
+    ranks the checkpoints after RL."""
+    done = [r for r in rows if r.sft is not None and r.checkpoint in controls]
+    if not done:
+        return []
+    true_k = np.array([r.sft.curve[k] for r in done])
+    ctrl_k = np.array([controls[r.checkpoint][k] for r in done])
+    true_1 = np.array([r.sft.pass1 for r in done])
+    ctrl_1 = np.array([controls[r.checkpoint][1] for r in done])
+    share = lambda c, t: float(np.mean(c[t > 0] / t[t > 0])) if np.any(t > 0) else math.nan  # noqa: E731
+    text = (f"Guessing control (the same post-SFT samples scored against another prompt's gold "
+            f"answer, {CONTROL_SHIFTS} shifts; `sftrl.eval.passk.mismatched_answer_pass_at_k`): "
+            f"pass@{k} control {ctrl_k.min():.3f} to {ctrl_k.max():.3f} against the true "
+            f"{true_k.min():.3f} to {true_k.max():.3f}, on average "
+            f"{100 * share(ctrl_k, true_k):.0f}% of it; at k = 1 the control is "
+            f"{100 * share(ctrl_1, true_1):.0f}% of pass@1.")
+    labeled = [i for i, r in enumerate(done) if r.rl is not None]
+    if len(labeled) >= 3:
+        x = (true_k - ctrl_k)[labeled]
+        y = np.array([done[i].rl.pass1 for i in labeled])
+        rho = _rho(x, y)
+        if not math.isnan(rho):
+            pval = predict.permutation_pvalue(x, y, int(options["n_permutations"]),
+                                              int(options["seed"]))
+            text += (f" pass@{k} minus its control, as a proxy (not one of the paper's): "
+                     f"instance-level Spearman ρ {rho:.3f} (p = {pval:.3f}).")
+    return [text]
+
+
 def data_distribution(dataset: str) -> str:
     """The data set's name without its size: checkpoints of one distribution share it."""
     return _SIZE_SUFFIX.sub("", dataset)
@@ -871,9 +939,12 @@ def predictor_table(g: dict[str, Any], sizes: Sequence[int]) -> list[str]:
     return lines
 
 
-def checkpoint_table(rows: Sequence[Row], k: int) -> list[str]:
+def checkpoint_table(rows: Sequence[Row], k: int,
+                     controls: Mapping[str, dict[int, float]] | None = None) -> list[str]:
+    controls = controls or {}
     header = ["#", "run", "checkpoint", "data set", "epochs", "SFT steps", "gen. loss",
-              "SFT pass@1", f"SFT pass@{k}", "RL pass@1", "RL gain", "2·SE(gain)", "run time"]
+              "SFT pass@1", f"SFT pass@{k}", f"SFT pass@{k} control", "RL pass@1", "RL gain",
+              "2·SE(gain)", "run time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for number, r in enumerate(rows, start=1):
         sft = r.sft
@@ -884,6 +955,8 @@ def checkpoint_table(rows: Sequence[Row], k: int) -> list[str]:
                  "missing" if r.epochs is None else str(r.epochs),
                  "missing" if r.sft_steps is None else str(r.sft_steps),
                  _fmt(loss), _fmt(sft.pass1 if sft else None), _fmt(at_k),
+                 (_fmt(controls[r.checkpoint][k]) if r.checkpoint in controls else
+                  "no samples" if sft else "missing"),
                  _fmt(r.rl.pass1 if r.rl else None), _signed(r.gain),
                  _fmt(None if se is None else NOISE_SE * se),
                  ("≈" if r.seconds_estimated else "") + _duration(r.seconds)]
@@ -1148,10 +1221,13 @@ def write_study(sweep_dir: Path, out_dir: Path, *, allow_partial: bool = False,
     k_first = next(iter(report["groups"].values()))["k"]
     lines += ["## Checkpoints", "",
               "Generalization loss is the held-out loss after SFT (nats/token, lower is "
-              "better); pass@1 and pass@k are means over the evaluated benchmarks. "
-              "2·SE(gain) is twice the sampling standard error of the gain (an upper bound; "
-              "see the findings).", ""]
-    lines += checkpoint_table(rows, k_first)
+              "better); pass@1 and pass@k are means over the evaluated benchmarks. The "
+              "pass@k control is the guessing control (see the findings): the same samples "
+              "scored against another prompt's answer. 2·SE(gain) is twice the sampling "
+              "standard error of the gain (an upper bound; see the findings).", ""]
+    controls = {r.checkpoint: c for r in rows
+                if (c := guessing_control(sweep_dir, r, sorted({1, k_first}))) is not None}
+    lines += checkpoint_table(rows, k_first, controls)
     findings: list[str] = []
     verdicts: list[str] = []
     study_groups: dict[str, Any] = {}
@@ -1177,6 +1253,7 @@ def write_study(sweep_dir: Path, out_dir: Path, *, allow_partial: bool = False,
         labeled = [c for c in g["candidates"] if predict.OUTCOME in c["outcomes"]]
         settings, facts["paper_settings"] = paper_settings(labeled, group_rows, g["k"], options)
         findings += settings
+        findings += control_findings(group_rows, controls, g["k"], options)
         by_k = spearman_by_k(group_rows, options)
         facts["spearman_by_k"] = {str(k): v for k, v in by_k.items()}
         if by_k:
@@ -1247,6 +1324,8 @@ def write_study(sweep_dir: Path, out_dir: Path, *, allow_partial: bool = False,
             "generalization_loss": r.sft.record["generalization_loss"] if r.sft else None,
             "sft_pass@k": {str(k): v for k, v in r.sft.curve.items()} if r.sft else None,
             "rl_pass@k": {str(k): v for k, v in r.rl.curve.items()} if r.rl else None,
+            "sft_pass@k_control": ({str(k): v for k, v in controls[r.checkpoint].items()}
+                                   if r.checkpoint in controls else None),
             "gain": r.gain, "gain_se": r.gain_se} for r in rows],
         "predictor": report,
     }

@@ -330,3 +330,23 @@ def test_eval_benchmark_script_reads_tasks_and_tables_the_split(tmp_path):
            "verification_s": 0.5, "bookkeeping_s": 0.25, "total_s": 10.0}
     text = script.table(row)
     assert "| bookkeeping | 0.250 | 2.5% |" in text and "| unaccounted | 0.250 | 2.5% |" in text
+
+
+def test_read_rows_reads_without_repairing_and_names_bad_lines(tmp_path):
+    from sftrl.eval.sample_store import read_rows
+
+    path = tmp_path / "s.jsonl"
+    lines = [json.dumps(_row(i)) for i in range(3)]
+    path.write_text("\n".join(lines) + "\n")
+    assert [r["id"] for r in read_rows(path)] == ["r0", "r1", "r2"]
+    torn = "\n".join(lines)[:-20]  # what a kill mid-write leaves: the store would repair it
+    path.write_text(torn)
+    with pytest.raises(SampleStoreError, match=r"s\.jsonl:3: not valid JSON"):
+        read_rows(path)
+    assert path.read_text() == torn  # a reader never writes
+    path.write_text("\n".join([lines[0], lines[1], lines[0]]) + "\n")
+    with pytest.raises(SampleStoreError, match=r"s\.jsonl:3: field 'id'.*repeats line 1"):
+        read_rows(path)
+    path.write_text(json.dumps({**_row(0), "correct": [True]}) + "\n")
+    with pytest.raises(SampleStoreError, match=r"s\.jsonl:1: field 'correct' has 1 entries"):
+        read_rows(path)

@@ -102,3 +102,53 @@ def test_beta_binomial_recovers_parameters_and_extrapolates():
     assert float(fit.pass_at_k(1024)) == pytest.approx(truth_1024, abs=0.03)
     with pytest.raises(ValueError, match="all-wrong"):
         passk.fit_beta_binomial([8, 8], [0, 0])
+
+
+# --- the guessing control ---------------------------------------------------------------------
+
+
+def test_mismatched_answer_control_against_exact_counts():
+    answers = [["1", "2", "1"], ["2", "2", "3"], ["3", None, "1"]]
+    golds = ["1", "2", "3"]
+    # shift 1: prompt 0 vs "2" (1 of 3), prompt 1 vs "3" (1 of 3), prompt 2 vs "1" (1 of 3)
+    assert passk.mismatched_answer_pass_at_k(answers, golds, 1, shifts=1) == pytest.approx(1 / 3)
+    assert passk.mismatched_answer_pass_at_k(answers, golds, 3, shifts=1) == pytest.approx(1.0)
+    # shift 2 adds prompt 0 vs "3", 1 vs "1", 2 vs "2": none match
+    expected = (3 * float(_exact(3, 1, 2)) + 3 * 0.0) / 6
+    assert passk.mismatched_answer_pass_at_k(answers, golds, 2, shifts=2) == pytest.approx(expected)
+    # shifts beyond P - 1 wrap no further; pairs with equal golds are skipped
+    assert passk.mismatched_answer_pass_at_k(answers, golds, 1, shifts=50) == pytest.approx(1 / 6)
+    same = ["1", "1", "2"]  # prompt 0 vs 1 skipped (equal golds)
+    got = passk.mismatched_answer_pass_at_k(answers, same, 1, shifts=1)
+    # pairs: 1 vs "2" (2 of 3), 2 vs "1" (1 of 3)
+    assert got == pytest.approx(1 / 2)
+
+
+def test_mismatched_answer_control_tells_guessing_from_reasoning():
+    rng = np.random.default_rng(0)
+    golds = [str(g) for g in rng.integers(1, 30, size=64)]
+    # A guesser draws answers from the task's answer range, whatever the prompt says.
+    guesser = [[str(a) for a in rng.integers(1, 30, size=64)] for _ in golds]
+    true = float(np.mean(passk.pass_at_k(64, [sum(a == g for a in row)
+                                             for row, g in zip(guesser, golds, strict=True)], 8)))
+    control = passk.mismatched_answer_pass_at_k(guesser, golds, 8)
+    # about 1 - (28/29)^8 = 0.24 each: a control this close to pass@k means guessing
+    assert control == pytest.approx(true, abs=0.06) and control > 0.15
+    # A reasoner answers its own prompt: full marks, and no credit against another's answer.
+    reasoner = [[g] * 64 for g in golds]
+    distinct = [g for i, g in enumerate(golds) if g not in golds[:i]]
+    assert len(distinct) > 10
+    assert passk.mismatched_answer_pass_at_k(reasoner, golds, 8) == 0.0
+
+
+@pytest.mark.parametrize("answers, golds, kwargs, match", [
+    ([["1"]], ["1"], {}, "at least 2 prompts"),
+    ([["1"], ["2"]], ["1"], {}, "one entry per prompt"),
+    ([["1"], ["2"]], ["1", "2"], {"shifts": 0}, "shifts must be a positive integer"),
+    ([["1"], ["1"]], ["1", "1"], {}, "same gold answer"),
+    ([["1"], ["2"]], ["1", "2"], {"k": 2}, "exceeds the samples"),
+])
+def test_mismatched_answer_control_rejects_bad_input(answers, golds, kwargs, match):
+    k = kwargs.pop("k", 1)
+    with pytest.raises(ValueError, match=match):
+        passk.mismatched_answer_pass_at_k(answers, golds, k, **kwargs)

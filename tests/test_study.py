@@ -547,3 +547,51 @@ def test_the_ci_study_runs_end_to_end(tmp_path):
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
                            env=env)
     assert again.returncode == 0 and again.stdout.count("[skip]") == 5, again.stdout[-2000:]
+
+
+def _write_samples(path: Path, prompts: int, n: int) -> tuple[list[list[str]], list[str]]:
+    """A samples file whose answers partly depend on the prompt (a bit of reasoning, a lot of
+    guessing from 1..500)."""
+    golds = [str(p % 40 + 1) for p in range(prompts)]
+    answers = [[golds[p] if j % 16 == 0 else str((p * 7 + j * 13) % 500 + 1) for j in range(n)]
+               for p in range(prompts)]
+    path.parent.mkdir(parents=True)
+    with path.open("w") as f:
+        for p in range(prompts):
+            f.write(json.dumps({
+                "id": f"t{p}", "problem": "q", "answer": golds[p], "responses": answers[p],
+                "num_tokens": [1] * n, "finished": [True] * n,
+                "correct": [a == golds[p] for a in answers[p]], "extracted": answers[p]}) + "\n")
+    return answers, golds
+
+
+def test_the_guessing_control_is_computed_from_the_samples(sweep_copy, tmp_path):
+    from sftrl.eval import passk
+
+    run, checkpoint = "short_cot-diverse-ep9", "ep9-short_cot-diverse-2000-sft"
+    path = sweep_copy / run / "samples" / checkpoint / "synthetic.jsonl"
+    answers, golds = _write_samples(path, PROMPTS, N)
+    expected = {k: passk.mismatched_answer_pass_at_k(answers, golds, k, shifts=8)
+                for k in (1, 256)}
+    text = study.write_study(sweep_copy, tmp_path / "out").read_text()
+    rows = {r["run"]: r for r in table(text, "#")}
+    assert rows[run]["SFT pass@256 control"] == f"{expected[256]:.4f}"
+    assert rows["answer_only-diverse-ep3"]["SFT pass@256 control"] == "no samples"
+    p1, p256 = NUMBERS[[r[0] for r in RUNS].index(run)][:2]
+    assert 0.1 < expected[256] < 0.9
+    assert (f"pass@256 control {expected[256]:.3f} to {expected[256]:.3f} against the true "
+            f"{p256:.3f} to {p256:.3f}") in text
+    assert (f"on average {100 * expected[256] / p256:.0f}% of it; at k = 1 the control is "
+            f"{100 * expected[1] / p1:.0f}% of pass@1.") in text
+    numbers = json.loads((tmp_path / "out" / "study.json").read_text())
+    entry = next(c for c in numbers["checkpoints"] if c["run"] == run)
+    assert entry["sft_pass@k_control"]["256"] == pytest.approx(expected[256])
+    # Bad samples are errors that name the file and line, or the count that disagrees.
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(study.StudyError, match=rf"{path}: {PROMPTS - 1} prompts, but .*"
+                       r"'benchmarks\.synthetic\.num_prompts' is 128"):
+        study.write_study(sweep_copy, tmp_path / "out")
+    path.write_text("\n".join([*lines[:5], "{", *lines[6:]]) + "\n")
+    with pytest.raises(study.StudyError, match=rf"{path}:6: not valid JSON"):
+        study.write_study(sweep_copy, tmp_path / "out")

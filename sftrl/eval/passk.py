@@ -162,6 +162,45 @@ def majority_at_k(
     return float(np.mean(scores))
 
 
+# --- the guessing control -----------------------------------------------------------------------
+
+
+def mismatched_answer_pass_at_k(
+    answers: Sequence[Sequence[Hashable | None]],
+    golds: Sequence[Hashable],
+    k: int,
+    *,
+    shifts: int = 8,
+) -> float:
+    """pass@k of the same samples scored against ANOTHER prompt's gold answer: a control for
+    how much of pass@k a model gets by guessing. Prompt p's samples are scored against the gold
+    of prompt (p + s) mod P for s = 1..shifts (pairs whose golds are equal are skipped) and the
+    unbiased pass@k is averaged over all those pairs. Reasoning finds the right answer far more
+    often than a wrong one; guessing from a small answer space (the embedded task's integers)
+    finds both about as often, so at large k a control close to pass@k means pass@k measures
+    the spread of guesses, not reasoning.
+
+    answers[p][i] is sample i's normalised answer (None: nothing extracted), compared with the
+    gold by equality; verdicts that need symbolic equivalence are not reproduced, so on such
+    benchmarks the control is a lower bound.
+    """
+    if len(answers) != len(golds) or len(golds) < 2:
+        raise ValueError("answers and golds need one entry per prompt each, at least 2 prompts")
+    if not isinstance(shifts, int) or shifts < 1:
+        raise ValueError(f"shifts must be a positive integer, got {shifts!r}")
+    n, c = [], []
+    for p, prompt_answers in enumerate(answers):
+        for s in range(1, min(shifts, len(golds) - 1) + 1):
+            other = golds[(p + s) % len(golds)]
+            if other == golds[p]:
+                continue
+            n.append(len(prompt_answers))
+            c.append(sum(a is not None and a == other for a in prompt_answers))
+    if not n:
+        raise ValueError("every prompt has the same gold answer: no mismatched pair to score")
+    return float(np.mean(pass_at_k(np.array(n), np.array(c), k)))
+
+
 # --- extrapolation past n -----------------------------------------------------------------------
 
 

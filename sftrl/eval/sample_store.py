@@ -79,12 +79,34 @@ def check_row(row: Mapping[str, Any], where: str) -> None:
             raise SampleStoreError(f"{where}: field {field!r} must be a list of {n} numbers")
 
 
+def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every row of a finished samples file, read-only: `SampleStore` repairs a torn last line
+    in place, and a reader must not write. So here every bad line, the last included, is an
+    error naming the file, line and field."""
+    path = Path(path)
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise SampleStoreError(f"{where}: not valid JSON ({error})") from None
+        check_row(row, where)
+        if row["id"] in seen:
+            raise SampleStoreError(f"{where}: field 'id': {row['id']!r} repeats line "
+                                   f"{seen[row['id']]}")
+        seen[row["id"]] = number
+        rows.append(row)
+    return rows
+
+
 class SampleStore:
     """The rows of one samples file; `append` makes a row durable before returning.
 
     Use as a context manager (or call `close`) so the append handle is released. One writer
     per file: opening repairs a torn last line, so do not open a file another process is
-    still appending to (read it with `json.loads` per line instead).
+    still appending to (read it with `read_rows` instead).
     """
 
     def __init__(self, path: str | os.PathLike[str]):
