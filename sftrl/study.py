@@ -602,13 +602,19 @@ def control_findings(rows: Sequence[Row], controls: Mapping[str, dict[int, float
     ctrl_k = np.array([controls[r.checkpoint][k] for r in done])
     true_1 = np.array([r.sft.pass1 for r in done])
     ctrl_1 = np.array([controls[r.checkpoint][1] for r in done])
-    share = lambda c, t: float(np.mean(c[t > 0] / t[t > 0])) if np.any(t > 0) else math.nan  # noqa: E731
+
+    def share(control: np.ndarray, true: np.ndarray, what: str) -> str:
+        """The control as a share of the true value, over checkpoints where that is not 0."""
+        if not np.any(true > 0):
+            return f"no share ({what} is 0 for every checkpoint)"
+        return (f"on average "
+                f"{100 * float(np.mean(control[true > 0] / true[true > 0])):.0f}% of {what}")
+
     text = (f"Guessing control (the same post-SFT samples scored against another prompt's gold "
             f"answer, {CONTROL_SHIFTS} shifts; `sftrl.eval.passk.mismatched_answer_pass_at_k`): "
             f"pass@{k} control {ctrl_k.min():.3f} to {ctrl_k.max():.3f} against the true "
-            f"{true_k.min():.3f} to {true_k.max():.3f}, on average "
-            f"{100 * share(ctrl_k, true_k):.0f}% of it; at k = 1 the control is "
-            f"{100 * share(ctrl_1, true_1):.0f}% of pass@1.")
+            f"{true_k.min():.3f} to {true_k.max():.3f}, {share(ctrl_k, true_k, f'pass@{k}')}; "
+            f"at k = 1 the control is {share(ctrl_1, true_1, 'pass@1')}.")
     labeled = [i for i, r in enumerate(done) if r.rl is not None]
     if len(labeled) >= 3:
         x = (true_k - ctrl_k)[labeled]

@@ -544,6 +544,9 @@ def test_the_ci_study_runs_end_to_end(tmp_path):
     assert len(rows) == 4 and all(r["RL pass@1"] != "missing" for r in rows)
     assert "- 4 SFT checkpoints from 4 data sets of 48 synthetic examples." in text
     assert "| Mistral-NeMo-12B | pass@k (large k) | 0.92 |" in text
+    # Every run kept its samples, so the guessing control is there; all zero here, so no share.
+    assert all(r["SFT pass@4 control"] == "0.0000" for r in rows)
+    assert "0.000 to 0.000, no share (pass@4 is 0 for every checkpoint); at k = 1" in text
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
                            env=env)
     assert again.returncode == 0 and again.stdout.count("[skip]") == 5, again.stdout[-2000:]
@@ -581,8 +584,8 @@ def test_the_guessing_control_is_computed_from_the_samples(sweep_copy, tmp_path)
     assert 0.1 < expected[256] < 0.9
     assert (f"pass@256 control {expected[256]:.3f} to {expected[256]:.3f} against the true "
             f"{p256:.3f} to {p256:.3f}") in text
-    assert (f"on average {100 * expected[256] / p256:.0f}% of it; at k = 1 the control is "
-            f"{100 * expected[1] / p1:.0f}% of pass@1.") in text
+    assert (f"on average {100 * expected[256] / p256:.0f}% of pass@256; at k = 1 the control "
+            f"is on average {100 * expected[1] / p1:.0f}% of pass@1.") in text
     numbers = json.loads((tmp_path / "out" / "study.json").read_text())
     entry = next(c for c in numbers["checkpoints"] if c["run"] == run)
     assert entry["sft_pass@k_control"]["256"] == pytest.approx(expected[256])
