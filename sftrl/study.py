@@ -842,7 +842,7 @@ def _leading_number(cell: Any) -> float | None:
 
 def paper_differences(paper: Mapping[str, Mapping[str, Mapping[str, Any]]],
                       g: dict[str, Any], k: int) -> list[str]:
-    """Per paper model, this study's Spearman ρ minus the paper's, proxy by proxy, and the
+    """Per paper model, this study's Spearman ρ next to the paper's, proxy by proxy, and the
     margin over post-SFT pass@1 in both (the paper's headline), at both levels."""
     lines = []
     for level, column, pooling in (("dataset", "dataset_spearman", "one point per data set"),
