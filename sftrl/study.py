@@ -64,6 +64,8 @@ PAPER_COLUMNS = ("dataset_spearman", "dataset_r2", "instance_spearman", "instanc
 ALPHA = 0.05
 # Two standard errors: a gain or a spread below this is not told apart from sampling noise.
 NOISE_SE = 2.0
+# The confidence of the paired bootstrap intervals of Spearman differences.
+CONFIDENCE = 0.95
 _TOL = 1e-9
 
 
@@ -236,6 +238,7 @@ class Row:
     sft: EvalResult | None = None
     rl: EvalResult | None = None
     missing: str = ""  # why the row is incomplete
+    data_size: int | None = None  # SFT examples of a synthetic data set (its name ends in it)
 
     @property
     def gain(self) -> float | None:
@@ -264,6 +267,19 @@ def _epochs(config: dict[str, Any], where: str) -> int | None:
     return value
 
 
+def _data_size(config: dict[str, Any], where: str) -> int | None:
+    """The synthetic data set's size from a run's config; None for file-based data."""
+    data = config.get("data") or {}
+    if data.get("source", "synthetic") != "synthetic":
+        return None
+    value = (data.get("synthetic") or {}).get("size")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise StudyError(f"{where}: field 'data.synthetic.size' is {value!r}, not an int")
+    return value
+
+
 def _sft_steps(run_dir: Path, variant: str) -> int:
     path = run_dir / "pipeline.json"
     steps = _read_json(path)
@@ -280,13 +296,14 @@ def load_run(sweep_dir: Path, status: RunStatus) -> list[Row]:
     run_dir = sweep_dir / status.name
     config = _run_config(run_dir)
     epochs = _epochs(config, str(run_dir / "config.json"))
+    size = _data_size(config, str(run_dir / "config.json"))
     evals = [load_eval(p) for p in sorted((run_dir / "eval").glob("*.json"))]
     sft = {e.record["checkpoint"]: e for e in evals if e.record["stage"] == "sft"}
     if not sft:
         raise StudyError(f"{run_dir / 'eval'}: no post-SFT eval file (stage 'sft')")
     rows = {name: Row(status.name, name, e.record["group"], e.record["dataset"], epochs,
                       _sft_steps(run_dir, e.record["dataset"]), status.seconds,
-                      status.estimated_attempts > 0, e)
+                      status.estimated_attempts > 0, e, data_size=size)
             for name, e in sft.items()}
     for e in evals:
         if e.record["stage"] != "rl":
@@ -543,17 +560,12 @@ def group_findings(group: str, g: dict[str, Any], rows: Sequence[Row],
     return lines, facts
 
 
-CONFIDENCE = 0.95
-
-
 def _margin_text(d: float, low: float, high: float) -> str:
     if math.isnan(d):
         return "undefined (tied ranks)"
     if math.isnan(low):
         return f"{d:+.3f} [no interval: every resample has tied ranks]"
     return f"{d:+.3f} [{low:+.3f}, {high:+.3f}]"
-# A trailing "-<digits>" of a data set's name is its size (the synthetic task's "style-phrasing-N").
-_SIZE_SUFFIX = re.compile(r"-(\d+)$")
 
 
 CONTROL_SHIFTS = 8
@@ -619,25 +631,27 @@ def control_findings(rows: Sequence[Row], controls: Mapping[str, dict[int, float
     if len(labeled) >= 3:
         x = (true_k - ctrl_k)[labeled]
         y = np.array([done[i].rl.pass1 for i in labeled])
-        rho = _rho(x, y)
-        if not math.isnan(rho):
-            pval = predict.permutation_pvalue(x, y, int(options["n_permutations"]),
-                                              int(options["seed"]))
+        score = _rho_p(x, y, options)
+        if score is not None:
             text += (f" pass@{k} minus its control, as a proxy (not one of the paper's): "
-                     f"instance-level Spearman ρ {rho:.3f} (p = {pval:.3f}).")
+                     f"instance-level Spearman ρ {score['rho']:.3f} "
+                     f"(p = {score['p_value']:.3f}).")
     return [text]
 
 
-def data_distribution(dataset: str) -> str:
+def data_distribution(row: Row) -> str:
     """The data set's name without its size: checkpoints of one distribution share it."""
-    return _SIZE_SUFFIX.sub("", dataset)
+    dataset, suffix = row.dataset or "", f"-{row.data_size}"
+    return dataset.removesuffix(suffix) if row.data_size is not None else dataset
 
 
-def _within_zscored_average(x: Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
-    """The predictor's `average`, z-scored within these points rather than the whole group."""
-    z = [(x[p] - x[p].mean()) / x[p].std() if x[p].std() > 0 else np.zeros_like(x[p])
-         for p in names]
-    return np.mean(z, axis=0)
+def _rho_p(x: np.ndarray, y: np.ndarray, options: Mapping[str, Any]) -> dict[str, float] | None:
+    """Spearman ρ and its permutation p-value, the predictor's; None where ρ is undefined."""
+    rho = _rho(x, y)
+    if math.isnan(rho):
+        return None
+    return {"rho": float(rho), "p_value": float(predict.permutation_pvalue(
+        x, y, int(options["n_permutations"]), int(options["seed"])))}
 
 
 def spearman_by_k(rows: Sequence[Row], options: Mapping[str, Any]) -> dict[int, dict[str, float]]:
@@ -649,15 +663,9 @@ def spearman_by_k(rows: Sequence[Row], options: Mapping[str, Any]) -> dict[int, 
         return {}
     y = np.array([r.rl.pass1 for r in done], float)
     ks = sorted(set.intersection(*(set(r.sft.curve) for r in done)))
-    out = {}
-    for k in ks:
-        x = np.array([r.sft.curve[k] for r in done], float)
-        rho = _rho(x, y)
-        if math.isnan(rho):
-            continue
-        out[k] = {"rho": float(rho), "p_value": float(predict.permutation_pvalue(
-            x, y, int(options["n_permutations"]), int(options["seed"])))}
-    return out
+    scores = {k: _rho_p(np.array([r.sft.curve[k] for r in done], float), y, options)
+              for k in ks}
+    return {k: score for k, score in scores.items() if score is not None}
 
 
 def paper_settings(labeled: Sequence[Mapping[str, Any]], rows: Sequence[Row], k: int,
@@ -676,29 +684,28 @@ def paper_settings(labeled: Sequence[Mapping[str, Any]], rows: Sequence[Row], k:
 
     def proxies(members: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         x = {p: np.array([c["proxies"][p] for c in members], float) for p in base}
-        x[predict.AVERAGE] = _within_zscored_average(x, base)
+        # the predictor's average, z-scored within these points rather than the whole group
+        x[predict.AVERAGE] = predict.zscored_average([x[p] for p in base])
         return x
 
     def rho_text(members: Sequence[Mapping[str, Any]]) -> tuple[str, dict[str, Any]]:
         y = np.array([c["outcomes"][predict.OUTCOME] for c in members], float)
         out, cells = {}, []
         for p, x in proxies(members).items():
-            rho = _rho(x, y)
-            if math.isnan(rho):
+            score = _rho_p(x, y, options)
+            if score is None:
                 cells.append(f"{labels[p]} undefined (tied ranks)")
                 continue
-            pval = predict.permutation_pvalue(x, y, int(options["n_permutations"]),
-                                              int(options["seed"]))
-            out[p] = {"rho": float(rho), "p_value": float(pval)}
-            cells.append(f"{labels[p]} {rho:.3f} (p = {pval:.3f})")
+            out[p] = score
+            cells.append(f"{labels[p]} {score['rho']:.3f} (p = {score['p_value']:.3f})")
         return ", ".join(cells), out
 
     lines: list[str] = []
     facts: dict[str, Any] = {"one_distribution": {}, "same_recipe": {}}
     # One distribution, trained differently.
     groups: dict[str, list] = {}
-    for c, _ in points:
-        groups.setdefault(data_distribution(c["dataset"]), []).append(c)
+    for c, r in points:
+        groups.setdefault(data_distribution(r), []).append(c)
     right = dict.fromkeys(labels, 0)
     pairs = 0
     for members in groups.values():
@@ -729,11 +736,10 @@ def paper_settings(labeled: Sequence[Mapping[str, Any]], rows: Sequence[Row], k:
     # Different data sets, one recipe (same size and epochs).
     recipes: dict[tuple[int | None, int], list] = {}
     for c, r in points:
-        size = _SIZE_SUFFIX.search(c["dataset"])
-        recipes.setdefault((int(size[1]) if size else None, r.epochs), []).append(c)
-    for (size, epochs), members in sorted(recipes.items(), key=lambda kv: str(kv[0])):
-        distinct = {data_distribution(c["dataset"]) for c in members}
-        if len(distinct) < 3:
+        recipes.setdefault((r.data_size, r.epochs), []).append((c, r))
+    for (size, epochs), recipe_points in sorted(recipes.items(), key=lambda kv: str(kv[0])):
+        members = [c for c, _ in recipe_points]
+        if len({data_distribution(r) for _, r in recipe_points}) < 3:
             continue
         text, scores = rho_text(members)
         recipe = (f"{size} examples × " if size else "") + \
@@ -817,19 +823,25 @@ def verdict(group_facts: dict[str, Any], signal: dict[str, Any], n: int) -> list
 # ------------------------------------------------------------------ paper numbers
 
 
-def paper_provenance(path: Path | None) -> tuple[str, list[str]]:
-    """(where the numbers come from, notes on them) from the `--paper_numbers` file: a table
-    without a source cannot be checked, so "source" is required."""
-    if path is None:
-        return "", []
-    data = _read_json(path)
+@dataclasses.dataclass(frozen=True)
+class PaperNumbers:
+    """The `--paper_numbers` file: {model: {row label: {column: value}}}, where the numbers
+    come from, and notes on them."""
+
+    table: dict[str, dict[str, dict[str, Any]]]
+    source: str = ""
+    notes: tuple[str, ...] = ()
+
+
+def _paper_provenance(data: Any, path: Path) -> tuple[str, tuple[str, ...]]:
+    """(source, notes): a table without a source cannot be checked, so it is required."""
     source = data.get("source") if isinstance(data, dict) else None
     if not isinstance(source, str) or not source.strip():
         raise StudyError(f"{path}: field 'source' must say where the numbers come from")
     notes = data.get("notes", [])
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
         raise StudyError(f"{path}: field 'notes' must be a list of strings")
-    return source.strip(), notes
+    return source.strip(), tuple(notes)
 
 
 def _leading_number(cell: Any) -> float | None:
@@ -870,13 +882,14 @@ def paper_differences(paper: Mapping[str, Mapping[str, Mapping[str, Any]]],
     return lines
 
 
-def load_paper_numbers(path: Path | None, k_label: str) -> dict[str, dict[str, dict[str, Any]]]:
-    """{model: {row label: {column: value}}} from a JSON file typed in from the paper:
-    {"source": "...", "models": {"Llama-3-8B": {"post-SFT pass@1": {"dataset_spearman": 0.1,
+def load_paper_numbers(path: Path | None, k_label: str) -> PaperNumbers:
+    """The paper's table from a JSON file typed in from it: {"source": "...", "notes": [...],
+    "models": {"Llama-3-8B": {"post-SFT pass@1": {"dataset_spearman": 0.1,
     "dataset_r2": "0.2 ± 0.1", ...}}}}; values are numbers or text, absent cells stay empty."""
     if path is None:
-        return {}
+        return PaperNumbers({})
     data = _read_json(path)
+    source, notes = _paper_provenance(data, path)
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, dict):
         raise StudyError(f"{path}: field 'models' must be an object")
@@ -900,7 +913,7 @@ def load_paper_numbers(path: Path | None, k_label: str) -> dict[str, dict[str, d
                     _number(value, f"{where}.{column}")
             key = "pass@k" if row in (k_label, "pass@k (large k)") else row
             out.setdefault(model, {})[key] = cells
-    return out
+    return PaperNumbers(out, source, notes)
 
 
 # ------------------------------------------------------------------ rendering
@@ -1005,10 +1018,6 @@ def _params(model: Mapping[str, Any]) -> int | None:
         return None
 
 
-def _synthetic_size(run_dir: Path) -> Any:
-    return ((_run_config(run_dir).get("data") or {}).get("synthetic") or {}).get("size")
-
-
 def _or_list(values: Sequence[Any]) -> str:
     """'a', 'a or b', 'a, b or c'."""
     words = [str(v) for v in values]
@@ -1026,8 +1035,7 @@ def setup_facts(sweep_dir: Path, rows: Sequence[Row]) -> list[str]:
     benches = sorted(first.sft.record["benchmarks"])
     rl_steps = (config.get("rl") or {}).get("num_steps")
     # A sweep may vary the data size too, so every run's size counts, not the first's.
-    data_sizes = sorted({size for r in finished
-                         if isinstance(size := _synthetic_size(sweep_dir / r.run), int)})
+    data_sizes = sorted({r.data_size for r in finished if r.data_size is not None})
     return [
         f"- model: {model.get('model_type')} with hidden size {model.get('hidden_size')} and "
         f"{model.get('num_layers')} layers"
@@ -1286,21 +1294,21 @@ def write_study(sweep_dir: Path, out_dir: Path, *, allow_partial: bool = False,
             "by sqrt(p(1-p)/(nP))); seed-to-seed variation of RL itself is not measured "
             "(one RL run per checkpoint) and adds to it.")
     lines += ["## Findings", "", *[f"- {f}" for f in findings + verdicts], ""]
-    source, notes = paper_provenance(paper_numbers)
+    paper = load_paper_numbers(paper_numbers, f"pass@{k_first}")
     lines += ["## The paper's numbers", "",
               "For comparison with the paper's own table for Llama-3-8B and Mistral-NeMo-12B. "
-              + (f"Values from `{paper_numbers}`, as typed in there; their source: {source}"
+              + (f"Values from `{paper_numbers}`, as typed in there; their source: "
+                 f"{paper.source}"
                  if paper_numbers else
                  "**To be filled from the paper**: its numbers are not available in this "
                  "workspace, so the cells are left empty rather than guessed. Fill them by "
                  "passing `--paper_numbers=FILE` (see `sftrl.study.load_paper_numbers`)."),
               "", PAPER_HEADLINE, ""]
-    paper = load_paper_numbers(paper_numbers, f"pass@{k_first}")
-    lines += paper_table(paper, k_first)
-    lines += [f"- {note}" for note in notes] + ([""] if notes else [])
-    if paper:
-        differences = [line for group, g in report["groups"].items()
-                       for line in paper_differences(paper, g, g["k"])]
+    lines += paper_table(paper.table, k_first)
+    lines += [f"- {note}" for note in paper.notes] + ([""] if paper.notes else [])
+    if paper.table:
+        differences = [line for g in report["groups"].values()
+                       for line in paper_differences(paper.table, g, g["k"])]
         lines += [f"- {line}" for line in differences] + ([""] if differences else [])
     lines += ["How this study differs from the paper's setting (differences in the numbers "
               "above follow partly from these):", "", *setup_facts(sweep_dir, rows), ""]

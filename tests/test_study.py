@@ -369,6 +369,9 @@ def test_paper_numbers_fill_the_table_and_are_checked(sweep_copy, tmp_path):
     assert row["data-set Spearman"] == ""
     assert f"Values from `{numbers}`, as typed in there; their source: Table 3 of the paper." \
         in text and "- k = 64 there." in text
+    # The paper's source must not replace the predictor's in study.json (it once did).
+    numbers_json = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert numbers_json["predictor_source"].startswith("`predict/report/predictor.json`")
     # This study's ρ next to the paper's, and both margins over post-SFT pass@1.
     g = json.loads((sweep_copy / "predict" / "report" / "predictor.json").read_text())[
         "groups"]["llama-128x4"]["scores"]["instance"][predict.OUTCOME]

@@ -490,14 +490,19 @@ def proxy_matrix(candidates: Sequence[Candidate], proxies: Sequence[str],
                  k: int) -> dict[str, np.ndarray]:
     """{oriented proxy name: values over the candidates}, with the z-scored average."""
     out = {display_name(p): oriented_values(candidates, p) for p in proxies}
+    out[AVERAGE] = zscored_average([out[display_name(p)] for p in base_proxies(k)])
+    return out
+
+
+def zscored_average(columns: Sequence[np.ndarray]) -> np.ndarray:
+    """The ``average`` proxy: the mean of the columns, each z-scored over its points
+    (population std)."""
     zs = []
-    for p in base_proxies(k):
-        v = out[display_name(p)]
+    for v in columns:
         std = float(v.std())
         # a constant base proxy carries no ranking information; it adds 0 to every candidate
         zs.append((v - v.mean()) / std if std > 0 else np.zeros_like(v))
-    out[AVERAGE] = np.mean(zs, axis=0)
-    return out
+    return np.mean(zs, axis=0)
 
 
 def dataset_points(datasets: Sequence[str], x: np.ndarray,
