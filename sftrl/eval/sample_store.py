@@ -79,6 +79,14 @@ def check_row(row: Mapping[str, Any], where: str) -> None:
             raise SampleStoreError(f"{where}: field {field!r} must be a list of {n} numbers")
 
 
+def _admit(row: Any, where: str, number: int, ids: dict[str, int]) -> None:
+    """Checks a parsed line (fields, and an id no earlier line has) and records its id."""
+    check_row(row, where)
+    if row["id"] in ids:
+        raise SampleStoreError(f"{where}: field 'id': {row['id']!r} repeats line {ids[row['id']]}")
+    ids[row["id"]] = number
+
+
 def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every row of a finished samples file, read-only: `SampleStore` repairs a torn last line
     in place, and a reader must not write. So here every bad line, the last included, is an
@@ -92,11 +100,7 @@ def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             row = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise SampleStoreError(f"{where}: not valid JSON ({error})") from None
-        check_row(row, where)
-        if row["id"] in seen:
-            raise SampleStoreError(f"{where}: field 'id': {row['id']!r} repeats line "
-                                   f"{seen[row['id']]}")
-        seen[row["id"]] = number
+        _admit(row, where, number, seen)
         rows.append(row)
     return rows
 
@@ -137,11 +141,7 @@ class SampleStore:
                     self._truncate(keep_bytes - len(raw) - 1, number, f"not valid JSON ({error})")
                     break
                 raise SampleStoreError(f"{where}: not valid JSON ({error})") from None
-            check_row(row, where)
-            if row["id"] in self._ids:
-                raise SampleStoreError(
-                    f"{where}: field 'id': {row['id']!r} repeats line {self._ids[row['id']]}")
-            self._ids[row["id"]] = number
+            _admit(row, where, number, self._ids)
             self._rows.append(row)
 
     def _truncate(self, size: int, line: int, why: str) -> None:
