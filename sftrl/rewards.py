@@ -1522,12 +1522,46 @@ class CheckSummary:
     compared: int = 0  # responses that had an old verdict to compare with
 
 
+# (responses, gold) field names: sftrl's own sample store first, then the one-response layout
+_FIELD_LAYOUTS = (("responses", "answer"), ("response", "gold"))
+
+
+def detect_fields(path: Path) -> tuple[str, str]:
+    """The (response, gold) field names of `path`, read from its first record.
+
+    sftrl's eval stage writes `responses` / `answer` (`sftrl.eval.sample_store`); other tools
+    often write one `response` and a `gold`. A file with neither is reported by the reader, which
+    names the missing field of the default layout.
+    """
+    with path.open("rb") as handle:
+        for raw in handle:
+            try:
+                data = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                break  # the reader reports it with the line number
+            if not isinstance(data, dict):
+                break
+            for response_field, gold_field in _FIELD_LAYOUTS:
+                if response_field in data and gold_field in data:
+                    return response_field, gold_field
+            break
+    return _FIELD_LAYOUTS[-1]
+
+
 def rescore_file(path: Path, out: Path, *, verifier: Verifier,
-                 config: ExtractionConfig, response_field: str = "response",
-                 gold_field: str = "gold", verdict_field: str = "correct",
+                 config: ExtractionConfig, response_field: str | None = None,
+                 gold_field: str | None = None, verdict_field: str = "correct",
                  responses_per_chunk: int = 20_000) -> CheckSummary:
-    """Writes `path`'s records with fresh verdicts to `out`, atomically (temp file + rename)."""
+    """Writes `path`'s records with fresh verdicts to `out`, atomically (temp file + rename).
+
+    Field names left as None are detected from the first record (`detect_fields`).
+    """
     from tqdm import tqdm
+
+    if response_field is None or gold_field is None:
+        detected = detect_fields(path)
+        response_field = response_field or detected[0]
+        gold_field = gold_field or detected[1]
 
     summary = CheckSummary()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1588,8 +1622,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--benchmark", default=None,
                         help=f"extraction preset {sorted(PRESETS)} (default: the file's name "
                              "if it is a preset, else 'default')")
-    parser.add_argument("--response-field", default="response")
-    parser.add_argument("--gold-field", default="gold")
+    parser.add_argument("--response-field", default=None,
+                        help="default: 'responses' (sftrl's samples files) if the first record "
+                             "has it, else 'response'")
+    parser.add_argument("--gold-field", default=None,
+                        help="default: 'answer' with 'responses', else 'gold'")
     parser.add_argument("--verdict-field", default="correct")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--timeout-s", type=float, default=5.0)
@@ -1601,18 +1638,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     path: Path = args.check
     if not path.is_file():
-        print(f"error: {path}: no such file", file=sys.stderr)
+        print(f"sftrl: error: {path}: no such file", file=sys.stderr)
         return 2
     preset = args.benchmark or (path.stem if path.stem in PRESETS else "default")
     out = path if args.in_place else (args.out or path.with_suffix(".rescored.jsonl"))
     if not args.in_place and out.resolve() == path.resolve():
-        print(f"error: --out {out} is the input file; pass --in-place to replace it",
+        print(f"sftrl: error: --out {out} is the input file; pass --in-place to replace it",
               file=sys.stderr)
         return 2
     try:
         config = get_config(preset)
     except KeyError as error:
-        print(f"error: --benchmark: {error.args[0]}", file=sys.stderr)
+        print(f"sftrl: error: --benchmark: {error.args[0]}", file=sys.stderr)
         return 2
     with Verifier(config, workers=args.workers, timeout_s=args.timeout_s) as verifier:
         try:
@@ -1620,8 +1657,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    response_field=args.response_field,
                                    gold_field=args.gold_field, verdict_field=args.verdict_field)
         except SamplesFileError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+            print(f"sftrl: error: {error}", file=sys.stderr)
+            return 2
         stats = verifier.stats
     accuracy = summary.correct / summary.responses if summary.responses else 0.0
     print(f"{out}: {summary.records} records, {summary.responses} responses, "

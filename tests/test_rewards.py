@@ -603,10 +603,26 @@ def test_check_names_file_line_and_field(tmp_path: Path, capsys: pytest.CaptureF
                                          lines: str | bytes, message: str) -> None:
     source = tmp_path / "bad.jsonl"
     source.write_bytes(lines.encode() if isinstance(lines, str) else lines)
-    assert rewards.main(["--check", str(source), "--workers", "1"]) == 1
-    assert f"{source}{message}" in capsys.readouterr().err
+    assert rewards.main(["--check", str(source), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{source}{message}" in err and err.startswith("sftrl: error: ")
     assert not (tmp_path / "bad.rescored.jsonl").exists()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_check_reads_the_files_the_eval_stage_writes(tmp_path: Path) -> None:
+    """The sample store's layout (`responses` / `answer`) is rescored without field flags."""
+    from sftrl.eval.sample_store import SampleStore
+
+    source = tmp_path / "math500.jsonl"
+    with SampleStore(source) as store:
+        store.append({"id": "p0", "problem": "1+1?", "answer": "2",
+                      "responses": [r"\boxed{2}", r"\boxed{3}"], "num_tokens": [3, 3],
+                      "finished": [True, True], "correct": [False, False],
+                      "extracted": [None, None]})
+    out = tmp_path / "rescored.jsonl"
+    assert rewards.main(["--check", str(source), "--out", str(out), "--workers", "1"]) == 0
+    assert json.loads(out.read_text())["correct"] == [True, False]
 
 
 def test_check_as_a_module(tmp_path: Path) -> None:
