@@ -761,10 +761,29 @@ def _gold_value(gold: str, limits: _Limits) -> str:
         return _NO_VALUE
 
 
-def _worker_init(memory_bytes: int | None) -> None:
+def _exit_when_orphaned(parent_pid: int, poll_s: float = 0.5) -> None:
+    """Ends this worker once its parent is gone (the parent's pid is no longer our parent's).
+
+    A SIGKILLed parent (a preempted job, kill -9) runs no clean-up, and an idle worker blocked on
+    the executor's queue would wait forever. Polling the parent pid works on every POSIX system
+    and, unlike Linux's PR_SET_PDEATHSIG, does not fire when merely the thread that happened to
+    start the worker ends.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="sftrl-orphan-watch", daemon=True).start()
+
+
+def _worker_init(memory_bytes: int | None, parent_pid: int | None = None) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which cleans up
+    if parent_pid is not None:
+        _exit_when_orphaned(parent_pid)
     if memory_bytes:
         try:
             import resource
@@ -884,7 +903,7 @@ class _WorkerPool:
             raise ImportError("symbolic answer checks need math-verify: pip install math-verify")
         executor = cf.ProcessPoolExecutor(
             self.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init, initargs=(self.memory_bytes,),
+            initializer=_worker_init, initargs=(self.memory_bytes, os.getpid()),
         )
         # Wait until every worker has started and imported sympy, so that no check's deadline
         # includes a process start-up.

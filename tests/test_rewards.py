@@ -685,3 +685,59 @@ def test_default_extraction_knows_every_explicit_marker():
     assert rewards.extract_answer("steps...\n#### 1,234") == "1,234"
     assert rewards.extract_answer("The final answer is 12.") is not None
     assert rewards.extract_answer("I computed 12 then 13") is None  # no bare-number guessing
+
+
+# ---------------------------------------------------------------------------------------------
+# A SIGKILLed parent leaves no verifier workers behind
+# ---------------------------------------------------------------------------------------------
+
+_PARENT = r"""
+import os, sys, time
+from sftrl.rewards import Verifier
+verifier = Verifier("default", workers=2, cache=False)
+assert verifier.verify(r"\boxed{\sqrt{20}}", r"2\sqrt{5}")  # symbolic: starts the workers
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # the command name may hold spaces; the fields after its closing parenthesis do not
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_workers_exit_when_their_parent_is_killed() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline().strip() == "ready"
+        # the spawn context's resource tracker is a child too; it exits on its own pipe's EOF
+        workers = _children(parent.pid)
+        assert len(workers) >= 2
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if _alive(pid)]
