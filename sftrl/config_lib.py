@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -131,7 +132,8 @@ def base_config() -> ml_collections.ConfigDict:
     # The 'rl' stage (sftrl.train.grpo): GRPO from an SFT checkpoint.
     c.rl = ml_collections.ConfigDict()
     # Where the policy starts: an SFT run directory (its latest checkpoint's params), else a
-    # Hugging Face folder; "" with neither: <workdir>/../sft if it exists, else model.hf_path.
+    # Hugging Face folder; "" with neither: <workdir> itself if it holds an SFT run (GRPO then
+    # writes to <workdir>/rl), else <workdir>/../sft if it holds one, else model.hf_path.
     c.rl.init_workdir = ""
     c.rl.init_hf_path = ""
     # "synthetic" (the task's RL prompts) | "files" | "math_train" (ships with the package)
@@ -589,3 +591,53 @@ def make_layout(config: ml_collections.ConfigDict, rules: Any = None) -> Any:
     """The mesh the config asks for, over all devices, with the given rules table."""
     sizes = mesh_sizes(config, jax.device_count())
     return sharding.Layout(sharding.make_mesh(**sizes), rules or sharding.TRAIN_RULES)
+
+
+def _is_local(path: str) -> bool:
+    """Local paths are checked at start-up; a URL-like path (gs://...) is the storage's job."""
+    return "://" not in path
+
+
+def check_inputs(config: ml_collections.ConfigDict) -> None:
+    """Every input path and prompt template the config's stage will use exists, checked now.
+
+    validate() checks the config's shape; this checks the world it points at, so a missing RL
+    prompt file fails before SFT and evaluation have run for an hour, not after.
+    """
+    from sftrl.data.prompts import PROMPT_TEMPLATES
+
+    stage = config.stage
+    uses_sft = stage in ("sft", "pipeline")
+    uses_rl = stage in ("rl", "pipeline")
+    uses_eval = stage in ("eval", "pipeline")
+    paths: list[tuple[str, str, str]] = []  # (key, path, "file" | "dir")
+    if config.model.hf_path:
+        paths.append(("model.hf_path", config.model.hf_path, "dir"))
+    if config.data.tokenizer:
+        paths.append(("data.tokenizer", config.data.tokenizer, "dir"))
+    if uses_sft and config.data.source == "files":
+        paths += [("data.train_files", p, "file") for p in config.data.train_files]
+    if uses_rl:
+        if config.rl.prompt_source == "files":
+            paths += [("rl.prompt_files", p, "file") for p in config.rl.prompt_files]
+        if stage == "rl" and config.rl.init_workdir:
+            paths.append(("rl.init_workdir", config.rl.init_workdir, "dir"))
+        if config.rl.init_hf_path:
+            paths.append(("rl.init_hf_path", config.rl.init_hf_path, "dir"))
+        if config.rl.prompt_template not in PROMPT_TEMPLATES:
+            raise ConfigError(f"rl.prompt_template: {config.rl.prompt_template!r} is not one of "
+                              f"{', '.join(sorted(PROMPT_TEMPLATES))}")
+    if uses_eval and config.eval.prompt_template and (
+            config.eval.prompt_template not in PROMPT_TEMPLATES):
+        raise ConfigError(f"eval.prompt_template: {config.eval.prompt_template!r} is not one of "
+                          f"{', '.join(sorted(PROMPT_TEMPLATES))}")
+    for key, path, kind in paths:
+        if not _is_local(path):
+            continue
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"{key}: {path}: no such {'file' if kind == 'file' else 'folder'}")
+        if kind == "file" and not p.is_file():
+            raise ConfigError(f"{key}: {path}: not a file")
+        if kind == "dir" and not p.is_dir():
+            raise ConfigError(f"{key}: {path}: not a folder")

@@ -6,6 +6,7 @@ python -m sftrl.main --config=configs/tiny.py --workdir=runs/tiny [--stage=model
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from sftrl import config_lib
+from sftrl import config_lib, errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; everything a run writes goes here.")
@@ -29,6 +30,9 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "Multi-host: number of processes (env SFTRL_NUM_PROCESSES).")
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "Multi-host: this process's index (env SFTRL_PROCESS_ID).")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Show the traceback of a user error (bad config, flag, file) instead of "
+    "one line; also env SFTRL_VERBOSE=1.")
 
 
 def _init_distributed() -> None:
@@ -46,7 +50,7 @@ def _init_distributed() -> None:
     if pid is None and "SFTRL_PROCESS_ID" in os.environ:
         pid = int(os.environ["SFTRL_PROCESS_ID"])
     if num < 1 or pid is None or not 0 <= pid < num:
-        raise app.UsageError(
+        raise config_lib.ConfigError(
             f"--coordinator_address={address} needs --num_processes >= 1 and --process_id in "
             f"[0, num_processes), got {num} and {pid}")
     if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
@@ -100,32 +104,44 @@ STAGE_FUNCTIONS: dict[str, Callable] = {
 
 
 def main(argv: list[str]) -> int:
+    """Runs the stage; a user's mistake is one line on stderr and exit status 2."""
+    try:
+        return _main(argv)
+    except Exception as error:
+        if errors.is_user_error(error) and not errors.verbose_requested():
+            return errors.report(error)
+        raise
+
+
+def _main(argv: list[str]) -> int:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise config_lib.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # orbax logs every save/restore detail through absl at INFO; keep the console readable.
     logging.getLogger("absl").setLevel(logging.WARNING)
-    config = _CONFIG.value
+    try:
+        config = _CONFIG.value
+        if config is not None:
+            # a file that failed to load is a placeholder raising on first attribute access
+            _ = config.to_dict
+    except OSError as error:
+        # its message lists every path it tried, over several lines; the last names the cause
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise config_lib.ConfigError(f"--config: {lines[-1]}") from error
     if config is None:
-        raise app.UsageError("--config is required, e.g. --config=configs/tiny.py")
+        raise config_lib.ConfigError("--config is required, e.g. --config=configs/tiny.py")
     if _WORKDIR.value is None:
-        raise app.UsageError("--workdir is required")
+        raise config_lib.ConfigError("--workdir is required")
     if _STAGE.value is not None:
         config.stage = _STAGE.value
     _init_distributed()
-    try:
-        config_lib.validate(config)
-    except config_lib.ConfigError as e:
-        print(f"sftrl: invalid config: {e}", file=sys.stderr)
-        return 2
-    stage = STAGE_FUNCTIONS.get(config.stage)
-    if stage is None:
-        print(
-            f"sftrl: stage {config.stage!r} is not implemented yet "
-            f"(available: {', '.join(STAGE_FUNCTIONS)})",
-            file=sys.stderr,
-        )
-        return 2
+    config_lib.validate(config)
+    config_lib.check_inputs(config)
+    if config.stage in ("rl", "eval", "pipeline"):
+        from sftrl import kernels_import
+
+        kernels_import.load("decode_attention")  # sampling needs it: fail now, not at step 1
+    stage = STAGE_FUNCTIONS[config.stage]  # validate() admits only config_lib.STAGES
     workdir = Path(_WORKDIR.value).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     import jax
@@ -141,8 +157,55 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _flag_error_line(error: BaseException, argv: list[str]) -> str:
+    """One line for an error raised while parsing the command line, naming the flag."""
+    cause = error
+    # absl wraps what a flag's parser raised; the original names the key
+    while isinstance(cause, flags.Error) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    text = str(cause.args[0]) if len(cause.args) == 1 else str(cause)
+    if isinstance(cause, AttributeError | KeyError):
+        # ml_collections: str(KeyError) of "'key'\nDid you mean ..." for an unknown override key
+        try:
+            text = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            pass
+        key, _, hint = str(text).partition("\n")
+        key = key.strip("'\"")
+        flag = next((a.split("=", 1)[0] for a in argv[1:]
+                     if a.startswith("--config.") and key in a.split("=", 1)[0].split(".")),
+                    f"--config...{key}")
+        return f"sftrl: error: {flag}: unknown config key {key!r}" + (
+            f" ({hint.strip()})" if hint.strip() else "")
+    if "Traceback (most recent call last)" in text:
+        # ml_collections puts the config file's whole traceback into the message; its last line
+        # is the error, and what precedes the traceback names the flag
+        head = text.split("Traceback (most recent call last)")[0].strip().rstrip(":")
+        last = [line for line in text.strip().splitlines() if line.strip()][-1].strip()
+        last = last.split(": ", 1)[1] if ": " in last and "Error" in last.split(": ")[0] else last
+        head = head.removesuffix(" Error whilst parsing config file").rstrip(":")
+        return f"sftrl: error: {head}: {last}"
+    return errors.one_line(cause)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag or config override reported in one line.
+
+    ml_collections raises plain AttributeError / ValueError / ConfigError from inside flag
+    parsing (a typo'd `--config.sft.num_stepz`, a variant `:llama31` that does not exist), which
+    absl would print as a 50-line traceback.
+    """
+    try:
+        return flags.FLAGS(argv)
+    except Exception as error:
+        if errors.verbose_requested(argv):
+            raise
+        print(_flag_error_line(error, argv), file=sys.stderr)
+        sys.exit(errors.EXIT_USER_ERROR)
+
+
 def run() -> None:
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

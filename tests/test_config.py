@@ -122,7 +122,7 @@ def test_main_rejects_a_bad_flag_override_naming_the_key(tmp_path):
 def test_main_invalid_config_value(tmp_path):
     result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.mesh.tensor=3")
     assert result.returncode == 2
-    assert "invalid config: mesh" in result.stderr
+    assert "sftrl: error: mesh" in result.stderr
 
 
 def test_attention_names_match_the_model():

@@ -18,6 +18,7 @@ import grain
 import numpy as np
 
 from sftrl.data.sft import check_saved_state, record_error
+from sftrl.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ _READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 def format_prompt(problem: str, template: str) -> str:
     """`problem` in the named template (a key of PROMPT_TEMPLATES)."""
     if template not in PROMPT_TEMPLATES:
-        raise ValueError(f"unknown prompt template {template!r}; known: "
+        raise UserError(f"unknown prompt template {template!r}; known: "
                          f"{', '.join(sorted(PROMPT_TEMPLATES))}")
     return PROMPT_TEMPLATES[template].format(problem=problem)
 
@@ -58,7 +59,7 @@ def format_prompt(problem: str, template: str) -> str:
 def benchmark_template(benchmark: str) -> str:
     """The default template name of a benchmark."""
     if benchmark not in BENCHMARK_TEMPLATES:
-        raise ValueError(f"no default prompt template for benchmark {benchmark!r}; known: "
+        raise UserError(f"no default prompt template for benchmark {benchmark!r}; known: "
                          f"{', '.join(sorted(BENCHMARK_TEMPLATES))}")
     return BENCHMARK_TEMPLATES[benchmark]
 
@@ -158,7 +159,7 @@ class PromptPipeline:
                         config.max_prompt_length,
                         ", ".join(repr(records[i]["id"]) for i in too_long[:5]))
         if not kept:
-            raise ValueError(f"{source}: no prompts (of {len(records)}) to train on")
+            raise UserError(f"{source}: no prompts (of {len(records)}) to train on")
         self._ids = ids
         self._records = kept
         self.dropped_overlong = len(too_long)
@@ -170,7 +171,7 @@ class PromptPipeline:
         self._batches = order.repeat(config.num_epochs).batch(
             config.batch_size, drop_remainder=config.drop_remainder)
         if len(self._batches) == 0:
-            raise ValueError(f"{source}: {len(kept)} prompts make no batch of "
+            raise UserError(f"{source}: {len(kept)} prompts make no batch of "
                              f"{config.batch_size} with drop_remainder")
         self._iter = self._batches.to_iter_dataset(_READ_OPTIONS).__iter__()
         self._prompts_seen = 0

@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from sftrl.data.builders.errors import DataFormatError
+from sftrl.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,7 @@ def _fit(data: TokenizedSet, max_length: int, mode: str, *, report: bool = True)
             int(lengths.max()), sample, counts["overlong_dropped"], counts["overlong_truncated"],
         )
     if not ids:
-        raise ValueError(f"{data.source}: no examples left (of {len(data)}) after handling "
+        raise UserError(f"{data.source}: no examples left (of {len(data)}) after handling "
                          f"overlong examples (max_length={max_length}, overlong={mode!r})")
     kept = np.asarray(keep, np.int64)
     return _Fitted(ids, masks, kept, np.asarray([len(x) for x in ids], np.int64), counts)
@@ -525,14 +526,14 @@ def check_saved_state(state: Mapping[str, Any], fingerprint: Mapping[str, Any], 
     """Refuses a saved iterator position from another version or another stream's settings:
     restoring a position into a different stream would silently reorder the data."""
     if state.get("version") != version:
-        raise ValueError(f"{what}: version {state.get('version')!r}, expected {version}")
+        raise UserError(f"{what}: version {state.get('version')!r}, expected {version}")
     saved = state.get("fingerprint", {})
     changed = sorted(k for k in set(saved) | set(fingerprint)
                      if saved.get(k) != fingerprint.get(k))
     if changed:
         detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {fingerprint.get(k)!r}"
                            for k in changed)
-        raise ValueError(f"{what} does not match this pipeline ({detail})")
+        raise UserError(f"{what} does not match this pipeline ({detail})")
 
 
 def heldout_batches(

@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from sftrl.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -62,9 +64,9 @@ def sft_splits(data: Any) -> SFTSplits:
         heldout = heldout[: data.max_heldout_examples]
         stats["heldout_used"] = len(heldout)
     if not train:
-        raise ValueError(f"data: the SFT train split of {name!r} is empty")
+        raise UserError(f"data: the SFT train split of {name!r} is empty")
     if not heldout:
-        raise ValueError(f"data: the held-out split of {name!r} is empty")
+        raise UserError(f"data: the held-out split of {name!r} is empty")
     log.info("SFT data %s: %s", name, stats)
     return SFTSplits(name=name, train=train, heldout=heldout, stats=stats)
 
@@ -86,4 +88,4 @@ def tokenizer_path(config: Any) -> Path:
         return Path(synthetic.tokenizer_dir())
     if config.model.hf_path:
         return Path(config.model.hf_path)
-    raise ValueError("data.tokenizer: no tokenizer (set data.tokenizer or model.hf_path)")
+    raise UserError("data.tokenizer: no tokenizer (set data.tokenizer or model.hf_path)")
