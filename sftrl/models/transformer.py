@@ -206,9 +206,13 @@ def _shared_prefix_attention(
     The new token's k/v is written into the stacked suffix in place and the stacked suffix is
     returned: it travels through the layer scan as carry, never copied whole.
     """
-    # Imported here: `kernels` lives at the repo root (never published under that name), and
+    # Loaded here: `kernels` lives at the repo root (never published under that name), and
     # only decoding needs it.
-    from kernels.decode_attention import merge_attention, prefix_decode_attention
+    from sftrl import kernels_import
+
+    kernels = kernels_import.load("decode_attention")
+    merge_attention, prefix_decode_attention = (kernels.merge_attention,
+                                                kernels.prefix_decode_attention)
 
     prefix_k, prefix_v, suffix_k_all, suffix_v_all = layer_cache
     prefix_lengths_P, suffix_end, window, layer = cache_meta
