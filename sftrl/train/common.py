@@ -4,6 +4,7 @@ restored), and the guard against non-finite losses."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import ml_collections
 import optax
 
 from sftrl import config_lib
+from sftrl.errors import UserError
 from sftrl.models import checkpoint
 from sftrl.models.transformer import (
     Model,
@@ -155,3 +157,35 @@ def run_evaluators(evaluators: dict[str, Any], state: Any, step: int, writer: An
         log.info("step %d eval: %s", step, {k: round(v, 4) for k, v in results.items()
                                              if not k.startswith("time/")})
     return results
+
+
+# A run directory's checkpoints belong to one stage: `checkpoints/stage.json` says which, so
+# that `--stage=rl` pointed at an SFT run neither resumes GRPO from an SFT checkpoint nor mixes
+# its own checkpoints into the SFT ones.
+STAGE_MARKER = "stage.json"
+
+
+def run_stage(workdir: Path) -> str | None:
+    """The stage whose checkpoints `workdir` holds ('sft', 'rl'), or None if it holds none."""
+    directory = Path(workdir) / "checkpoints"
+    marker = directory / STAGE_MARKER
+    if marker.is_file():
+        try:
+            stage = json.loads(marker.read_text()).get("stage")
+        except (json.JSONDecodeError, AttributeError) as error:
+            raise state_lib.CheckpointError(f"{marker}: not a stage marker ({error})") from None
+        return str(stage)
+    return None  # no checkpoints, or written before markers existed (either stage: unknown)
+
+
+def claim_run_dir(workdir: Path, stage: str) -> None:
+    """Marks `workdir`'s checkpoints as `stage`'s; refuses a folder that holds another stage."""
+    existing = run_stage(workdir)
+    if existing is not None and existing != stage:
+        raise UserError(f"{workdir}: holds a {existing} run's checkpoints; give the {stage} "
+                        "stage its own --workdir")
+    directory = Path(workdir) / "checkpoints"
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / STAGE_MARKER
+    if not marker.exists():
+        marker.write_text(json.dumps({"stage": stage}) + "\n")

@@ -46,6 +46,7 @@ from sftrl.train import state as state_lib
 from sftrl.train.grpo_step import ROLLOUT_FIELDS, make_grpo_update, make_logprob_fn, rollout_arrays
 from sftrl.train.metrics_log import MetricsWriter
 from sftrl.train.optim import OptimizerConfig, learning_rate, make_optimizer
+from sftrl.train.progress import ProgressLog
 from sftrl.train.sft import CheckpointIndex
 from sftrl.train.sft_step import batch_shardings
 
@@ -370,12 +371,17 @@ class GRPOTrainer:
             last_evals = self.evaluate(state, 0)
         progress = tqdm.tqdm(total=rl.num_steps, initial=step, desc="grpo", unit="step",
                              disable=None)
+        progress_log = ProgressLog("grpo", rl.num_steps, step)
         try:
             while step < rl.num_steps:
                 state, metrics = self.step(state, step)
                 step += 1
                 if step % rl.log_every == 0 or step == rl.num_steps:
                     self.writer.write(step, metrics)
+                    progress_log.log(step, {
+                        "loss": metrics["loss"], "reward": metrics["reward_mean"],
+                        "accuracy": metrics["accuracy"],
+                        "tokens/s": metrics["generation_tokens_per_s"]})
                 progress.set_postfix(acc=f"{metrics['accuracy']:.3f}",
                                      reward=f"{metrics['reward_mean']:.3f}")
                 progress.update(1)
@@ -400,4 +406,28 @@ class GRPOTrainer:
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
+    workdir, config = rl_run_dir(config, Path(workdir))
+    common.claim_run_dir(workdir, "rl")
     return GRPOTrainer(config, workdir, layout).train()
+
+
+def rl_run_dir(config: ml_collections.ConfigDict, workdir: Path
+               ) -> tuple[Path, ml_collections.ConfigDict]:
+    """Where GRPO writes, and where it starts when no rl.init_* is given.
+
+    `--stage=sft` then `--stage=rl` with one --workdir: GRPO starts from that SFT run and writes
+    into `<workdir>/rl/`, beside (not into) the SFT checkpoints. Otherwise, with no start given,
+    a sibling SFT run `<workdir>/../sft` is the start if there is one.
+    """
+    no_start = not (config.rl.init_workdir or config.rl.init_hf_path)
+    config = config.copy_and_resolve_references()
+    if common.run_stage(workdir) == "sft":
+        if no_start:
+            config.rl.init_workdir = str(workdir)
+        log.info("rl: %s holds an SFT run; GRPO writes to %s", workdir, workdir / "rl")
+        return workdir / "rl", config
+    sibling = workdir.parent / "sft"
+    if no_start and common.run_stage(sibling) == "sft":
+        config.rl.init_workdir = str(sibling)
+        log.info("rl: starting from the SFT run in %s", sibling)
+    return workdir, config

@@ -36,6 +36,7 @@ from sftrl.train import common
 from sftrl.train import state as state_lib
 from sftrl.train.metrics_log import MetricsWriter, peak_flops_per_device, training_flops_per_token
 from sftrl.train.optim import OptimizerConfig, learning_rate, make_optimizer
+from sftrl.train.progress import ProgressLog
 from sftrl.train.sft_step import BATCH_FIELDS, jit_sft_step, make_sft_step
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ class SFTTrainer:
             last_evals = self.evaluate(state, 0)  # the starting point of the held-out curve
         progress = tqdm.tqdm(total=self.total_steps, initial=step, desc="sft", unit="step",
                              disable=None)
+        progress_log = ProgressLog("sft", self.total_steps, step)
         try:
             while step < self.total_steps:
                 try:
@@ -209,8 +211,11 @@ class SFTTrainer:
                     pending = None
                 if step % config.log_every == 0 or step == self.total_steps:
                     elapsed = time.perf_counter() - window_start
-                    self.writer.write(step, self._summarise(window, elapsed))
+                    summary = self._summarise(window, elapsed)
+                    self.writer.write(step, summary)
                     progress.set_postfix(loss=f"{window[-1]['loss']:.4f}")
+                    progress_log.log(step, {"loss": summary["loss"],
+                                            "tokens/s": summary["tokens_per_s"]})
                     window, window_start = [], time.perf_counter()
                 if _due(step, config.eval_every) or step == self.total_steps:
                     last_evals = self.evaluate(state, step)
@@ -276,4 +281,5 @@ def _ids_for_message(example_ids: Any) -> list[int]:
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
+    common.claim_run_dir(Path(workdir), "sft")
     return SFTTrainer(config, workdir, layout).train()
