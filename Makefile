@@ -2,6 +2,7 @@
 #   make run                       the tiny default, end to end, on this machine's CPU/GPU/TPU
 #   make run CONFIG=configs/llama8b.py WORKDIR=runs/llama8b ARGS='--config.model.hf_path=/ckpt'
 #   make test                      lint + the test suite (CPU, fake 8-device mesh)
+#   make test-quick                lint + the suite without the end-to-end runs marked slow
 #   make bench                     benchmarks/ (forward, verifier, decode kernel, sampling vs
 #                                  transformers, data, SFT step, eval, GRPO step: JSON + tables
 #                                  under runs/bench; long on CPU)
@@ -16,7 +17,7 @@ ARGS ?=
 # test-only; a CPU build of this version is what parity tests are run with
 TORCH ?= torch==2.13.0
 
-.PHONY: run test lint bench bench-accelerator setup setup-test clean
+.PHONY: run test test-quick lint bench bench-accelerator setup setup-test clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "sftrl needs Python >= 3.11"'
@@ -40,6 +41,9 @@ lint: $(VENV)/.installed-test
 
 test: $(VENV)/.installed-test lint
 	$(PY) -m pytest -q $(ARGS)
+
+test-quick: $(VENV)/.installed-test lint
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/forward.py --out=runs/bench $(ARGS)

@@ -56,6 +56,7 @@ def test_bad_rows_and_metrics_name_the_field(tmp_path):
         curve.train_accuracy(metrics, [1])
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_the_curve_and_rereads_it(tmp_path):
     workdir = tmp_path / "run"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}

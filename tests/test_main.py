@@ -7,9 +7,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_model_stage_end_to_end_and_rerun(tmp_path):
     cmd = [
         sys.executable, "-m", "sftrl.main", "--config=configs/tiny.py", f"--workdir={tmp_path}",

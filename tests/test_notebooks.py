@@ -89,6 +89,7 @@ def _images(nb: nbformat.NotebookNode) -> int:
                for out in cell.get("outputs", []))
 
 
+@pytest.mark.slow
 def test_notebooks_execute_in_fast_mode(tmp_path):
     workdir = tmp_path / "quickstart"
     env = {**os.environ, "SFTRL_NOTEBOOK_FAST": "1", "SFTRL_NOTEBOOK_WORKDIR": str(workdir),

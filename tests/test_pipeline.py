@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 OVERRIDES = [
@@ -47,6 +49,7 @@ def _numbers(workdir: pathlib.Path) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end_and_interrupted_rerun(tmp_path):
     full = tmp_path / "full"
     result = subprocess.run(_command(full), cwd=ROOT, env=ENV, capture_output=True, text=True,

@@ -96,6 +96,7 @@ def _final_params(workdir: pathlib.Path, step: int):
     return jax.tree.map(np.asarray, trainer.setup.state.params), trainer.pipeline.get_state()
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     cmd = [
         sys.executable, "-m", "sftrl.main", "--config=configs/tiny.py", "--stage=sft",
@@ -103,8 +104,11 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     full = tmp_path / "full"
-    subprocess.run([*cmd, f"--workdir={full}"], cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=600)
+    done = subprocess.run([*cmd, f"--workdir={full}"], cwd=ROOT, env=env, check=True,
+                          capture_output=True, timeout=600)
+    # output is not a terminal here (as in a sweep's launch.log): progress is still logged
+    log_text = done.stderr.decode()
+    assert "sft step 16/16 (100%)" in log_text and "ETA 0s" in log_text, log_text[-2000:]
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*cmd, f"--workdir={killed}"], cwd=ROOT, env=env,

@@ -527,6 +527,7 @@ def test_spearman_of_pass_at_k_is_reported_for_every_k(built):
     assert by_k["1"]["rho"] == pytest.approx(stats.spearmanr([n[0] for n in NUMBERS], rl)[0])
 
 
+@pytest.mark.slow
 def test_the_ci_study_runs_end_to_end(tmp_path):
     """The study's CI-sized variant, for real: the launcher trains and evaluates 4 tiny runs
     and predicts, the report is written from what they left, and a second launch resumes

@@ -3,8 +3,8 @@
 `evaluate_benchmark` turns benchmark records `{"id", "problem", "answer"}` into prompts (the
 caller's `format_prompt` and the tokenizer's `encode_prompt`), samples `spec.num_samples`
 responses per prompt with `sampling.generate`, scores them with the RL reward's verifier
-(`rewards.verify_batch`, DESIGN "rewards are the eval verifier") and appends one row per prompt
-to a `SampleStore`. `evaluate_checkpoint` does that for several benchmarks and writes
+(`rewards.verify_batch`, docs/design.md "rewards are the eval verifier") and appends one row
+per prompt to a `SampleStore`. `evaluate_checkpoint` does that for several benchmarks and writes
 `<workdir>/eval/<ckpt>.json` in the schema `sftrl.eval.predict` reads.
 
 Resuming: prompts already in the store are not regenerated. Each prompt's random stream is keyed

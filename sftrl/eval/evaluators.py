@@ -1,6 +1,6 @@
 """The evaluator interface training calls every N steps: `run(state) -> dict[str, float]`.
 
-DESIGN: evaluators are named in the config's `evals` dict; `run_evaluators` runs each and
+docs/design.md: evaluators are named in the config's `evals` dict; `run_evaluators` runs each and
 prefixes its metrics with its name, so `{"heldout": HeldoutLossEvaluator(...), "passk":
 PassAtKEvaluator(...)}` logs `heldout/loss` and `passk/<benchmark>/pass@1`.
 

@@ -1,7 +1,7 @@
 """Generalization loss: response-token NLL on a held-out split of the SFT data.
 
-Definition (DESIGN.md): the mean NLL of the assistant-response tokens (the loss mask; prompt and
-template masked, the end-of-turn token included), token-weighted over the whole split, in
+Definition (docs/design.md): the mean NLL of the assistant-response tokens (the loss mask;
+prompt and template masked, the end-of-turn token included), token-weighted over the whole split, in
 nats/token; the per-example mean is reported beside it, and the loss by response length.
 
 Exactness: the jitted step returns each token's masked NLL (float32, [B, L]), and every sum is

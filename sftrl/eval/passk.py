@@ -1,6 +1,6 @@
 """pass@k: the unbiased estimator, curves with bootstrap intervals, maj@k, and extrapolation.
 
-Definitions (DESIGN.md): for a prompt with n samples of which c are correct,
+Definitions (docs/design.md): for a prompt with n samples of which c are correct,
     pass@k = 1 - C(n - c, k) / C(n, k),
 the probability that k samples drawn without replacement from the n contain a correct one. It is
 computed in product form, C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i), as a difference of
