@@ -30,7 +30,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any
 
 import ml_collections
 
-from sftrl import config_lib
+from sftrl import atomic, config_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PREFIX = (sys.executable, "-m", "sftrl.main")
@@ -364,11 +363,7 @@ class Status:
         self.save()
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".sweep.", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.data, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+        atomic.write_json(self.path, self.data)
 
 
 # ------------------------------------------------------------------ local launcher

@@ -26,10 +26,11 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from sftrl import atomic
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +135,9 @@ def _pyplot():
 
 
 def _save(fig: Any, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic.replacing(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
     finally:
         _pyplot().close(fig)
     return path
@@ -264,11 +259,7 @@ def _predictor_section(report_dir: Path) -> str | None:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 def write_report(workdir: str | os.PathLike[str]) -> Path:

@@ -36,18 +36,16 @@ import io
 import itertools
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sftrl import atomic, rewards
 from sftrl import report as report_lib
-from sftrl import rewards
 from sftrl.eval import passk, predict, sample_store
 
 STATUS_FILE = "sweep.json"
@@ -1142,11 +1140,7 @@ def plot_gains(rows: Sequence[Row], path: Path) -> str:
 
 
 def _atomic_write(path: Path, data: str | bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic.write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
 def _sweep_names(spec: str) -> tuple[str, list[str]]:

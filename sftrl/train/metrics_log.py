@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+from sftrl import atomic
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,7 @@ class MetricsWriter:
             if same_stage and isinstance(step, int) and (resume_step is None or step > resume_step):
                 continue
             kept.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, "".join(k + "\n" for k in kept))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self._only_main:

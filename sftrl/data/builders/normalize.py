@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sftrl import atomic
 from sftrl.data.builders.errors import DataFormatError
 from sftrl.data.builders.problems import OPTIONAL_FIELDS, read_problems
 
@@ -57,9 +58,7 @@ def render_jsonl(records: Sequence[dict[str, Any]]) -> bytes:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic.write_bytes(path, data)
 
 
 def _read_source_manifest(src: Path) -> dict[str, dict[str, Any]]:
