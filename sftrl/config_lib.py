@@ -21,10 +21,12 @@ from sftrl.models.model_config import ModelConfig, ModelConfigError
 STAGES = ("model", "sft", "rl", "eval", "predict", "pipeline")
 DTYPES = ("auto", "float32", "bfloat16")
 REMAT = ("none", "full", "dots", "dots_no_batch")
-# sftrl.models.attention.ATTENTION_IMPLS (not imported: the config module stays light)
+# sftrl.models.attention.ATTENTION_IMPLS (a copy, tested equal: the model is not imported here)
 ATTENTION = ("auto", "flash", "cudnn", "xla", "reference")
 DATA_SOURCES = ("synthetic", "files")
-SFT_EVALS = ("heldout", "passk")
+# evaluators each trainer runs every eval_every steps (anything else is refused at validation)
+SFT_EVALS = ("heldout",)
+RL_EVALS = ("passk",)
 
 
 class ConfigError(ValueError):
@@ -449,9 +451,9 @@ def _validate_rl(config: ml_collections.ConfigDict) -> None:
             f"rl.updates_per_rollout: prompts_per_step * group_size = {rows} rows must split "
             f"into updates_per_rollout x grad_accum = {r.updates_per_rollout} x {r.grad_accum}"
         )
-    unknown = [name for name in r.evals if name not in SFT_EVALS]
+    unknown = [name for name in r.evals if name not in RL_EVALS]
     if unknown:
-        raise ConfigError(f"rl.evals: unknown evaluator(s) {unknown} (known: {SFT_EVALS})")
+        raise ConfigError(f"rl.evals: unknown evaluator(s) {unknown} (known: {RL_EVALS})")
     from sftrl.train.optim import OptimizerConfig, OptimizerConfigError
 
     try:
@@ -557,13 +559,12 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None,
         return c
     if arg == "tiny":
         explicit_head_dim = c.model.head_dim * c.model.num_heads != c.model.hidden_size
-        c.model.update(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4,
+        c.model.update(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
                        num_kv_heads=2, intermediate_size=128, max_position_embeddings=2048)
         c.model.head_dim = 24 if explicit_head_dim else 16
         if c.model.rope_scaling is not None:
             c.model.rope_scaling.original_max_position_embeddings = 64
-        c.model.hf_path = ""
-        c.model.vocab_size = 512  # the embedded task's tokenizer
+        c.model.hf_path = ""  # vocab_size 512 above: the embedded task's tokenizer
         c.dtype = "float32"
         c.remat = "none"
         c.mesh.update(data=1, fsdp=-1, tensor=1)

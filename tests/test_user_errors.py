@@ -172,3 +172,12 @@ def test_progress_line_has_rate_and_eta() -> None:
     assert line.startswith("sft step 120/300 (40%) loss 0.5 | 0.4 step/s")
     assert line.endswith("elapsed 50s, ETA 7m30s")
     assert format_duration(3723) == "1h02m03s"
+
+
+@pytest.mark.parametrize(("key", "value"), [("sft.evals", "('passk',)"),
+                                            ("rl.evals", "('heldout',)")])
+def test_an_evaluator_the_trainer_does_not_run_is_refused(key: str, value: str) -> None:
+    """It used to pass validation and then silently do nothing."""
+    config = config_lib.apply_overrides(config_lib.base_config(), [f"{key}={value}"])
+    with pytest.raises(config_lib.ConfigError, match=f"{key}: unknown evaluator"):
+        config_lib.validate(config, num_devices=1)
