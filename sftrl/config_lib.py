@@ -164,18 +164,26 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.decay_norms = False
     c.rl.decay_embeddings = False
     c.rl.normalize_std = True  # GRPO; False: Dr. GRPO
+    # The group std's ddof: 0 (population std; a single valid sample is all-equal anyway) or 1
+    # (the sample std of TRL / verl). 0 keeps earlier runs' numbers (docs/grpo.md).
+    c.rl.std_ddof = 0
     c.rl.clip_low = 0.2
     c.rl.clip_high = 0.28
     c.rl.aggregation = "token-mean"  # | "seq-mean-token-sum" | "seq-mean-token-mean"
+    # Dr. GRPO's ("seq-mean-token-sum") per-row generation budget C: a mini-batch of B rows is
+    # divided by B * C, a constant of the run. 0: rl.max_new_tokens (TRL's choice).
+    c.rl.max_tokens_for_norm = 0
     c.rl.kl_estimator = "none"  # | "k1" | "k3"
-    c.rl.kl_coef = 0.0
+    c.rl.kl_coef = 0.0  # 0 with an estimator: the KL to the start is measured, not penalised
     c.rl.kl_mode = "loss"  # | "reward"
     c.rl.tis_cap = 0.0  # > 0: truncated importance weights against the sampler's log-probs
     c.rl.dynamic_sampling = False  # drop groups whose rewards are all equal, refill
     c.rl.max_refill_rounds = 3
     c.rl.overlong_buffer = 0  # > 0: DAPO soft overlong penalty over the last N tokens
     c.rl.overlong_penalty = 1.0
-    c.rl.filter_truncated = False  # truncated samples get no gradient (overlong filtering)
+    # DAPO overlong filtering: truncated samples get no gradient and are left out of their
+    # group's mean / std and of the dynamic-sampling keep test.
+    c.rl.filter_truncated = False
     c.rl.format_bonus = 0.0
     c.rl.log_every = 1
     c.rl.eval_every = 0  # 0: only at the end
@@ -431,7 +439,7 @@ def _validate_rl(config: ml_collections.ConfigDict) -> None:
         if r[key] < 1:
             raise ConfigError(f"rl.{key}: must be positive")
     for key in ("eval_every", "save_every", "overlong_buffer", "max_refill_rounds",
-                "max_kv_tokens", "warmup_steps"):
+                "max_kv_tokens", "warmup_steps", "max_tokens_for_norm"):
         if r[key] < 0:
             raise ConfigError(f"rl.{key}: must be >= 0")
     if r.prompt_source not in ("synthetic", "files", "math_train"):
@@ -439,8 +447,9 @@ def _validate_rl(config: ml_collections.ConfigDict) -> None:
                           "'math_train'")
     if r.prompt_source == "files" and not r.prompt_files:
         raise ConfigError("rl.prompt_files: prompt_source 'files' needs at least one file")
-    if r.temperature < 0:
-        raise ConfigError("rl.temperature: must be >= 0")
+    if not r.temperature > 0:
+        raise ConfigError(f"rl.temperature: must be > 0 (GRPO learns from samples of the policy "
+                          f"at this temperature; 0 is greedy), got {r.temperature}")
     if not 0 < r.top_p <= 1:
         raise ConfigError("rl.top_p: must be in (0, 1]")
     if r.overlong_buffer >= r.max_new_tokens:
@@ -451,6 +460,8 @@ def _validate_rl(config: ml_collections.ConfigDict) -> None:
             f"rl.updates_per_rollout: prompts_per_step * group_size = {rows} rows must split "
             f"into updates_per_rollout x grad_accum = {r.updates_per_rollout} x {r.grad_accum}"
         )
+    if r.std_ddof not in (0, 1):
+        raise ConfigError(f"rl.std_ddof: must be 0 or 1, got {r.std_ddof!r}")
     unknown = [name for name in r.evals if name not in RL_EVALS]
     if unknown:
         raise ConfigError(f"rl.evals: unknown evaluator(s) {unknown} (known: {RL_EVALS})")
@@ -470,10 +481,13 @@ def _validate_rl(config: ml_collections.ConfigDict) -> None:
 
 def policy_loss_config(r: ml_collections.ConfigDict, cls: Any) -> Any:
     """The rl section's loss fields as a sftrl.losses.PolicyLossConfig."""
+    budget = r.max_tokens_for_norm or None
+    if r.aggregation == "seq-mean-token-sum":
+        budget = budget or r.max_new_tokens
     return cls(
         clip_low=r.clip_low, clip_high=r.clip_high, aggregation=r.aggregation,
         kl_estimator=r.kl_estimator, kl_coef=r.kl_coef, kl_mode=r.kl_mode,
-        tis_cap=r.tis_cap or None,
+        tis_cap=r.tis_cap or None, max_tokens_for_norm=budget,
     )
 
 

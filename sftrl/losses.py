@@ -160,6 +160,12 @@ def head_weighted_nll(
 AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 KL_ESTIMATORS = ("none", "k1", "k3")
 KL_MODES = ("loss", "reward")
+STD_DDOFS = (0, 1)
+# verl's bounds (core_algos.py): a log-ratio beyond +-20 is a broken sample, not a signal, and
+# exp of it overflows float32 on the way to a clipped (constant) branch anyway; k3 is capped at
+# 10 per token so that one such token cannot dominate the KL term of a whole batch.
+LOG_RATIO_CLAMP = 20.0
+K3_CLAMP = 10.0
 
 
 class PolicyLossConfigError(ValueError):
@@ -205,6 +211,7 @@ def group_advantages(
     normalize_std: bool = True,
     eps: float = 1e-6,
     valid_PxG: jax.Array | None = None,
+    ddof: int = 0,
 ) -> jax.Array:
     """Group-relative advantages, [P, G] (GRPO: Shao et al. 2024, "DeepSeekMath", eq. 3 / §4.1.2).
 
@@ -212,18 +219,24 @@ def group_advantages(
         A_i =  r_i - mean_j r_j                          otherwise (Dr. GRPO: Liu et al. 2025)
 
     The mean and std run over the valid samples of each group only (`valid_PxG`, e.g. DAPO's
-    overlong filtering drops truncated samples); invalid samples get advantage 0. The std is the
-    population std (ddof = 0), so a group with a single valid sample has std 0 rather than NaN.
+    overlong filtering drops truncated samples); invalid samples get advantage 0. The std divides
+    by (n - ddof): ddof = 0 is the population std (our default, unchanged), ddof = 1 the sample
+    std that TRL and verl use (torch.std); the two differ by sqrt(n / (n - 1)) per group, which
+    only matters across groups with different valid counts (overlong filtering). A group with
+    fewer than two valid samples is all-equal and gets 0 either way, so ddof = 1 never divides
+    by zero.
     Groups whose valid rewards are all equal (including G = 1 and groups with no valid sample) get
     exactly 0: rounding in the mean would otherwise leave ~1e-8 residues that the division by
     (0 + eps) blows up to O(0.01).
     """
     if eps < 0:
         raise ValueError(f"group_advantages: eps must be >= 0, got {eps}")
+    if ddof not in STD_DDOFS:
+        raise ValueError(f"group_advantages: ddof must be one of {STD_DDOFS}, got {ddof!r}")
     rewards, valid, count_Px1, mean_Px1 = _masked_group_stats(rewards_PxG, valid_PxG)
     centered = (rewards - mean_Px1) * valid
     if normalize_std:
-        var_Px1 = (centered**2).sum(axis=1, keepdims=True) / jnp.maximum(count_Px1, 1.0)
+        var_Px1 = (centered**2).sum(axis=1, keepdims=True) / jnp.maximum(count_Px1 - ddof, 1.0)
         centered = centered / (jnp.sqrt(var_Px1) + eps)
     return jnp.where(_group_all_equal(rewards, valid), 0.0, centered).astype(rewards.dtype)
 
@@ -270,6 +283,9 @@ def kl_estimate(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, estimator: str) ->
         "k1": -log r = logp - ref_logp            (unbiased, can be negative, high variance)
         "k3": (r - 1) - log r                     (unbiased, always >= 0, GRPO's eq. 4 choice)
 
+    k3 is computed like verl's "low_var_kl": log r clamped to +-LOG_RATIO_CLAMP before the exp and
+    the estimate clamped to <= K3_CLAMP (there, the gradient is 0). k1 needs no exp and no clamp.
+
     Note: as a *loss* term, k1's gradient w.r.t. logp is 1 per token, whose expectation under pi
     is 0; it pulls nothing toward ref. Use k1 in "reward" mode or use k3 in the loss.
     """
@@ -277,8 +293,8 @@ def kl_estimate(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, estimator: str) ->
     if estimator == "k1":
         return logp - ref
     if estimator == "k3":
-        log_r = ref - logp
-        return jnp.exp(log_r) - log_r - 1.0
+        log_r = jnp.clip(ref - logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        return jnp.clip(jnp.exp(log_r) - log_r - 1.0, -K3_CLAMP, K3_CLAMP)
     raise ValueError(f"kl_estimate: estimator must be one of ('k1', 'k3'), got {estimator!r}")
 
 
@@ -290,7 +306,12 @@ def truncated_importance_weights(
 
     The sampler (a fast inference engine, other kernels, other precision) and the trainer assign
     different probabilities to the same sampled tokens; reweighting the policy gradient by this
-    ratio corrects the mismatch, and truncating at `cap` bounds the variance.
+    ratio corrects that numerical mismatch, and truncating at `cap` bounds the variance. Both
+    log-probs must be of the same distribution (the model at the sampling temperature, untruncated:
+    `Samples.policy_logprobs`). A top-p / top-k cut is not something these weights can correct:
+    the cut tokens are never sampled, so no weight on the sampled ones restores their share of
+    the gradient, and weighting by the renormalised probabilities would only shrink every token's
+    weight by the kept mass.
     """
     if not cap > 0:
         raise ValueError(f"truncated_importance_weights: cap must be > 0, got {cap}")
@@ -305,14 +326,16 @@ class PolicyLossConfig:
     clip_low, clip_high: the ratio is clipped to [1 - clip_low, 1 + clip_high]; DAPO's clip-higher
         decouples them (e.g. 0.2 / 0.28) so low-probability tokens can grow.
     aggregation: how per-token losses become one scalar (see `aggregate_token_losses`).
-    kl_estimator: "none", "k1" or "k3" (see `kl_estimate`); kl_coef its weight (beta).
+    kl_estimator: "none", "k1" or "k3" (see `kl_estimate`); kl_coef its weight (beta). An
+        estimator with kl_coef = 0 only measures the KL (logged, no term in loss or reward).
     kl_mode: "loss" adds kl_coef * kl per token to the loss; "reward" leaves the loss alone (the
         caller subtracts kl_coef * KL from the rewards); the KL is logged either way.
     tis_cap: when set, the policy-gradient term of each token is multiplied by
         min(pi_old / pi_sampler, tis_cap) (needs sampler log-probs).
-    max_tokens_for_norm: the constant divisor of "seq-mean-token-sum" (Dr. GRPO divides each
-        sequence's token sum by a constant, e.g. the generation budget). None uses the padded
-        token width T of the batch, which is that budget when batches are padded to it.
+    max_tokens_for_norm: the per-row generation budget C of "seq-mean-token-sum" (Dr. GRPO
+        divides the token sum by the constant B * C, TRL's B * max_completion_length; the GRPO
+        trainer passes rl.max_new_tokens). None uses the padded width T of the batch, which is
+        only constant when batches are padded to the budget.
     """
 
     clip_low: float = 0.2
@@ -357,34 +380,56 @@ class PolicyLossConfig:
                 fail("max_tokens_for_norm", "only applies to aggregation='seq-mean-token-sum'")
 
 
+def loss_normalizer(
+    mask_BxT: jax.Array, aggregation: str, max_tokens_for_norm: int | None = None
+) -> jax.Array:
+    """The divisor that `aggregate_token_losses` applies to a batch (see there), a scalar.
+
+    Computed on a whole mini-batch and passed to each of its micro-batches, it makes the sum of
+    the micro-batch losses equal the mini-batch loss exactly (gradient accumulation).
+    """
+    mask = (jnp.asarray(mask_BxT) > 0).astype(jnp.float32)
+    tokens_B = mask.sum(axis=-1)
+    if aggregation == "token-mean":
+        return jnp.maximum(tokens_B.sum(), 1.0)
+    if aggregation == "seq-mean-token-mean":
+        return jnp.maximum((tokens_B > 0).sum().astype(jnp.float32), 1.0)
+    if aggregation == "seq-mean-token-sum":
+        budget = max_tokens_for_norm if max_tokens_for_norm is not None else mask.shape[-1]
+        return jnp.asarray(float(mask.shape[0] * budget), jnp.float32)
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+
+
 def aggregate_token_losses(
     loss_BxT: jax.Array,
     mask_BxT: jax.Array,
     aggregation: str,
     max_tokens_for_norm: int | None = None,
+    normalizer: jax.Array | None = None,
 ) -> jax.Array:
-    """One scalar from per-token losses. With m the mask, n_b = sum_t m_bt and S the number of
-    sequences with n_b > 0:
+    """One scalar from per-token losses. With m the mask, n_b = sum_t m_bt, S the number of
+    sequences with n_b > 0 and B the number of rows:
 
         "token-mean"          sum_bt m l / sum_b n_b          (DAPO token-level loss, Yu et al.)
         "seq-mean-token-mean" 1/S sum_b (sum_t m l / n_b)     (GRPO, Shao et al. 2024)
-        "seq-mean-token-sum"  1/S sum_b (sum_t m l / C)       (Dr. GRPO, Liu et al. 2025)
+        "seq-mean-token-sum"  sum_bt m l / (B C)              (Dr. GRPO, Liu et al. 2025; TRL)
 
-    with C = max_tokens_for_norm, or the padded width T when None. Dividing by S (not B) makes
-    all-masked padding rows change nothing. An all-masked batch gives 0 (and zero gradients).
+    with C = max_tokens_for_norm (the generation budget), or the padded width T when None. Dr.
+    GRPO's divisor is a constant of the run: all-masked rows (dropped groups, filtered samples)
+    count in B, so no batch's content changes the loss scale. The divisor (the denominator
+    above) is `loss_normalizer(mask, ...)` unless `normalizer` is given: pass the whole
+    mini-batch's to each micro-batch so that the micro-batch losses sum to the mini-batch loss.
+    An all-masked batch gives 0 (and zero gradients).
     """
-    mask = mask_BxT.astype(loss_BxT.dtype)
     masked = jnp.where(mask_BxT > 0, loss_BxT, 0.0)
-    tokens_B = mask.sum(axis=-1)
-    seqs = (tokens_B > 0).sum().astype(loss_BxT.dtype)
-    if aggregation == "token-mean":
-        return masked.sum() / jnp.maximum(tokens_B.sum(), 1.0)
+    if normalizer is None:
+        normalizer = loss_normalizer(mask_BxT, aggregation, max_tokens_for_norm)
+    normalizer = jnp.asarray(normalizer, loss_BxT.dtype)
+    if aggregation in ("token-mean", "seq-mean-token-sum"):
+        return masked.sum() / normalizer
     if aggregation == "seq-mean-token-mean":
-        per_seq_B = masked.sum(axis=-1) / jnp.maximum(tokens_B, 1.0)
-        return per_seq_B.sum() / jnp.maximum(seqs, 1.0)
-    if aggregation == "seq-mean-token-sum":
-        norm = max_tokens_for_norm if max_tokens_for_norm is not None else loss_BxT.shape[-1]
-        return masked.sum() / norm / jnp.maximum(seqs, 1.0)
+        tokens_B = (mask_BxT > 0).astype(loss_BxT.dtype).sum(axis=-1)
+        return (masked.sum(axis=-1) / jnp.maximum(tokens_B, 1.0)).sum() / normalizer
     raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
 
 
@@ -397,22 +442,25 @@ def policy_loss(
     *,
     ref_logp_BxT: jax.Array | None = None,
     sampler_logp_BxT: jax.Array | None = None,
+    normalizer: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """GRPO / DAPO / Dr. GRPO policy loss and its metrics.
 
-    Per token, with ratio = exp(logp - old_logp) and A the sequence's advantage (PPO clipped
-    surrogate, Schulman et al. 2017, as used by GRPO eq. 3):
+    Per token, with ratio = exp(clamp(logp - old_logp, +-LOG_RATIO_CLAMP)) (verl's bound) and A
+    the sequence's advantage (PPO clipped surrogate, Schulman et al. 2017, as used by GRPO eq. 3):
 
         pg_t = -min(ratio A, clip(ratio, 1 - clip_low, 1 + clip_high) A)
         pg_t *= min(exp(old_logp - sampler_logp), tis_cap)    if tis_cap (pi_old is the trainer's
                                                                log-prob of the sampled tokens)
-        l_t  = pg_t + kl_coef * kl_t                           if kl_mode == "loss" and estimator
+        l_t  = pg_t + kl_coef * kl_t                           if kl_mode == "loss", kl_coef > 0
 
-    then `aggregate_token_losses(l, mask, config.aggregation)`. Only `logp_BxT` carries gradient;
-    old, reference and sampler log-probs and the advantages are stop-gradient'ed here, so passing
-    the same array as logp and old_logp (one update per batch) gives the REINFORCE gradient
-    -A m_t / normaliser. The clipped branch is selected explicitly (not by jnp.minimum, which
-    splits the gradient on ties), so exactly on a clip boundary the gradient is the unclipped one.
+    then `aggregate_token_losses(l, mask, config.aggregation, ..., normalizer)` (pass the whole
+    mini-batch's `loss_normalizer` when this batch is one micro-batch of it). Only `logp_BxT`
+    carries gradient; old, reference and sampler log-probs and the advantages are
+    stop-gradient'ed here, so passing the same array as logp and old_logp (one update per batch)
+    gives the REINFORCE gradient -A m_t / normaliser. The clipped branch is selected explicitly
+    (not by jnp.minimum, which splits the gradient on ties), so exactly on a clip boundary the
+    gradient is the unclipped one.
     Masked positions are zeroed before any exp, so garbage there cannot produce inf/NaN.
 
     Metrics (raw sums and counts over masked tokens, reduced once outside; "per token" means
@@ -442,7 +490,8 @@ def policy_loss(
             f"policy_loss: advantages_B shape {jnp.shape(advantages_B)} != ({logp_BxT.shape[0]},)"
         )
     use_kl = config.kl_estimator != "none"
-    if use_kl and config.kl_mode == "loss" and ref_logp_BxT is None:
+    kl_in_loss = use_kl and config.kl_mode == "loss" and config.kl_coef > 0
+    if kl_in_loss and ref_logp_BxT is None:
         raise ValueError(
             "policy_loss: config.kl_estimator is set with kl_mode='loss' but ref_logp_BxT is None"
         )
@@ -461,7 +510,7 @@ def policy_loss(
     old_logp = masked_input(old_logp_BxT)
     adv_Bx1 = jax.lax.stop_gradient(_float(advantages_B).astype(dtype))[:, None]
 
-    ratio = jnp.exp(logp - old_logp)
+    ratio = jnp.exp(jnp.clip(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_low, 1.0 + config.clip_high)
     clip_high = on & (adv_Bx1 > 0) & (ratio > 1.0 + config.clip_high)
     clip_low = on & (adv_Bx1 < 0) & (ratio < 1.0 - config.clip_low)
@@ -485,10 +534,11 @@ def policy_loss(
     if use_kl and ref_logp_BxT is not None:
         kl = kl_estimate(logp, masked_input(ref_logp_BxT), config.kl_estimator) * mask
         metrics["kl_sum"] = jax.lax.stop_gradient(kl.sum())
-        if config.kl_mode == "loss":
+        if kl_in_loss:
             token_loss = token_loss + config.kl_coef * kl
 
-    loss = aggregate_token_losses(token_loss, mask, config.aggregation, config.max_tokens_for_norm)
+    loss = aggregate_token_losses(token_loss, mask, config.aggregation, config.max_tokens_for_norm,
+                                  normalizer)
     tokens_B = mask.sum(axis=-1)
     metrics.update(
         token_count=tokens_B.sum(),

@@ -16,9 +16,12 @@ fold_in(fold_in(fold_in(key(seed), p), n), t), where p is the prompt's index in 
 results do not depend on how prompts are grouped into waves, and the same seed gives the same
 samples.
 
-Log-probs: `logprobs` are under the distribution actually sampled from (temperature, top-k,
-top-p applied; 0 for greedy), `model_logprobs` under the unmodified model (temperature 1, no
-truncation) — the numbers a GRPO trainer compares with its own forward pass.
+Log-probs of each drawn token under three distributions: `logprobs` under the one actually
+sampled from (temperature, top-k, top-p applied and renormalised; 0 for greedy),
+`model_logprobs` under the unmodified model (temperature 1, no truncation), and
+`policy_logprobs` under the model at the sampling temperature without truncation
+(log_softmax(logits / T); temperature 1 for greedy) — the policy a GRPO trainer optimises, so
+the numbers it compares with its own forward pass.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class Samples:
     tokens: np.ndarray  # [P, N, T] int32; positions >= length hold pad_id
     logprobs: np.ndarray  # [P, N, T] float32 under the sampling distribution
     model_logprobs: np.ndarray  # [P, N, T] float32 under the model (temperature 1)
+    policy_logprobs: np.ndarray  # [P, N, T] float32 under the model at T, untruncated
     lengths: np.ndarray  # [P, N] int32, the stop token included
     finished: np.ndarray  # [P, N] bool: ended on a stop id (else truncated at max_new_tokens)
 
@@ -101,8 +105,12 @@ def _sample(logits_PxNxV, keys_PxN, temperature: float, top_k: int, top_p: float
         tokens = jax.vmap(_inverse_cdf_sample)(keys_PxN.reshape(p * n), filtered)
         sample_logp = jnp.take_along_axis(filtered, tokens[:, None], axis=-1)[:, 0]
     chosen = jnp.take_along_axis(model_logp, tokens[:, None], axis=-1)[:, 0]
+    policy_chosen = chosen
+    if temperature not in (0.0, 1.0):
+        policy_logp = jax.nn.log_softmax(logits / temperature, axis=-1)
+        policy_chosen = jnp.take_along_axis(policy_logp, tokens[:, None], axis=-1)[:, 0]
     return (tokens.reshape(p, n).astype(jnp.int32), sample_logp.reshape(p, n),
-            chosen.reshape(p, n))
+            chosen.reshape(p, n), policy_chosen.reshape(p, n))
 
 
 @jax.jit
@@ -138,6 +146,7 @@ class _State(NamedTuple):
     tokens_PxNxT: jax.Array  # int32: pad_id after a sequence's stop
     logprobs_PxNxT: jax.Array  # float32
     model_logprobs_PxNxT: jax.Array  # float32
+    policy_logprobs_PxNxT: jax.Array  # float32
     was_done_PxNxT: jax.Array  # bool: the sequence had stopped before this step
 
 
@@ -145,7 +154,7 @@ def _draw(state: _State, wave: _Wave, logits_PxNxV: jax.Array, step: jax.Array,
           sampling: dict) -> tuple[_State, jax.Array]:
     """Draw token `step` of every row from its logits and record it; (state, all rows done)."""
     keys = _step_keys(wave.base_key, wave.prompt_ids_PxN, wave.sample_ids_PxN, step)
-    tok, logp, model_logp = _sample(logits_PxNxV, keys, **sampling)
+    tok, logp, model_logp, policy_logp = _sample(logits_PxNxV, keys, **sampling)
     done = state.done_PxN
     tok = jnp.where(done, wave.pad_id, tok)
 
@@ -159,6 +168,8 @@ def _draw(state: _State, wave: _Wave, logits_PxNxV: jax.Array, step: jax.Array,
         tokens_PxNxT=put(state.tokens_PxNxT, tok),
         logprobs_PxNxT=put(state.logprobs_PxNxT, jnp.where(done, 0.0, logp)),
         model_logprobs_PxNxT=put(state.model_logprobs_PxNxT, jnp.where(done, 0.0, model_logp)),
+        policy_logprobs_PxNxT=put(state.policy_logprobs_PxNxT,
+                                  jnp.where(done, 0.0, policy_logp)),
         was_done_PxNxT=put(state.was_done_PxNxT, done),
     )
     return state, jnp.all(new_done)
@@ -194,7 +205,8 @@ class _Decoder:
                 shared.suffix_k_LxPxNxKxTxD, shared.suffix_v_LxPxNxKxTxD,
                 jnp.zeros((), jnp.int32), jnp.zeros(shape[:2], bool),
                 jnp.full(shape, pad_id, jnp.int32), jnp.zeros(shape, jnp.float32),
-                jnp.zeros(shape, jnp.float32), jnp.zeros(shape, bool),
+                jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32),
+                jnp.zeros(shape, bool),
             )
             logits_PxNxV = jnp.broadcast_to(logits[:, :1], (p, num_samples, logits.shape[-1]))
             state, all_done = _draw(state, wave, logits_PxNxV, jnp.zeros((), jnp.int32),
@@ -338,6 +350,7 @@ def generate(
         tokens=np.full((p_total, n, t_max), pad_id, np.int32),
         logprobs=np.zeros((p_total, n, t_max), np.float32),
         model_logprobs=np.zeros((p_total, n, t_max), np.float32),
+        policy_logprobs=np.zeros((p_total, n, t_max), np.float32),
         lengths=np.full((p_total, n), t_max, np.int32),
         finished=np.zeros((p_total, n), bool),
     )
@@ -407,14 +420,16 @@ def _bucket(width: int) -> int:
 def _store_wave(out: Samples, wave: list[int], state: _State, steps: int,
                 stop_ids: Sequence[int]) -> None:
     """Copy the first `steps` tokens of a wave to the host (once per wave) and derive lengths."""
-    tokens, logp, model_logp, was_done = (
+    tokens, logp, model_logp, policy_logp, was_done = (
         np.asarray(x[:, :, :steps]) for x in (state.tokens_PxNxT, state.logprobs_PxNxT,
-                                              state.model_logprobs_PxNxT, state.was_done_PxNxT)
+                                              state.model_logprobs_PxNxT,
+                                              state.policy_logprobs_PxNxT, state.was_done_PxNxT)
     )
     rows = np.asarray(wave)
     out.tokens[rows, :, :steps] = tokens  # already pad_id after a sequence's stop
     out.logprobs[rows, :, :steps] = logp
     out.model_logprobs[rows, :, :steps] = model_logp
+    out.policy_logprobs[rows, :, :steps] = policy_logp
     is_stop = np.isin(tokens, list(stop_ids)) & ~was_done
     finished = is_stop.any(axis=-1)
     out.finished[rows] = finished

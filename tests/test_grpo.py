@@ -1,5 +1,7 @@
 """The GRPO stage: on-policy first update, sharded == unsharded updates, resume == uninterrupted,
-dynamic sampling refill, and the rollout arrays' alignment."""
+dynamic sampling refill, the rollout arrays' alignment, and (issue 23) the trainer against numpy
+references of the published formulas: Dr. GRPO's constant normaliser, grad_accum, overlong
+filtering, KL modes, TIS, temperature != 1."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from sftrl import config_lib
@@ -129,7 +132,9 @@ def test_rollout_arrays_alignment():
     prompts = [[5, 6, 7], [8]]
     tokens = np.array([[[1, 2, 9], [3, 9, 0]], [[4, 4, 4], [9, 0, 0]]], np.int32)
     logprobs = -np.arange(12, dtype=np.float32).reshape(2, 2, 3) / 10
-    samples = Samples(tokens=tokens, logprobs=logprobs, model_logprobs=logprobs,
+    # the trainer's sampler log-probs are those of the untruncated policy at T, not `logprobs`
+    samples = Samples(tokens=tokens, logprobs=logprobs - 5.0, model_logprobs=logprobs - 9.0,
+                      policy_logprobs=logprobs,
                       lengths=np.array([[3, 2], [3, 1]]), finished=np.array([[1, 1], [0, 1]],
                                                                               bool))
     arrays = rollout_arrays(prompts, samples, pad_id=0)
@@ -206,3 +211,229 @@ def test_grpo_learns_a_simple_reward(tmp_path, token_reward):
     trainer.train()
     rewards = [r["reward_mean"] for r in _rows(tmp_path)]
     assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.05, rewards
+
+
+# ---------------------------------------------------------------------------------- issue 23
+
+
+def _np_group_advantages(rewards_PxG, valid_PxG, normalize_std, eps=1e-6):
+    """DeepSeekMath eq. 3 / Dr. GRPO over the valid samples of each group, written per group."""
+    out = np.zeros(rewards_PxG.shape, np.float64)
+    for p in range(rewards_PxG.shape[0]):
+        vals = rewards_PxG[p][valid_PxG[p]].astype(np.float64)
+        if len(vals) < 2 or vals.max() == vals.min():
+            continue
+        centered = rewards_PxG[p].astype(np.float64) - vals.mean()
+        out[p] = np.where(valid_PxG[p], centered / (vals.std() + eps) if normalize_std
+                          else centered, 0.0)
+    return out
+
+
+def _np_k3(logp, ref):
+    log_r = ref.astype(np.float64) - logp
+    return np.exp(log_r) - log_r - 1.0
+
+
+def _record(trainer):
+    """Wraps the trainer's rollouts and jitted updates: [(rollout)], [(host batch, metrics)]."""
+    rollouts, updates = [], []
+    rollout, jit_update = trainer.rollout, trainer._jit_update
+
+    def recording_rollout(state, step):
+        rollouts.append(rollout(state, step))
+        return rollouts[-1]
+
+    def recording_jit_update(batch):
+        fn = jit_update(batch)
+
+        def run(state, placed):
+            state, metrics = fn(state, placed)
+            updates.append(({k: np.asarray(v) for k, v in batch.items()},
+                            {k: float(v) for k, v in jax.device_get(metrics).items()}))
+            return state, metrics
+
+        return run
+
+    trainer.rollout, trainer._jit_update = recording_rollout, recording_jit_update
+    return rollouts, updates
+
+
+def test_config_issue_23_values():
+    with pytest.raises(config_lib.ConfigError, match=r"^rl\.temperature: must be > 0"):
+        _config("rl.temperature=0.0")
+    with pytest.raises(config_lib.ConfigError, match=r"^rl\.std_ddof"):
+        _config("rl.std_ddof=2")
+    with pytest.raises(config_lib.ConfigError, match=r"^rl\.max_tokens_for_norm"):
+        _config("rl.max_tokens_for_norm=64")  # token-mean has no budget
+    # a KL estimator with coefficient 0 is a measurement, not an error (see the trainer test)
+    _config("rl.kl_estimator=k3", "rl.kl_coef=0.0")
+    drgrpo = _config("rl.aggregation=seq-mean-token-sum")
+    assert config_lib.policy_loss_config(drgrpo.rl, PolicyLossConfig).max_tokens_for_norm == 12
+    custom = _config("rl.aggregation=seq-mean-token-sum", "rl.max_tokens_for_norm=40")
+    assert config_lib.policy_loss_config(custom.rl, PolicyLossConfig).max_tokens_for_norm == 40
+
+
+def _tiny_state(config, tx):
+    from sftrl.models.transformer import build_model
+    from sftrl.train import state as state_lib
+
+    model = build_model(config_lib.model_config(config), single_device_layout(), seed=0)
+    return model, state_lib.create_train_state(model.params, tx, 0)
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-sum"])
+def test_grad_accum_1_and_4_give_the_same_gradient(aggregation):
+    """DAPO's token mean (and Dr. GRPO's rows x budget) over the whole mini-batch, whatever the
+    micro-batching. SGD with lr 1, so the parameter change is minus the gradient."""
+    from sftrl.train.grpo_step import make_logprob_fn
+
+    config = _config("model.num_layers=1", f"rl.aggregation={aggregation}")
+    loss_config = config_lib.policy_loss_config(config.rl, PolicyLossConfig)
+    tx = optax.sgd(1.0)
+    model, state = _tiny_state(config, tx)
+    rng = np.random.default_rng(0)
+    b, length, start = 8, 20, 8
+    # very different reply lengths (one empty), so per-micro-batch normalising would differ
+    lengths = np.array([12, 1, 3, 0, 12, 2, 7, 1])
+    cols = np.arange(length)[None] - start
+    loss_mask = ((cols >= 0) & (cols < lengths[:, None])).astype(np.int32)
+    batch = dict(tokens=rng.integers(5, 500, (b, length)).astype(np.int32),
+                 attention_mask=np.ones((b, length), np.int32), loss_mask=loss_mask,
+                 advantages=rng.normal(size=b).astype(np.float32))
+    logp, _ = jax.jit(make_logprob_fn(model.module, 1.0))(
+        state.params, jnp.asarray(batch["tokens"]), jnp.asarray(batch["attention_mask"]))
+    batch["old_logp"] = np.asarray(logp)  # on-policy: ratio 1, the loss is -A aggregated
+    deltas, losses = [], []
+    for grad_accum in (1, 4):
+        update = make_grpo_update(model.module, tx, lambda step: 1.0, loss_config,
+                                  temperature=1.0, grad_accum=grad_accum)
+        new, metrics = jax.jit(update)(state, batch)
+        losses.append(float(metrics["loss"]))
+        deltas.append(jax.tree.map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b),
+                                   new.params, state.params))
+    adv_tokens = float((batch["advantages"] * lengths).sum())
+    norm = lengths.sum() if aggregation == "token-mean" else b * config.rl.max_new_tokens
+    for loss in losses:
+        assert loss == pytest.approx(-adv_tokens / norm, rel=1e-5, abs=1e-7)
+    for one, four in zip(jax.tree.leaves(deltas[0]), jax.tree.leaves(deltas[1]), strict=True):
+        scale = max(float(np.abs(one).max()), 1e-12)
+        np.testing.assert_allclose(four, one, atol=1e-4 * scale, rtol=0)
+    assert max(float(np.abs(x).max()) for x in jax.tree.leaves(deltas[0])) > 0
+
+
+def test_sampler_and_trainer_log_probs_agree_at_temperature_0_7_with_top_p():
+    """The ratio / TIS compare like with like: the sampler's log-probs of the untruncated policy
+    at T equal the trainer's on the same tokens, also when top-p cut what was sampled from."""
+    from sftrl.models.transformer import build_model
+    from sftrl.sampling import generate
+    from sftrl.train.grpo_step import make_logprob_fn
+
+    config = _config("model.num_layers=1")
+    model = build_model(config_lib.model_config(config), single_device_layout(), seed=0)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    samples = generate(model, prompts, num_samples=2, max_new_tokens=6, temperature=0.7,
+                       top_p=0.8, seed=3, progress=False)
+    arrays = rollout_arrays(prompts, samples, pad_id=0)
+    logp, _ = jax.jit(make_logprob_fn(model.module, 0.7))(
+        model.params, jnp.asarray(arrays["tokens"]), jnp.asarray(arrays["attention_mask"]))
+    mask = arrays["loss_mask"] > 0
+    np.testing.assert_allclose(np.asarray(logp)[mask], arrays["sampler_logp"][mask], atol=1e-4)
+    # ... and numpy's log_softmax(logits / 0.7) of the first drawn token
+    logits = np.asarray(model(np.asarray([prompts[0]], np.int32)), np.float64)[0, -1] / 0.7
+    want = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+    np.testing.assert_allclose(samples.policy_logprobs[0, :, 0],
+                               want[samples.tokens[0, :, 0]], atol=1e-4)
+    # the renormalised top-p log-probs are another distribution (what the fix stopped using)
+    assert np.all(samples.logprobs[0, :, 0] > samples.policy_logprobs[0, :, 0] + 1e-3)
+
+
+def test_overlong_filtering_leaves_truncated_samples_out_of_group_stats_and_keep(
+        tmp_path, monkeypatch):
+    """3 finished correct + 1 truncated wrong: with filtering the group has nothing to learn
+    (dropped); a group's truncated sample changes neither its mean nor its std."""
+    def score(self, samples, answers):
+        p = samples.tokens.shape[0]
+        rewards = np.tile(np.array([1.0, 0.0, 0.0, 1.0], np.float32), (p, 1))
+        rewards[0] = [1.0, 1.0, 1.0, 0.0]
+        return rewards, rewards > 0
+
+    original = GRPOTrainer._sample
+
+    def sample(self, state, prompt_ids, seed):  # the last sample of every group is truncated
+        s = original(self, state, prompt_ids, seed)
+        finished = np.ones_like(s.finished)
+        finished[:, -1] = False
+        lengths = np.where(finished, np.minimum(s.lengths, 5), s.tokens.shape[-1])
+        return Samples(s.tokens, s.logprobs, s.model_logprobs, s.policy_logprobs,
+                       lengths.astype(np.int32), finished)
+
+    monkeypatch.setattr(GRPOTrainer, "_score", score)
+    monkeypatch.setattr(GRPOTrainer, "_sample", sample)
+    trainer = GRPOTrainer(_config("rl.num_steps=1", "rl.updates_per_rollout=1",
+                                  "rl.dynamic_sampling=True", "rl.filter_truncated=True"),
+                          tmp_path, single_device_layout())
+    rollouts, updates = _record(trainer)
+    trainer.train()
+    (row,) = _rows(tmp_path)
+    assert row["groups_dropped_share"] == 2 / 8  # group 0 of both rounds
+    (ro,) = rollouts
+    (batch, _), = updates
+    want = _np_group_advantages(ro["scores"], ro["samples"].finished, normalize_std=True)
+    np.testing.assert_allclose(batch["advantages"].reshape(4, 4), want, atol=1e-5)
+    # [1, 0, 0 | truncated 1]: mean 1/3 and std sqrt(2)/3 over the finished three only
+    np.testing.assert_allclose(want[0], [2 ** 0.5, -(0.5 ** 0.5), -(0.5 ** 0.5), 0.0], atol=1e-5)
+    assert batch["loss_mask"].reshape(4, 4, -1)[:, -1].sum() == 0
+
+
+def test_trainer_kl_in_reward_without_std_and_tis_match_numpy(tmp_path, token_reward):
+    trainer = GRPOTrainer(
+        _config("rl.num_steps=2", "rl.normalize_std=False", "rl.kl_estimator=k3",
+                "rl.kl_coef=10.0", "rl.kl_mode=reward", "rl.tis_cap=0.9", "rl.lr=1e-2"),
+        tmp_path, single_device_layout())
+    rollouts, updates = _record(trainer)
+    trainer.train()
+    # step 2 (the reference is the start, so step 1's KL is 0): two mini-batches of 8 rows
+    ro = rollouts[1]
+    batch = {k: np.concatenate([updates[2][0][k], updates[3][0][k]]) for k in updates[2][0]}
+    mask = batch["loss_mask"] > 0
+    kl_seq = (_np_k3(batch["old_logp"], batch["ref_logp"]) * mask).sum(1).reshape(4, 4)
+    assert kl_seq.max() > 1e-4
+    valid = np.ones((4, 4), bool)
+    want = _np_group_advantages(ro["scores"] - 10.0 * kl_seq, valid, normalize_std=False)
+    np.testing.assert_allclose(batch["advantages"].reshape(4, 4), want, atol=2e-5)
+    without_kl = _np_group_advantages(ro["scores"], valid, normalize_std=False)
+    assert np.abs(want - without_kl).max() > 1e-3
+    for mb, metrics in updates:
+        on = mb["loss_mask"] > 0
+        weights = np.minimum(np.exp(mb["old_logp"][on] - mb["sampler_logp"][on]), 0.9)
+        assert metrics["tis_weight_sum"] == pytest.approx(weights.sum(), rel=1e-5)
+        assert metrics["tis_clip_count"] == on.sum()  # sampler == trainer: every weight capped
+        assert "kl_sum" in metrics  # measured, but not in the loss
+        assert metrics["loss"] == pytest.approx(metrics["pg_loss_sum"] / on.sum(), rel=1e-5)
+    for mb, metrics in (updates[0], updates[2]):  # on-policy: pg = -0.9 A per token
+        on_policy = -0.9 * (mb["advantages"] * (mb["loss_mask"] > 0).sum(1)).sum()
+        assert metrics["pg_loss_sum"] == pytest.approx(on_policy, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("kl_coef", [0.1, 0.0])
+def test_trainer_kl_in_loss_and_a_ratio_off_1_after_the_first_mini_batch(tmp_path, token_reward,
+                                                                         kl_coef):
+    """updates_per_rollout = 2: the second mini-batch is off-policy (ratio != 1, KL to the start
+    > 0). kl_coef = 0 with k3 used to crash at the first update; now it measures only."""
+    trainer = GRPOTrainer(
+        _config("rl.num_steps=1", "rl.kl_estimator=k3", f"rl.kl_coef={kl_coef}",
+                "rl.kl_mode=loss", "rl.lr=1e-2"),
+        tmp_path, single_device_layout())
+    _, updates = _record(trainer)
+    trainer.train()
+    (_, first), (_, second) = updates
+    assert first["ratio_sum"] / first["token_count"] == pytest.approx(1.0, abs=1e-5)
+    assert first["kl_sum"] < 1e-6
+    assert abs(second["ratio_sum"] / second["token_count"] - 1.0) > 1e-4
+    assert second["kl_sum"] > 1e-6
+    for metrics in (first, second):  # token-mean of the clipped surrogate plus kl_coef * k3
+        assert metrics["loss"] == pytest.approx(
+            (metrics["pg_loss_sum"] + kl_coef * metrics["kl_sum"]) / metrics["token_count"],
+            rel=1e-4, abs=1e-7)
+    (row,) = _rows(tmp_path)
+    assert np.isfinite(row["kl_loss_term_mean"]) and row["kl_loss_term_mean"] > 0

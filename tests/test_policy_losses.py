@@ -33,7 +33,7 @@ AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 # ---------------------------------------------------------------------------------- references
 
 
-def ref_group_advantages(rewards, normalize_std=True, eps=1e-6, valid=None):
+def ref_group_advantages(rewards, normalize_std=True, eps=1e-6, valid=None, ddof=0):
     rewards = np.asarray(rewards, np.float64)
     valid = np.ones_like(rewards, bool) if valid is None else np.asarray(valid, bool)
     out = np.zeros_like(rewards)
@@ -42,7 +42,7 @@ def ref_group_advantages(rewards, normalize_std=True, eps=1e-6, valid=None):
         if len(vals) == 0 or max(vals) == min(vals):
             continue
         mean = sum(vals) / len(vals)
-        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - ddof))
         for g in range(rewards.shape[1]):
             if valid[p, g]:
                 a = rewards[p, g] - mean
@@ -53,8 +53,9 @@ def ref_group_advantages(rewards, normalize_std=True, eps=1e-6, valid=None):
 def ref_kl(logp, ref, estimator):
     if estimator == "k1":
         return logp - ref
-    ratio = np.exp(ref - logp)  # pi_ref / pi
-    return ratio - np.log(ratio) - 1.0
+    # verl's low_var_kl: log-ratio clamped to +-20, the estimate to +-10
+    log_ratio = np.clip(ref - logp, -20.0, 20.0)  # log pi_ref / pi
+    return np.clip(np.exp(log_ratio) - log_ratio - 1.0, -10.0, 10.0)
 
 
 def ref_overlong(length, max_length, buffer, penalty):
@@ -89,8 +90,9 @@ def ref_policy_loss(logp, old, adv, mask, cfg, ref=None, sampler=None):
         return token.sum() / sum(lengths)
     if cfg.aggregation == "seq-mean-token-mean":
         return sum(token[b].sum() / lengths[b] for b in nonempty) / len(nonempty)
-    norm = cfg.max_tokens_for_norm or T
-    return sum(token[b].sum() / norm for b in nonempty) / len(nonempty)
+    # Dr. GRPO / TRL: every row counts, each with the generation budget C
+    budget = cfg.max_tokens_for_norm or T
+    return token.sum() / (B * budget)
 
 
 def ref_log_softmax(logits):
@@ -214,8 +216,11 @@ def test_kl_estimate_matches_reference(estimator):
 
 def test_kl_estimators_are_unbiased_for_exact_samples_and_k3_nonnegative():
     rng = np.random.default_rng(3)
-    logp_V = ref_log_softmax(rng.normal(size=11))
-    ref_V = ref_log_softmax(rng.normal(size=11))
+    # Logits scaled so that no token is e^2.4 times likelier under ref: k3 is unbiased only
+    # below its clamp (10, verl's), which such a token would reach.
+    logp_V = ref_log_softmax(rng.normal(size=11) * 0.6)
+    ref_V = ref_log_softmax(rng.normal(size=11) * 0.6)
+    assert np.max(ref_V - logp_V) < 2.4
     exact_kl = float(np.sum(np.exp(logp_V) * (logp_V - ref_V)))
     # Every token of the vocabulary "sampled" with its exact probability: E_pi[k] = KL(pi || ref).
     for estimator in ("k1", "k3"):
@@ -394,7 +399,7 @@ def test_on_policy_gradient_is_reinforce(aggregation):
     elif aggregation == "seq-mean-token-mean":
         norm = seqs * np.maximum(lengths, 1)
     else:
-        norm = np.full_like(lengths, seqs * mask.shape[1])
+        norm = np.full_like(lengths, mask.shape[0] * mask.shape[1])
     want = -adv[:, None] * mask / norm[:, None]
     np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-8)
     # On-policy, the surrogate's value is -A aggregated (ratio = 1).
@@ -565,3 +570,86 @@ def test_policy_logprobs_match_log_softmax_gather_and_entropy():
 
 def logp_f32(logits, tokens):
     return policy_logprobs(jnp.asarray(logits, jnp.float32), jnp.asarray(tokens))[0]
+
+
+# ---------------------------------------------------------------------------------- issue 23
+
+
+def test_group_advantages_sample_std_with_ddof_1():
+    rewards = np.array([[1.0, 0.0, 0.5, 1.0], [1.0, 0.0, 0.0, 0.0], [2.0, 1.0, 1.0, 0.0]])
+    valid = np.array([[1, 1, 0, 1], [1, 0, 0, 0], [1, 1, 1, 1]], bool)
+    for v in (None, valid):
+        got = group_advantages(jnp.asarray(rewards), ddof=1,
+                               valid_PxG=None if v is None else jnp.asarray(v))
+        np.testing.assert_allclose(got, ref_group_advantages(rewards, True, 1e-6, v, ddof=1),
+                                   atol=1e-5)
+    # torch.std / np.std(ddof=1) of a full group: the TRL / verl definition
+    row = rewards[2]
+    np.testing.assert_allclose(np.asarray(group_advantages(jnp.asarray(rewards), ddof=1))[2],
+                               (row - row.mean()) / (row.std(ddof=1) + 1e-6), atol=1e-5)
+    with pytest.raises(ValueError, match="ddof"):
+        group_advantages(jnp.asarray(rewards), ddof=2)
+
+
+def test_k3_and_the_ratio_are_clamped_like_verl():
+    # log(ref / pi) = 50: unclamped k3 is e^50; verl clamps log r to 20 and k3 to 10
+    assert float(kl_estimate(jnp.zeros(1), jnp.full(1, 50.0), "k3")[0]) == 10.0
+    assert float(kl_estimate(jnp.zeros(1), jnp.full(1, -50.0), "k3")[0]) == 10.0
+    np.testing.assert_allclose(float(kl_estimate(jnp.zeros(1), jnp.full(1, 1.5), "k3")[0]),
+                               math.exp(1.5) - 1.5 - 1.0, rtol=1e-6)
+    logp = jnp.array([[100.0, -100.0]])
+    old = jnp.zeros((1, 2))
+    adv = jnp.array([-1.0])
+    cfg = PolicyLossConfig(kl_estimator="k3", kl_coef=0.1)
+
+    def loss_fn(x):
+        return policy_loss(x, old, adv, jnp.ones((1, 2)), cfg, ref_logp_BxT=old)
+
+    (loss, metrics), grad = jax.value_and_grad(loss_fn, has_aux=True)(logp)
+    assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))
+    np.testing.assert_allclose(float(metrics["ratio_sum"]), math.exp(20) + math.exp(-20),
+                               rtol=1e-5)
+    assert float(metrics["kl_sum"]) == 20.0
+
+
+def test_a_kl_estimator_with_zero_coefficient_measures_but_adds_nothing():
+    logp, old, adv, mask, ref, _ = make_batch(seed=7)
+    args = as_jnp(logp, old, adv, mask)
+    plain, _ = policy_loss(*args, PolicyLossConfig())
+    zero = PolicyLossConfig(kl_estimator="k3", kl_coef=0.0)
+    without_ref, _ = policy_loss(*args, zero)  # no reference needed when nothing is added
+    with_ref, metrics = policy_loss(*args, zero, ref_logp_BxT=jnp.asarray(ref, jnp.float32))
+    assert float(without_ref) == float(with_ref) == float(plain)
+    want = sum(ref_kl(logp[b, t], ref[b, t], "k3") for b in range(mask.shape[0])
+               for t in range(mask.shape[1]) if mask[b, t])
+    np.testing.assert_allclose(float(metrics["kl_sum"]), want, rtol=1e-5)
+
+
+def test_dr_grpo_normaliser_is_rows_times_budget_whatever_the_width():
+    """Dr. GRPO (TRL: B * max_completion_length): the same replies padded to other widths, and
+    rows without any token, do not change the per-row divisor."""
+    rng = np.random.default_rng(8)
+    cfg = PolicyLossConfig(aggregation="seq-mean-token-sum", max_tokens_for_norm=16)
+    for width, lengths in ((7, [7, 5, 3, 0]), (24, [2, 9, 0, 0]), (40, [1, 1, 1, 30])):
+        rows = len(lengths)
+        mask = (np.arange(width)[None] < np.array(lengths)[:, None]).astype(np.float32)
+        logp = rng.uniform(-3, -0.1, (rows, width))
+        adv = rng.normal(size=rows)
+        loss, _ = policy_loss(*as_jnp(logp, logp, adv, mask), cfg)  # on-policy: ratio 1
+        want = -sum(adv[b] * lengths[b] for b in range(rows)) / (rows * 16)
+        np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_micro_batch_losses_sum_to_the_whole_batch_loss(aggregation):
+    logp, old, adv, mask, ref, sampler = make_batch(seed=9)
+    cfg = PolicyLossConfig(aggregation=aggregation, kl_estimator="k3", kl_coef=0.1, tis_cap=1.5)
+    whole = ref_policy_loss(logp, old, adv, mask, cfg, ref, sampler)
+    norm = losses.loss_normalizer(jnp.asarray(mask), aggregation)
+    parts = []
+    for rows in ([0, 2, 4], [1, 3, 5]):
+        x = [a[rows] for a in (logp, old, adv, mask, ref, sampler)]
+        part, _ = policy_loss(*as_jnp(*x[:4]), cfg, ref_logp_BxT=jnp.asarray(x[4], jnp.float32),
+                              sampler_logp_BxT=jnp.asarray(x[5], jnp.float32), normalizer=norm)
+        parts.append(float(part))
+    np.testing.assert_allclose(sum(parts), whole, rtol=1e-5)

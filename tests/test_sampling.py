@@ -167,7 +167,7 @@ def _reference_generate(model, prompts, *, num_samples, max_new_tokens, stop_ids
             for p, n in rows
         ])
         tok, logp, model_logp = (np.asarray(x)[0] for x in sampling._sample(
-            logits[None], keys[None], **sampling_args))
+            logits[None], keys[None], **sampling_args)[:3])
         for r, (p, n) in enumerate(rows):
             if not done[r]:
                 tokens[p, n, t], logps[p, n, t], model_logps[p, n, t] = tok[r], logp[r], \

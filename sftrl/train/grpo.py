@@ -135,9 +135,10 @@ class GRPOTrainer:
             async_save=config.checkpoint.async_save,
         )
         self.index = CheckpointIndex(self.workdir / "checkpoints")
-        # The reference policy is the starting point (kept only when a KL term needs it).
+        # The reference policy is the starting point, kept whenever a KL estimator is chosen:
+        # with kl_coef = 0 the KL is measured and logged but adds nothing to loss or reward.
         self.ref_params = None
-        if self.rl.kl_estimator != "none" and self.rl.kl_coef > 0:
+        if self.rl.kl_estimator != "none":
             self.ref_params = jax.tree.map(jnp.copy, self.model.params)
         self.setup = common.fresh_or_restored_state(
             self.model, self.tx, layout, self.checkpointer, seed=config.seed
@@ -173,7 +174,7 @@ class GRPOTrainer:
             self.model, self.tokenizer, {"test": test[: self.rl.eval_prompts]},
             spec=SamplingSpec(num_samples=self.rl.eval_samples,
                               max_new_tokens=self.rl.max_new_tokens,
-                              temperature=self.rl.temperature or 1.0, seed=self.config.seed),
+                              temperature=self.rl.temperature, seed=self.config.seed),
             format_prompt=lambda record: format_prompt(record["problem"], template),
         )}
 
@@ -225,7 +226,10 @@ class GRPOTrainer:
             start = time.perf_counter()
             scores, correct = self._score(samples, batch["answers"])
             reward_s += time.perf_counter() - start
-            keep = (np.asarray(dynamic_sampling_keep(jnp.asarray(scores)))
+            # With overlong filtering a truncated sample is not part of its group: a group whose
+            # finished samples all agree teaches nothing, whatever its truncated ones scored.
+            valid = jnp.asarray(samples.finished) if self.rl.filter_truncated else None
+            keep = (np.asarray(dynamic_sampling_keep(jnp.asarray(scores), valid))
                     if self.rl.dynamic_sampling else np.ones(len(scores), bool))
             rounds.append(dict(ids=batch["ids"], scores=scores, correct=correct,
                                **{f.name: getattr(samples, f.name)
@@ -292,10 +296,14 @@ class GRPOTrainer:
             kl_tok = np.asarray(kl_estimate(jnp.asarray(arrays["old_logp"]),
                                             jnp.asarray(arrays["ref_logp"]), rl.kl_estimator))
             kl_seq = (kl_tok * arrays["loss_mask"]).sum(axis=1)
-            if rl.kl_mode == "reward":
+            if rl.kl_mode == "reward" and rl.kl_coef > 0:
                 rewards_pg = rewards_pg - rl.kl_coef * kl_seq.reshape(p, g)
+        # Overlong filtering (DAPO): truncated samples leave the group statistics too, else a
+        # group of finished-correct and truncated-wrong samples would reward finishing itself.
+        valid = jnp.asarray(samples.finished) if rl.filter_truncated else None
         advantages = np.asarray(group_advantages(jnp.asarray(rewards_pg),
-                                                 normalize_std=rl.normalize_std))
+                                                 normalize_std=rl.normalize_std,
+                                                 valid_PxG=valid, ddof=rl.std_ddof))
         arrays["advantages"] = advantages.reshape(p * g).astype(np.float32)
         loss_mask = arrays["loss_mask"]
         row_keep = np.repeat(~ro["group_masked"], g)

@@ -5,10 +5,13 @@ then the response right-padded to max_new_tokens, so every response token sits a
 offset and positions come from the attention mask. Log-prob arrays are aligned with the tokens
 (column t holds log p(token t | tokens < t); column 0 is 0), like `sftrl.losses.next_token_nll`.
 
-The policy being optimised is the model at the sampling temperature (logits / T), so that on the
-first update the trainer's log-probs equal the sampler's up to numerics (ratio 1). With top-p/top-k
-the sampler's distribution is truncated; that difference shows up in the measured mismatch and is
-what truncated importance weights (rl.tis_cap) correct.
+The policy being optimised is the model at the sampling temperature (logits / T), untruncated,
+and the sampler's log-probs kept for the batch are of that same distribution
+(`Samples.policy_logprobs`), so on the first update the trainer's log-probs equal the sampler's up
+to numerics. The measured mismatch and the truncated importance weights (rl.tis_cap) therefore
+see only the numerical train/inference difference. A top-p / top-k cut is a bias of the sampling
+that they do not correct (the cut tokens are never sampled, so no weight on the sampled ones can
+restore them); it is a property of the chosen rl.top_p / rl.top_k, not of the trainer.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sftrl.losses import PolicyLossConfig, policy_logprobs, policy_loss
+from sftrl.losses import PolicyLossConfig, loss_normalizer, policy_logprobs, policy_loss
 from sftrl.models.transformer import Transformer
 from sftrl.sampling import Samples
 from sftrl.train.state import TrainState
@@ -53,7 +56,8 @@ def rollout_arrays(prompts: Sequence[Sequence[int]], samples: Samples, pad_id: i
     tokens[:, lp:] = np.where(response_cols, samples.tokens[:, :, :t].reshape(b, t), pad_id)
     attention[:, lp:] = response_cols
     loss_mask[:, lp:] = response_cols
-    sampler_logp[:, lp:] = np.where(response_cols, samples.logprobs[:, :, :t].reshape(b, t), 0.0)
+    sampler_logp[:, lp:] = np.where(response_cols,
+                                    samples.policy_logprobs[:, :, :t].reshape(b, t), 0.0)
     return dict(tokens=tokens, attention_mask=attention, loss_mask=loss_mask,
                 sampler_logp=sampler_logp)
 
@@ -84,16 +88,20 @@ def make_grpo_update(
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """`grpo_update(state, minibatch) -> (state, metrics)`: one optimizer step on a mini-batch.
 
-    With grad_accum > 1 the mini-batch is split into micro-batches whose losses are averaged
-    (each normalised within itself, as peer trainers do); metrics stay raw sums.
+    The loss normaliser (token count, sequence count or Dr. GRPO's rows x budget) is computed
+    once on the whole mini-batch; with grad_accum > 1 each micro-batch's loss is its share of
+    the mini-batch loss (its sum over that one normaliser), and the shares and their gradients
+    are summed, so the update equals the grad_accum = 1 update (DAPO's token mean over the whole
+    batch) up to float rounding. Metrics stay raw sums.
     """
     logprob_fn = make_logprob_fn(module, temperature)
 
-    def loss_fn(params: Any, mb: dict[str, jax.Array]):
+    def loss_fn(params: Any, mb: dict[str, jax.Array], normalizer: jax.Array):
         logp, entropy = logprob_fn(params, mb["tokens"], mb["attention_mask"])
         loss, metrics = policy_loss(
             logp, mb["old_logp"], mb["advantages"], mb["loss_mask"], loss_config,
             ref_logp_BxT=mb.get("ref_logp"), sampler_logp_BxT=mb.get("sampler_logp"),
+            normalizer=normalizer,
         )
         mask = mb["loss_mask"].astype(jnp.float32)
         metrics = dict(metrics)
@@ -105,21 +113,23 @@ def make_grpo_update(
 
     def update(state: TrainState, mb: dict[str, jax.Array]):
         mb = {k: v for k, v in mb.items() if k in ROLLOUT_FIELDS}
+        normalizer = loss_normalizer(mb["loss_mask"], loss_config.aggregation,
+                                     loss_config.max_tokens_for_norm)
         if grad_accum == 1:
-            (loss, metrics), grads = grad_fn(state.params, mb)
+            (loss, metrics), grads = grad_fn(state.params, mb, normalizer)
         else:
             micro = jax.tree.map(
                 lambda x: jnp.swapaxes(x.reshape(x.shape[0] // grad_accum, grad_accum,
                                                  *x.shape[1:]), 0, 1), mb)
 
             def accumulate(carry, m):
-                (loss, metrics), grads = grad_fn(state.params, m)
+                (loss, metrics), grads = grad_fn(state.params, m, normalizer)
                 c_loss, c_metrics, c_grads = carry
-                return (c_loss + loss / grad_accum,
-                        jax.tree.map(jnp.add, c_metrics, metrics),
-                        jax.tree.map(lambda a, b: a + b / grad_accum, c_grads, grads)), None
+                return (c_loss + loss, jax.tree.map(jnp.add, c_metrics, metrics),
+                        jax.tree.map(jnp.add, c_grads, grads)), None
 
-            first = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro))
+            first = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro),
+                                   normalizer)
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
             (loss, metrics, grads), _ = jax.lax.scan(
                 accumulate, (zeros[0][0], zeros[0][1], zeros[1]), micro
