@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class Checkpoint:
     scored_tokens: int = 0  # response tokens the held-out loss scores (after truncation)
     truncated: int = 0  # held-out examples cut at max_length
     prompt_tokens: int = 0  # all benchmark prompts, encoded with this tokenizer
+    tokenize_s: float = 0.0  # time to apply the template to the held-out set
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,6 +285,7 @@ def read_heldout(path: str) -> list[dict[str, Any]]:
 def tokenize_heldout(ck: Checkpoint, records: Sequence[Mapping[str, Any]],
                      max_length: int) -> None:
     """This checkpoint's template applied to every held-out record; counts what is scored."""
+    start = time.perf_counter()
     try:
         data = tokenize_records(records, ck.tokenizer, source=f"held-out ({ck.name})")
     except ValueError as e:
@@ -297,6 +300,7 @@ def tokenize_heldout(ck: Checkpoint, records: Sequence[Mapping[str, Any]],
     ck.heldout = data
     ck.scored_tokens = scored
     ck.truncated = sum(len(ids) > max_length for ids in data.ids)
+    ck.tokenize_s = time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------------------------
