@@ -89,6 +89,7 @@ def main() -> int:
         rank(checkpoints, heldout=str(heldout), benchmarks=[str(bench)], workdir=root / "rank",
              settings=settings)
         total = time.perf_counter() - start
+        shutil.copy(root / "rank" / "rank.md", args.out / "rank.md")  # the report it made
         rows = []
         for file in sorted((root / "rank" / "results").glob("*.json")):
             t = json.loads(file.read_text())["timing"]
