@@ -249,3 +249,16 @@ def test_paired_resampling_orders_a_uniform_improvement():
     spread = stats.interval(loss_worse[1:])
     assert spread[1] - spread[0] > 0.05  # unpaired intervals would overlap: a 'tie'
     assert loss_worse[0] == pytest.approx(stats.heldout_loss(worse))
+
+
+def test_rl_results_give_calibrated_predictions():
+    from sftrl.rank.core import _predict
+
+    loss = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6, "e": 0.5}
+    per_ck = {n: {"heldout": {"loss": v}, "pass@1": 0.1, "pass@k_max": 1.0 - v}
+              for n, v in loss.items()}
+    labeled = {"a": 0.10, "b": 0.20, "c": 0.31, "d": 0.39}
+    pred = _predict("g", list(loss), per_ck, labeled, 8, Settings(num_bootstrap=50))
+    (only,) = pred["candidates"]
+    assert only["checkpoint"] == "e" and only["lower"] < only["predicted"] < only["upper"]
+    assert only["predicted"] == pytest.approx(0.5, abs=0.05)

@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoints = [c for c in args.checkpoints.split(",") if c]
         benchmarks = [b for b in args.benchmarks.split(",") if b]
         # everything is validated before the mesh or any model exists
-        prepare(checkpoints, heldout=args.heldout, benchmarks=benchmarks, settings=settings,
+        plan = prepare(checkpoints, heldout=args.heldout, benchmarks=benchmarks, settings=settings,
                 rl_results=args.rl_results, workdir=workdir)
         import jax
 
@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         layout = sharding.Layout(sharding.make_mesh(**sizes), sharding.TRAIN_RULES)
         result = rank(checkpoints, heldout=args.heldout, benchmarks=benchmarks,
                       workdir=workdir, settings=settings, rl_results=args.rl_results,
-                      layout=layout)
+                      layout=layout, plan=plan)
     except RankError as e:
         print(f"sftrl: error: {e}", file=sys.stderr)
         return 2

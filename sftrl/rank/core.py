@@ -312,16 +312,19 @@ def rank(
     checkpoints: Sequence[str], *, heldout: str, benchmarks: Sequence[str],
     workdir: str | Path, settings: Settings | None = None, rl_results: str | None = None,
     layout: Any = None, on_checkpoint_done: Callable[[str], None] | None = None,
+    plan: Plan | None = None,
 ) -> dict[str, Any]:
     """Ranks `checkpoints` (see `sftrl.rank`); writes rank.md, rank.json and rank.png under
-    `workdir` and returns rank.json's content."""
+    `workdir` and returns rank.json's content. `plan`: `prepare`'s result for these same
+    arguments, when the caller validated them already."""
     from sftrl.rank import report as report_lib
     from sftrl.rank.score import score_checkpoint
 
     settings = settings or Settings()
     workdir = Path(workdir)
-    plan = prepare(checkpoints, heldout=heldout, benchmarks=benchmarks, settings=settings,
-                   rl_results=rl_results, workdir=workdir)
+    if plan is None:
+        plan = prepare(checkpoints, heldout=heldout, benchmarks=benchmarks, settings=settings,
+                       rl_results=rl_results, workdir=workdir)
     for line in cost_lines(plan, settings):
         log.info("%s", line)
     if layout is None:
