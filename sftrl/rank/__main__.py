@@ -106,7 +106,10 @@ def settings_and_mesh(args: argparse.Namespace) -> tuple[Any, dict[str, int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # force: importing jax/absl may already have put a handler on the root logger, which
+    # would make basicConfig a no-op and hide the cost and progress lines
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))

@@ -79,6 +79,11 @@ def _prediction(result: dict[str, Any], group: str) -> list[str]:
     return lines
 
 
+def _proxy_value(result: dict[str, Any], name: str, proxy: str) -> float:
+    c = result["checkpoints"][name]
+    return -c["heldout"]["loss"] if proxy == "-loss" else c[proxy]
+
+
 def markdown(result: dict[str, Any]) -> str:
     k = result["k_max"]
     lines = ["# Checkpoint ranking", "",
@@ -102,8 +107,11 @@ def markdown(result: dict[str, Any]) -> str:
     for group in result["groups"]:
         lines += ["", f"## Group {group}", "", *_group_table(result, group), "",
                   _recommendation(result, group)]
+        top = result["groups"][group]["recommendation"]["checkpoint"]
+        # a proxy tied at the top (e.g. pass@k all 0) picks nobody; only a strict lead counts
         disagree = [p for p, v in result["groups"][group]["by_proxy"].items()
-                    if v["order"][0] != result["groups"][group]["recommendation"]["checkpoint"]]
+                    if v["order"][0] != top and v["pairs"]
+                    and _proxy_value(result, v["order"][0], p) > _proxy_value(result, top, p)]
         if disagree:
             lines += ["", "Single proxies that pick another top checkpoint: " + "; ".join(
                 f"{p}: {result['groups'][group]['by_proxy'][p]['order'][0]}"
