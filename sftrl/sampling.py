@@ -30,7 +30,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -251,17 +251,19 @@ class _Decoder:
                                                  num_layers=module.config.num_layers))
 
 
-_DECODERS: dict[int, tuple[Model, _Decoder]] = {}
+_DECODERS: dict[Any, _Decoder] = {}
 
 
 def _decoder_for(model: Model) -> _Decoder:
-    # Keyed by identity (a Model is not hashable); the model is kept alive with its decoder.
-    entry = _DECODERS.get(id(model))
-    if entry is None or entry[0] is not model:
-        entry = (model, _Decoder(model))
-        _DECODERS.clear()  # one model at a time: do not pin old weights in memory
-        _DECODERS[id(model)] = entry
-    return entry[1]
+    # Keyed by the module (hashable; equal for the same architecture, dtypes and layout), not
+    # the weights: the decoder only closes over the module and takes params per call, so the
+    # next checkpoint of one architecture (sftrl.rank) reuses the compiled calls, and no weights
+    # are pinned in memory by the cache.
+    decoder = _DECODERS.get(model.module)
+    if decoder is None:
+        _DECODERS.clear()  # one architecture at a time
+        decoder = _DECODERS[model.module] = _Decoder(model)
+    return decoder
 
 
 def _check_args(prompts, num_samples, max_new_tokens, temperature, top_p, top_k, vocab) -> None:

@@ -115,6 +115,14 @@ class HeldoutEvaluator:
         self._step = jax.jit(per_token_nll)
 
     def evaluate(self, params: Any) -> HeldoutResult:
+        token_sums, token_counts = self.example_sums(params)
+        return self._summarise(token_sums, token_counts)
+
+    def example_sums(
+        self, params: Any
+    ) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], int]]:
+        """({(row, segment): NLL sum}, {(row, segment): token count}) per scored example; what
+        `evaluate` summarises (sftrl.rank bootstraps over these examples)."""
         params = getattr(params, "params", params)  # a TrainState works too
         token_sums: dict[tuple[int, int], float] = {}
         token_counts: dict[tuple[int, int], int] = {}
@@ -143,7 +151,7 @@ class HeldoutEvaluator:
             row_offset += arrays["tokens"].shape[0]  # global rows (gathered above)
         if not token_counts:
             raise ValueError("the held-out split has no response tokens (empty, or all masked)")
-        return self._summarise(token_sums, token_counts)
+        return token_sums, token_counts
 
     def _summarise(
         self, sums: dict[tuple[int, int], float], counts: dict[tuple[int, int], int]
