@@ -46,6 +46,7 @@ _USER_ERRORS: dict[str, tuple[str, ...]] = {
     "sftrl.eval.benchmarks": ("BenchmarkError",),
     "sftrl.losses": ("PolicyLossConfigError",),
     "sftrl.rewards": ("SamplesFileError",),
+    "sftrl.rank.inputs": ("RankError",),
 }
 
 

@@ -22,7 +22,6 @@ from sftrl.sharding import Layout, make_mesh, shard_batch, single_device_layout
 from sftrl.train import grpo as grpo_lib
 from sftrl.train.grpo import GRPOTrainer
 from sftrl.train.grpo_step import make_grpo_update, rollout_arrays
-from sftrl.train.optim import OptimizerConfig, learning_rate, make_optimizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -149,6 +148,11 @@ def test_rollout_arrays_alignment():
 
 
 def test_sharded_update_equals_unsharded():
+    """Compared through SGD with lr=1, so the parameter change is the gradient: Adam's first
+    step is lr * sign(g), which turns a rounding difference in a near-zero gradient into a
+    full-size difference (the ill-conditioning that made test_sft_step fail by machine)."""
+    import optax
+
     config = _config()
     from sftrl.models.transformer import build_model, param_shardings
     from sftrl.train import state as state_lib
@@ -166,10 +170,9 @@ def test_sharded_update_equals_unsharded():
     results = []
     for layout in (single_device_layout(), Layout(make_mesh(data=2, fsdp=2, tensor=2))):
         model = build_model(config_lib.model_config(config), layout, seed=0)
-        opt = OptimizerConfig(lr=1e-3, total_steps=2)
-        tx = make_optimizer(opt)
+        tx = optax.sgd(1.0)
         loss_config = PolicyLossConfig(clip_low=0.2, clip_high=0.28)
-        update = make_grpo_update(model.module, tx, learning_rate(opt), loss_config,
+        update = make_grpo_update(model.module, tx, optax.constant_schedule(1.0), loss_config,
                                   temperature=1.0, grad_accum=2)
 
         def create(p, tx=tx):
@@ -185,13 +188,16 @@ def test_sharded_update_equals_unsharded():
         logp, _ = jax.jit(make_logprob_fn(model.module, 1.0))(
             state.params, jnp.asarray(batch["tokens"]), jnp.asarray(batch["attention_mask"]))
         batch["old_logp"] = np.asarray(logp)
+        before = np.asarray(state.params["lm_head"], np.float64)
         state, metrics = jax.jit(update)(state, shard_batch(batch, layout))
         results.append(({k: float(v) for k, v in metrics.items()},
-                        np.asarray(state.params["lm_head"])))
-    (m1, p1), (m8, p8) = results
+                        before - np.asarray(state.params["lm_head"])))
+    (m1, g1), (m8, g8) = results
     for key in ("loss", "grad_norm", "clip_count", "token_count"):
         np.testing.assert_allclose(m1[key], m8[key], rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(p1, p8, atol=1e-6)
+    # float32 sums over the same tokens in another order: a few hundred ulps of the largest term
+    assert np.max(np.abs(g1)) > 0
+    np.testing.assert_allclose(g1, g8, rtol=0, atol=1e-4 * np.max(np.abs(g1)))
     assert m1["ratio_sum"] == pytest.approx(m1["token_count"], rel=1e-5)
 
 

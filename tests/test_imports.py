@@ -28,6 +28,10 @@ ALLOWED = {
     "sftrl.train": ("sftrl.train", "sftrl.config_lib", "sftrl.models", "sftrl.losses",
                     "sftrl.sampling", "sftrl.rewards", "sftrl.data", "sftrl.eval",
                     "sftrl.sharding", "kernels"),
+    # the ranking tool: the eval stage's pieces and the trainers' checkpoint loading
+    "sftrl.rank": ("sftrl.rank", "sftrl.config_lib", "sftrl.data", "sftrl.eval", "sftrl.models",
+                   "sftrl.train", "sftrl.sharding", "sftrl.sampling", "sftrl.rewards",
+                   "sftrl.losses", "kernels"),
     # config_lib validates configs, so it may describe models, meshes, optimizers and losses
     "sftrl.config_lib": ("sftrl.models", "sftrl.sharding", "sftrl.train.optim", "sftrl.losses",
                          "sftrl.data"),
