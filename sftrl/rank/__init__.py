@@ -7,7 +7,8 @@ For every checkpoint (Hugging Face folders, sftrl run directories, orbax step fo
 eval stage's sharded model, sampler, sample store and verifier: the generalization loss on one
 common held-out set (each checkpoint in its own chat template) and pass@1 .. pass@k_max on the
 benchmarks. Checkpoints of one base model form a group, ranked by the paper's combination (the
-z-scored average of -loss and pass@k_max) with paired-bootstrap uncertainty. See docs/rank.md.
+z-scored average of -loss and pass@k_max) with paired-bootstrap uncertainty. See the README,
+"Rank your checkpoints".
 """
 
 from sftrl.rank.core import Settings, prepare, rank

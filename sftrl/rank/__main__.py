@@ -1,4 +1,4 @@
-"""`python -m sftrl.rank`: the command line of `sftrl.rank.rank` (see docs/rank.md).
+"""`python -m sftrl.rank`: the command line of `sftrl.rank.rank` (README: "Rank your checkpoints").
 
 A mistake in the inputs prints ONE line, `sftrl: error: <what>`, on stderr and exits 2, before any
 model is loaded; a bug still gets its traceback.
