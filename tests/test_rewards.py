@@ -22,7 +22,15 @@ import pytest
 from scripts import load_benchmark
 
 from sftrl import rewards
-from sftrl.rewards import ExtractionConfig, Verifier, extract_answer, normalize_answer
+from sftrl.rewards import (
+    ExtractionConfig,
+    Verifier,
+    extract_answer,
+    guards,
+    normalize_answer,
+    symbolic,
+)
+from sftrl.rewards.pool import WorkerPool
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE_SECONDS = 10.0  # generous: a hostile item must come back well within this
@@ -315,7 +323,7 @@ HOSTILE = [
     (r"\begin{pmatrix}1\\2\end{pmatrix}", None),
 ])
 def test_static_guards(answer: str, reason: str | None) -> None:
-    assert rewards._refusal(answer, rewards._Limits()) == reason
+    assert guards.refusal(answer, guards.Limits()) == reason
 
 
 @pytest.fixture(scope="module")
@@ -401,7 +409,7 @@ def test_cache_changes_no_verdict() -> None:
         again = cached.verify_batch(batch)  # everything symbolic now comes from the cache
         hits = cached.stats.cache_hits
         symbolic_runs = cached.stats.symbolic
-        assert cached._outcomes[(r"\frac{}{}", "5")] == rewards.UNPARSABLE
+        assert cached._outcomes[(r"\frac{}{}", "5")] == symbolic.UNPARSABLE
     with Verifier("math500", workers=2, timeout_s=10.0, cache=False) as uncached:
         reference = uncached.verify_batch(batch)
         one_by_one = [uncached.verify(response, gold) for response, gold in batch[:60]]
@@ -422,15 +430,15 @@ def test_numbers_far_from_a_symbolic_gold_skip_sympy_without_changing_verdicts()
     pairs = [(rf"\boxed{{{a}}}", g) for g in golds for a in answers]
     with Verifier(workers=2, timeout_s=10.0) as v:
         verdicts = v.verify_batch(pairs)
-        symbolic = v.stats.symbolic
+        symbolic_runs = v.stats.symbolic
     # the same comparisons, each done by sympy in this process
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled": we know
-    limits = rewards._Limits()
-    expected = [rewards._check_symbolic(normalize_answer(a), normalize_answer(g), limits)
-                == rewards.CORRECT for g in golds for a in answers]
+    limits = guards.Limits()
+    expected = [symbolic.check_symbolic(normalize_answer(a), normalize_answer(g), limits)
+                == symbolic.CORRECT for g in golds for a in answers]
     assert verdicts == expected
     assert sum(verdicts) == 5  # 4.472136, 4.2426406871, 7.389056, 0.57735 and 0.577350
-    assert symbolic < len(pairs) // 2  # one value per gold, sympy only for the close ones
+    assert symbolic_runs < len(pairs) // 2  # one value per gold, sympy only for the close ones
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,22 +450,22 @@ def _hanging_worker(jobs: tuple[tuple[str, str], ...], limits: object) -> list[s
     """Stands in for sympy: "hang" never finishes, everything else is instant."""
     if any(candidate == "hang" for candidate, _ in jobs):
         time.sleep(600)
-    return [rewards.CORRECT if c == g else rewards.WRONG for c, g in jobs]
+    return [symbolic.CORRECT if c == g else symbolic.WRONG for c, g in jobs]
 
 
 def _crashing_worker(jobs: tuple[tuple[str, str], ...], limits: object) -> list[str]:
     """Stands in for a segfaulting parser: "boom" kills the worker process."""
     if any(candidate == "boom" for candidate, _ in jobs):
         os._exit(3)
-    return [rewards.CORRECT if c == g else rewards.WRONG for c, g in jobs]
+    return [symbolic.CORRECT if c == g else symbolic.WRONG for c, g in jobs]
 
 
 def _hash_worker(jobs: tuple[tuple[str, str], ...], limits: object) -> list[str]:
     return [str(hash(candidate)) for candidate, _ in jobs]
 
 
-def _pool(worker_fn: object) -> rewards._WorkerPool:
-    return rewards._WorkerPool(2, 1.0, rewards._Limits(), None, worker_fn=worker_fn)
+def _pool(worker_fn: object) -> WorkerPool:
+    return WorkerPool(2, 1.0, guards.Limits(), None, worker_fn=worker_fn)
 
 
 def test_pool_times_out_one_check_and_keeps_the_others() -> None:
@@ -501,13 +509,13 @@ def test_workers_hash_alike_in_every_pool() -> None:
 _RNG_INDEPENDENCE_SCRIPT = r"""
 import json, logging
 import sympy.core.random
-from sftrl import rewards
+from sftrl.rewards import guards, symbolic
 logging.getLogger("math_verify").setLevel(logging.ERROR)
-jobs = ((r"\pi\pi\infty", "2"), (r"\sqrt{8}", r"2\sqrt{2}"), (rewards._GOLD_VALUE_JOB, r"\pi"))
+jobs = ((r"\pi\pi\infty", "2"), (r"\sqrt{8}", r"2\sqrt{2}"), (symbolic.GOLD_VALUE_JOB, r"\pi"))
 states, outcomes = [], []
 for prior in (1, 2):
     sympy.core.random.seed(prior)
-    outcomes.append(rewards._worker_run(jobs, rewards._Limits()))
+    outcomes.append(symbolic.worker_run(jobs, guards.Limits()))
     states.append(repr(sympy.core.random.rng.getstate()))
 print(json.dumps({"same_state": states[0] == states[1], "outcomes": outcomes}))
 """
