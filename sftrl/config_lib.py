@@ -180,6 +180,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.eval_prompts = 64  # test prompts for the in-training pass@k evaluator
     c.rl.eval_samples = 4
     c.rl.max_kv_tokens = 0  # 0: no wave limit on the sampler
+    # the trainer's log-probs: LM head in chunks of this many positions, float32 logits per chunk
+    c.rl.logprob_chunk = 512
     c.rl.share_prefix = True  # False: each prompt repeated group_size times (for comparison)
     c.rl.tensorboard = True
 
@@ -423,7 +425,7 @@ def _validate_rl(config: ml_collections.ConfigDict) -> None:
     r = config.rl
     for key in ("num_steps", "prompts_per_step", "group_size", "max_new_tokens",
                 "updates_per_rollout", "ppo_epochs", "grad_accum", "log_every", "eval_prompts",
-                "eval_samples"):
+                "eval_samples", "logprob_chunk"):
         if r[key] < 1:
             raise ConfigError(f"rl.{key}: must be positive")
     for key in ("eval_every", "save_every", "overlong_buffer", "max_refill_rounds",
@@ -577,7 +579,8 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None,
 
 
 def resolve_dtype(name: str) -> Any:
-    """'auto' is bfloat16 on accelerators and float32 on CPU."""
+    """'auto' is bfloat16 on accelerators and float32 on CPU (the platform compiled for:
+    `sftrl.target.platform()`)."""
     import jax.numpy as jnp
 
     from sftrl.models.checkpoint import default_dtype
@@ -585,7 +588,11 @@ def resolve_dtype(name: str) -> Any:
     return default_dtype() if name == "auto" else jnp.dtype(name)
 
 
-def make_layout(config: ml_collections.ConfigDict, rules: Any = None) -> Any:
-    """The mesh the config asks for, over all devices, with the given rules table."""
-    sizes = mesh_sizes(config, jax.device_count())
-    return sharding.Layout(sharding.make_mesh(**sizes), rules or sharding.TRAIN_RULES)
+def make_layout(config: ml_collections.ConfigDict, rules: Any = None,
+                devices: Any = None) -> Any:
+    """The mesh the config asks for, over `devices` (default: all of this process's platform;
+    a plan passes a TPU topology's devices), with the given rules table."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = mesh_sizes(config, len(devices))
+    return sharding.Layout(sharding.make_mesh(**sizes, devices=devices),
+                           rules or sharding.TRAIN_RULES)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sftrl import target
 from sftrl.models.attention import (
     RESIDUAL_NAMES,
     flash_attention,
@@ -241,7 +242,7 @@ def _shared_prefix_attention(
     q_PxKxRxD = jnp.transpose(q_PxNxKxGxD, (0, 2, 1, 3, 4)).reshape(p, kv_heads, n * g, d)
     out_pre, lse_pre = prefix_decode_attention(
         q_PxKxRxD, prefix_k.astype(q_PxKxRxD.dtype), prefix_v.astype(q_PxKxRxD.dtype),
-        prefix_lengths_P,
+        prefix_lengths_P, backend=target.platform(),
     )
     scores_PxNxKxGxT = jnp.einsum(
         "pnkgd,pnktd->pnkgt", q_PxNxKxGxD, suffix_k.astype(q_PxNxKxGxD.dtype),
