@@ -9,7 +9,7 @@ import pytest
 
 from sftrl.losses import chunked_policy_logprobs
 from sftrl.models.model_config import ModelConfig
-from sftrl.models.transformer import build_model, lm_head_kernel
+from sftrl.models.transformer import build_model
 from sftrl.sharding import single_device_layout
 from sftrl.train.grpo_step import make_logprob_fn
 
