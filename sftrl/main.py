@@ -115,6 +115,7 @@ def main(argv: list[str]) -> int:
     _init_distributed()
     try:
         config_lib.validate(config)
+        config_lib.check_full_size_run(config)
     except config_lib.ConfigError as e:
         print(f"sftrl: invalid config: {e}", file=sys.stderr)
         return 2
