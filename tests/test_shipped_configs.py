@@ -66,10 +66,10 @@ def test_no_cpu_scale_value_leaks_into_full_size(name):
 @pytest.mark.parametrize("name", FULL_SIZE)
 def test_full_size_run_without_data_is_refused(name):
     config = load(name)
-    with pytest.raises(config_lib.ConfigError, match="^data.source: a full-size model"):
+    with pytest.raises(config_lib.ConfigError, match=r"^data\.source: a full-size model"):
         config_lib.check_full_size_run(config)
     config.data.source = "files"
-    with pytest.raises(config_lib.ConfigError, match="^data.train_files"):
+    with pytest.raises(config_lib.ConfigError, match=r"^data\.train_files"):
         config_lib.check_full_size_run(config)
     config.data.train_files = ("/data/sft.jsonl",)
     config_lib.check_full_size_run(config)
