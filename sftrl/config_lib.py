@@ -264,8 +264,8 @@ def paper_scale_training(c: ml_collections.ConfigDict) -> None:
     c.data.max_heldout_examples = 1000
     # num_steps 0: the epochs decide the SFT length (cpu_scale_training's 300 must not leak in)
     c.sft.update(batch_size=64, num_epochs=3, num_steps=0, lr=1e-5, warmup_steps=30,
-                 schedule="cosine", min_lr_ratio=0.1, weight_decay=0.01, b2=0.95, grad_clip=1.0, log_every=10,
-                 eval_every=200, save_every=200, heldout_batch_size=32)
+                 schedule="cosine", min_lr_ratio=0.1, weight_decay=0.01, b2=0.95, grad_clip=1.0,
+                 log_every=10, eval_every=200, save_every=200, heldout_batch_size=32)
     c.rl.update(prompt_source="math_train", prompt_template="boxed", num_steps=500,
                 prompts_per_step=128, group_size=8, max_new_tokens=4096, temperature=1.0,
                 updates_per_rollout=4, lr=1e-6, clip_low=0.2, clip_high=0.28,
