@@ -297,7 +297,7 @@ def build_stages(config: Any, devices: list[Any], prompt_len: int) -> tuple[list
     sampling_layout = Layout(layout.mesh, SAMPLING_RULES)
     sampling_module = module.clone(layout=sampling_layout)
     shapes, specs = abstract_params(sampling_module)
-    sample_dtype = None  # the sampler keeps the train state's float32 weights
+    sample_dtype = sampling_module.dtype  # sampling.make_sampler_params
     sampler_sh = sampling_layout.tree_shardings(specs, shapes)
     sampler_params = jax.tree.map(lambda x, sh: _sds(x.shape, sample_dtype or x.dtype, sh),
                                   shapes, sampler_sh)

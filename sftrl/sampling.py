@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ import numpy as np
 import tqdm
 
 from sftrl.models.kv_cache import KVCache, SharedPrefixCache
-from sftrl.models.transformer import Model, unstack_layers
+from sftrl.models.transformer import Model, param_shardings, unstack_layers
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,23 @@ class _Decoder:
                                      donate_argnames=("state",))
         self.unstack = jax.jit(functools.partial(unstack_layers,
                                                  num_layers=module.config.num_layers))
+
+
+def make_sampler_params(module: Any) -> Any:
+    """A jitted `params -> the sampler's copy`: every floating weight in the module's compute
+    dtype, placed per the module's layout (the sampling rules).
+
+    The forward casts every weight to the compute dtype before use (dense kernels, norm scales,
+    the embedding rows), so the copy gives bit-identical logits while holding half the bytes of
+    float32 master weights, and a decode step, which reads every weight once per token, reads
+    half as much."""
+    dtype = module.dtype
+
+    def cast(params: Any) -> Any:
+        return jax.tree.map(
+            lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+    return jax.jit(cast, out_shardings=param_shardings(module, module.layout))
 
 
 _DECODERS: dict[int, tuple[Model, _Decoder]] = {}

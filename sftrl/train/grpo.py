@@ -38,8 +38,8 @@ from sftrl.losses import (
     kl_estimate,
     overlong_penalty,
 )
-from sftrl.models.transformer import Model, param_shardings
-from sftrl.sampling import Samples, generate
+from sftrl.models.transformer import Model
+from sftrl.sampling import Samples, generate, make_sampler_params
 from sftrl.sharding import SAMPLING_RULES, Layout, shard_batch
 from sftrl.train import common
 from sftrl.train import state as state_lib
@@ -115,8 +115,7 @@ class GRPOTrainer:
         self.tokenizer: Tokenizer = load_tokenizer(sources.tokenizer_path(config))
         self.model = load_policy(config, layout)
         self.sampling_module = self.model.module.clone(layout=self.sampling_layout)
-        self._sampling_param_shardings = param_shardings(self.sampling_module,
-                                                         self.sampling_layout)
+        self._sampler_params = make_sampler_params(self.sampling_module)
         self.stop_ids = tuple(self.tokenizer.stop_ids)
         self.records = rl_records(config)
         if not self.records:
@@ -191,7 +190,7 @@ class GRPOTrainer:
                 ) -> Samples:
         # One Model object for the whole run, its params swapped each step: the sampler's
         # compiled steps are cached per Model, so a new one would recompile every rollout.
-        params = jax.device_put(state.params, self._sampling_param_shardings)
+        params = self._sampler_params(state.params)
         if self._sampler is None:
             self._sampler = Model(self.sampling_module, params)
         self._sampler.params = params
