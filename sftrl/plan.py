@@ -345,7 +345,8 @@ def build_stages(config: Any, devices: list[Any], prompt_len: int) -> tuple[list
         ("eval", ev.prompts_per_wave, ev.num_samples, ev.max_new_tokens, ev.max_kv_tokens,
          ev.temperature, ev.top_p, ev.top_k, params_b, "train-layout weights"),
     ):
-        waves = sampling._waves([prompt_len] * prompts, n * new_tokens, kv_budget or None)
+        waves = sampling._waves([prompt_len] * prompts, n * new_tokens, kv_budget or None,
+                                align=sampling.batch_ways(sampling_layout))
         p = len(waves[0])
         knob = f"{prefix}.max_kv_tokens" + (" / eval.prompts_per_wave" if prefix == "eval"
                                             else "")
@@ -483,8 +484,6 @@ def finish_row(row: dict[str, Any], topology: Topology, num_devices: int, mfu: f
         row["time_estimate_s"] = max(row["time_at_mfu_s"], row["time_hbm_bound_s"])
     else:
         row["time_estimate_s"] = row["time_at_mfu_s"]
-    if row.get("cost_model_s"):
-        row["cost_model_mfu"] = row["time_at_peak_s"] / row["cost_model_s"]
 
 
 # --- report -------------------------------------------------------------------------------------

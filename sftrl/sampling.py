@@ -287,8 +287,14 @@ def _check_args(prompts, num_samples, max_new_tokens, temperature, top_p, top_k,
         )
 
 
-def _waves(lengths: Sequence[int], per_prompt_extra: int, max_kv_tokens: int | None):
-    """Consecutive groups of prompts whose KV (prefix + all suffixes) fits the budget."""
+def _waves(lengths: Sequence[int], per_prompt_extra: int, max_kv_tokens: int | None,
+           align: int = 1):
+    """Consecutive groups of prompts whose KV (prefix + all suffixes) fits the budget.
+
+    A wave the budget cuts keeps a multiple of `align` prompts (when it holds that many), the
+    rest start the next wave: the cache is split over the mesh's batch axes by prompt, and a
+    prompt count they do not divide leaves the whole wave's KV unsplit, on every device.
+    """
     if max_kv_tokens is None:
         return [list(range(len(lengths)))]
     waves: list[list[int]] = [[]]
@@ -296,11 +302,26 @@ def _waves(lengths: Sequence[int], per_prompt_extra: int, max_kv_tokens: int | N
     for i, length in enumerate(lengths):
         new_longest = max(longest, length)
         if waves[-1] and (len(waves[-1]) + 1) * (new_longest + per_prompt_extra) > max_kv_tokens:
-            waves.append([])
-            new_longest = length
+            wave = waves[-1]
+            keep = len(wave) - len(wave) % align if len(wave) >= align else len(wave)
+            waves[-1], carried = wave[:keep], wave[keep:]
+            waves.append(carried)
+            new_longest = max([lengths[j] for j in carried] + [length])
         waves[-1].append(i)
         longest = new_longest
     return waves
+
+
+def batch_ways(layout: Any) -> int:
+    """How many ways the layout splits a batch of rows (its 'activation_batch' mesh axes)."""
+    if layout is None:
+        return 1
+    spec = layout.spec(("activation_batch",))
+    axes = spec[0] if len(spec) else None
+    if axes is None:
+        return 1
+    names = (axes,) if isinstance(axes, str) else tuple(axes)
+    return int(np.prod([layout.mesh.shape[a] for a in names]))
 
 
 def generate(
@@ -365,7 +386,8 @@ def generate(
     stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
     pad = jnp.asarray(pad_id, jnp.int32)
     sampling = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
-    waves = _waves([len(p) for p in prompts], n * t_max, max_kv_tokens)
+    waves = _waves([len(p) for p in prompts], n * t_max, max_kv_tokens,
+                   align=batch_ways(model.module.layout))
     bar = tqdm.tqdm(total=p_total * n * t_max, unit="tok", desc="generate",
                     disable=not progress or None)
     for wave in waves:

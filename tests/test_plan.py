@@ -71,3 +71,19 @@ def test_plan_memory_matches_hand_count(tmp_path, monkeypatch, capsys):
     # the updated state comes back (donated: aliased to the argument)
     assert row["output_gib"] * plan.GIB == pytest.approx(state_bytes, rel=0.10)
     assert (tmp_path / "plan.md").read_text().count("| sft |") == 1
+
+
+def test_waves_cut_at_a_multiple_of_the_batch_split():
+    """A budget-cut wave keeps a multiple of the mesh's batch ways, so its KV cache splits by
+    prompt instead of being held whole on every device."""
+    from sftrl.sampling import _waves
+
+    lengths = [10] * 10
+    waves = _waves(lengths, 0, 35, align=2)
+    assert waves == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    assert _waves(lengths, 0, 35) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    waves = _waves([5, 40, 7, 3, 9, 12, 30, 2], 4, 60, align=2)
+    assert sum(waves, []) == list(range(8))
+    for wave in waves:
+        widths = [[5, 40, 7, 3, 9, 12, 30, 2][i] for i in wave]
+        assert len(wave) * (max(widths) + 4) <= 60 or len(wave) == 1
