@@ -13,7 +13,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ALLOWED = {
     "kernels": ("kernels",),
     "sftrl.sharding": (),
-    "sftrl.models": ("sftrl.models", "sftrl.sharding", "kernels"),
+    # the platform compiled for (sftrl.plan compiles TPU programs on a CPU host); jax only
+    "sftrl.target": (),
+    "sftrl.models": ("sftrl.models", "sftrl.sharding", "sftrl.target", "kernels"),
     "sftrl.sampling": ("sftrl.sampling", "sftrl.models", "sftrl.sharding", "kernels"),
     "sftrl.losses": ("sftrl.losses",),
     "sftrl.rewards": ("sftrl.rewards",),
@@ -29,7 +31,7 @@ ALLOWED = {
                          "sftrl.data"),
 }
 TOP = ("sftrl.main", "sftrl.launch", "sftrl.report", "sftrl.model_check", "sftrl.predict_stage",
-       "sftrl.eval_stage", "sftrl.pipeline", "sftrl.study")
+       "sftrl.eval_stage", "sftrl.pipeline", "sftrl.study", "sftrl.plan")
 
 
 def _module_name(path: pathlib.Path) -> str:
