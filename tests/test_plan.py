@@ -32,7 +32,7 @@ def test_topology_names(name, chip, shape):
 
 @pytest.mark.parametrize("name", ["v5p-3", "v9-8", "v5p:2x2", "tpu-8", "v5e-12"])
 def test_bad_topology_is_a_user_error(name):
-    with pytest.raises(plan.PlanError, match="^topology"):
+    with pytest.raises(plan.PlanError, match=r"^topology"):
         plan.parse_topology(name)
 
 
@@ -83,7 +83,7 @@ def test_waves_cut_at_a_multiple_of_the_batch_split():
     assert waves == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     assert _waves(lengths, 0, 35) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
     waves = _waves([5, 40, 7, 3, 9, 12, 30, 2], 4, 60, align=2)
-    assert sum(waves, []) == list(range(8))
+    assert [i for wave in waves for i in wave] == list(range(8))
     for wave in waves:
         widths = [[5, 40, 7, 3, 9, 12, 30, 2][i] for i in wave]
         assert len(wave) * (max(widths) + 4) <= 60 or len(wave) == 1
