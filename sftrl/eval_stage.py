@@ -110,7 +110,9 @@ def evaluate_params(
 ) -> dict[str, Any]:
     """One checkpoint: held-out loss (train layout) and every benchmark (sampling layout)."""
     heldout = heldout_metrics(config, model, tokenizer) if config.eval.heldout else None
-    module = model.module.clone(layout=Layout(model.module.layout.mesh, SAMPLING_RULES))
+    # no remat for sampling (nothing is differentiated; see sftrl.train.grpo)
+    module = model.module.clone(layout=Layout(model.module.layout.mesh, SAMPLING_RULES),
+                                remat="none")
     sampler = Model(module, make_sampler_params(module)(model.params))
     records = benchmark_records(config)
     formatters = {name: prompt_formatter(config, name) for name in records}

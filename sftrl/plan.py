@@ -295,7 +295,7 @@ def build_stages(config: Any, devices: list[Any], prompt_len: int) -> tuple[list
 
     # The sampler's copy of the weights (sftrl.train.grpo / eval_stage: SAMPLING_RULES).
     sampling_layout = Layout(layout.mesh, SAMPLING_RULES)
-    sampling_module = module.clone(layout=sampling_layout)
+    sampling_module = module.clone(layout=sampling_layout, remat="none")  # as sftrl.train.grpo
     shapes, specs = abstract_params(sampling_module)
     sample_dtype = sampling_module.dtype  # sampling.make_sampler_params
     sampler_sh = sampling_layout.tree_shardings(specs, shapes)

@@ -114,7 +114,10 @@ class GRPOTrainer:
         self.sampling_layout = Layout(layout.mesh, SAMPLING_RULES)
         self.tokenizer: Tokenizer = load_tokenizer(sources.tokenizer_path(config))
         self.model = load_policy(config, layout)
-        self.sampling_module = self.model.module.clone(layout=self.sampling_layout)
+        # No remat for sampling: nothing is differentiated, and under nn.remat the decode
+        # step's static cache metadata (the suffix window) would be traced (it fails to trace).
+        self.sampling_module = self.model.module.clone(layout=self.sampling_layout,
+                                                       remat="none")
         self._sampler_params = make_sampler_params(self.sampling_module)
         self.stop_ids = tuple(self.tokenizer.stop_ids)
         self.records = rl_records(config)
