@@ -476,11 +476,14 @@ def _pallas_prefix_attention(q, k, v, lengths, *, sm_scale, block_sizes, backend
 
 
 def prefix_decode_attention(q_PxKxRxD, k_PxKxSxD, v_PxKxSxD, lengths_P, *, sm_scale=None,
-                            block_sizes: BlockSizes | None = None, impl: str = "auto"):
+                            block_sizes: BlockSizes | None = None, impl: str = "auto",
+                            backend: str | None = None):
     """Attention of R stacked query rows per (prompt, kv head) over that prompt's shared prefix.
 
     Returns (out [P, K, R, D] in q's dtype, lse [P, K, R] float32 natural log); prompts with
     length 0 give out = 0, lse = -inf. See the module docstring for layout and merging.
+    ``backend`` is the platform compiled for ("cpu", "gpu", "tpu"; default: this process's
+    backend): ahead-of-time compilation for a TPU on a CPU host passes "tpu".
     """
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
@@ -491,7 +494,7 @@ def prefix_decode_attention(q_PxKxRxD, k_PxKxSxD, v_PxKxSxD, lengths_P, *, sm_sc
     q, k, v = q_PxKxRxD, k_PxKxSxD, v_PxKxSxD
     lengths = jnp.asarray(lengths_P)
     scale = _validate(q, k, v, lengths, sm_scale)
-    backend = jax.default_backend()
+    backend = jax.default_backend() if backend is None else backend
     if impl == "auto":
         impl = "pallas" if backend in ("gpu", "tpu") else "reference"
     if impl == "reference":

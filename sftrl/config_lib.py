@@ -53,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
     """The full schema with defaults. A key that is not here is not a config key."""
     c = ml_collections.ConfigDict()
     c.stage = "pipeline"
+    # True for a released model's architecture at paper scale (full_size_config): such a run
+    # must bring its own SFT data (check_full_size_run), the embedded task is CPU-sized.
+    c.full_size = False
     c.seed = 0
     c.dtype = "auto"  # params and compute: bfloat16 on accelerators, float32 on CPU
     c.remat = "none"
@@ -192,6 +195,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.eval_prompts = 64  # test prompts for the in-training pass@k evaluator
     c.rl.eval_samples = 4
     c.rl.max_kv_tokens = 0  # 0: no wave limit on the sampler
+    # the trainer's log-probs: LM head in chunks of this many positions, float32 logits per chunk
+    c.rl.logprob_chunk = 512
     c.rl.share_prefix = True  # False: each prompt repeated group_size times (for comparison)
     c.rl.tensorboard = True
 
@@ -249,6 +254,7 @@ def full_size_config(**model_fields: Any) -> ml_collections.ConfigDict:
     """base_config() for a released model: its architecture, bf16 on accelerators, remat of
     activations (dots without batch dims kept), FSDP over all devices."""
     c = base_config()
+    c.full_size = True
     c.model.update(**model_fields)
     c.dtype = "auto"
     c.remat = "dots_no_batch"
@@ -268,9 +274,10 @@ def paper_scale_training(c: ml_collections.ConfigDict) -> None:
     """
     c.data.max_length = 8192
     c.data.max_heldout_examples = 1000
-    c.sft.update(batch_size=64, num_epochs=3, lr=1e-5, warmup_steps=30, schedule="cosine",
-                 min_lr_ratio=0.1, weight_decay=0.01, b2=0.95, grad_clip=1.0, log_every=10,
-                 eval_every=200, save_every=200, heldout_batch_size=32)
+    # num_steps 0: the epochs decide the SFT length (cpu_scale_training's 300 must not leak in)
+    c.sft.update(batch_size=64, num_epochs=3, num_steps=0, lr=1e-5, warmup_steps=30,
+                 schedule="cosine", min_lr_ratio=0.1, weight_decay=0.01, b2=0.95, grad_clip=1.0,
+                 log_every=10, eval_every=200, save_every=200, heldout_batch_size=32)
     c.rl.update(prompt_source="math_train", prompt_template="boxed", num_steps=500,
                 prompts_per_step=128, group_size=8, max_new_tokens=4096, temperature=1.0,
                 updates_per_rollout=4, lr=1e-6, clip_low=0.2, clip_high=0.28,
@@ -278,8 +285,10 @@ def paper_scale_training(c: ml_collections.ConfigDict) -> None:
                 eval_every=50, evals=(), max_kv_tokens=2**22)
     from sftrl.data.benchmarks import PAPER_BENCHMARKS
 
-    c.eval.update(benchmarks=tuple(PAPER_BENCHMARKS), num_samples=256, max_new_tokens=4096,
-                  temperature=0.6, top_p=0.95, prompts_per_wave=4, max_kv_tokens=2**22)
+    # limit 0: every prompt of every benchmark (cpu_scale_training's 128 must not leak in)
+    c.eval.update(benchmarks=tuple(PAPER_BENCHMARKS), limit=0, num_samples=256,
+                  max_new_tokens=4096, temperature=0.6, top_p=0.95, prompts_per_wave=4,
+                  max_kv_tokens=2**22)
 
 
 def cpu_scale_training(c: ml_collections.ConfigDict) -> None:
@@ -435,7 +444,7 @@ def _validate_rl(config: ml_collections.ConfigDict) -> None:
     r = config.rl
     for key in ("num_steps", "prompts_per_step", "group_size", "max_new_tokens",
                 "updates_per_rollout", "ppo_epochs", "grad_accum", "log_every", "eval_prompts",
-                "eval_samples"):
+                "eval_samples", "logprob_chunk"):
         if r[key] < 1:
             raise ConfigError(f"rl.{key}: must be positive")
     for key in ("eval_every", "save_every", "overlong_buffer", "max_refill_rounds",
@@ -477,6 +486,27 @@ def _validate_rl(config: ml_collections.ConfigDict) -> None:
         policy_loss_config(r, PolicyLossConfig)
     except ValueError as e:
         raise ConfigError(f"rl.{str(e).removeprefix('PolicyLossConfig.')}") from e
+
+
+# Stages that read the SFT data (the eval stage only for its held-out loss).
+_DATA_STAGES = ("sft", "pipeline")
+
+
+def check_full_size_run(config: ml_collections.ConfigDict) -> None:
+    """Refuses, at a run's start-up, a full-size model on the embedded CPU-sized task or with no
+    data files: hours of accelerator time on a 512-token synthetic vocabulary is never meant.
+    (Not part of `validate`: `sftrl.plan` compiles full-size configs without any data.)"""
+    if not config.full_size:
+        return
+    reads_data = config.stage in _DATA_STAGES or (config.stage == "eval" and config.eval.heldout)
+    if not reads_data:
+        return
+    if config.data.source == "synthetic":
+        raise ConfigError("data.source: a full-size model needs its SFT data: set "
+                          "data.source='files' and data.train_files (the synthetic task is "
+                          "CPU-sized; use the config's ':tiny' variant for it)")
+    if not config.data.train_files:
+        raise ConfigError("data.train_files: a full-size run needs at least one data file")
 
 
 def policy_loss_config(r: ml_collections.ConfigDict, cls: Any) -> Any:
@@ -579,6 +609,7 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None,
         if c.model.rope_scaling is not None:
             c.model.rope_scaling.original_max_position_embeddings = 64
         c.model.hf_path = ""  # vocab_size 512 above: the embedded task's tokenizer
+        c.full_size = False
         c.dtype = "float32"
         c.remat = "none"
         c.mesh.update(data=1, fsdp=-1, tensor=1)
@@ -594,7 +625,8 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None,
 
 
 def resolve_dtype(name: str) -> Any:
-    """'auto' is bfloat16 on accelerators and float32 on CPU."""
+    """'auto' is bfloat16 on accelerators and float32 on CPU (the platform compiled for:
+    `sftrl.target.platform()`)."""
     import jax.numpy as jnp
 
     from sftrl.models.checkpoint import default_dtype
@@ -602,10 +634,14 @@ def resolve_dtype(name: str) -> Any:
     return default_dtype() if name == "auto" else jnp.dtype(name)
 
 
-def make_layout(config: ml_collections.ConfigDict, rules: Any = None) -> Any:
-    """The mesh the config asks for, over all devices, with the given rules table."""
-    sizes = mesh_sizes(config, jax.device_count())
-    return sharding.Layout(sharding.make_mesh(**sizes), rules or sharding.TRAIN_RULES)
+def make_layout(config: ml_collections.ConfigDict, rules: Any = None,
+                devices: Any = None) -> Any:
+    """The mesh the config asks for, over `devices` (default: all of this process's platform;
+    a plan passes a TPU topology's devices), with the given rules table."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = mesh_sizes(config, len(devices))
+    return sharding.Layout(sharding.make_mesh(**sizes, devices=devices),
+                           rules or sharding.TRAIN_RULES)
 
 
 def _is_local(path: str) -> bool:

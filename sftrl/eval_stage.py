@@ -23,6 +23,7 @@ from sftrl.data.tokenizer import Tokenizer, load_tokenizer
 from sftrl.eval.benchmarks import SamplingSpec, evaluate_checkpoint
 from sftrl.eval.heldout import HeldoutEvaluator
 from sftrl.models.transformer import Model
+from sftrl.sampling import make_sampler_params
 from sftrl.sharding import SAMPLING_RULES, Layout
 from sftrl.train import common
 from sftrl.train import state as state_lib
@@ -109,7 +110,10 @@ def evaluate_params(
 ) -> dict[str, Any]:
     """One checkpoint: held-out loss (train layout) and every benchmark (sampling layout)."""
     heldout = heldout_metrics(config, model, tokenizer) if config.eval.heldout else None
-    sampler = model.reshard(Layout(model.module.layout.mesh, SAMPLING_RULES))
+    # no remat for sampling (nothing is differentiated; see sftrl.train.grpo)
+    module = model.module.clone(layout=Layout(model.module.layout.mesh, SAMPLING_RULES),
+                                remat="none")
+    sampler = Model(module, make_sampler_params(module)(model.params))
     records = benchmark_records(config)
     formatters = {name: prompt_formatter(config, name) for name in records}
 

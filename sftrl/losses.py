@@ -572,3 +572,58 @@ def policy_logprobs(logits_BxLxV: jax.Array, tokens_BxL: jax.Array) -> tuple[jax
         return jnp.pad(x_BxL[:, :-1], ((0, 0), (1, 0)))
 
     return shift_right(target_BxL - lse_BxL), shift_right(lse_BxL - expected_logit_BxL)
+
+
+def chunked_policy_logprobs(
+    hidden_BxLxE: jax.Array,
+    head_ExV: jax.Array,
+    tokens_BxL: jax.Array,
+    *,
+    scale: float = 1.0,
+    chunk: int = 512,
+) -> tuple[jax.Array, jax.Array]:
+    """`policy_logprobs(scale * hidden @ head, tokens)` without the [B, L, V] logits.
+
+    Positions go through the head `chunk` at a time (a scan); each chunk's logits are float32
+    straight out of the matmul (accumulated in float32 from the inputs' dtype, never rounded to
+    bf16 first: these log-probs feed the PPO ratio, where a bf16-rounded logit is an error of
+    ~1e-2 nats on a large vocabulary). The chunk body is rematerialised in the backward pass, so
+    only one chunk's logits live at a time there too. Same alignment as `policy_logprobs`:
+    column t is log p(token t | tokens < t) and that distribution's entropy; column 0 is 0.
+    Gradients flow to hidden and head through the log-probs; the entropy is a metric.
+    """
+    if hidden_BxLxE.ndim != 3 or head_ExV.ndim != 2 or head_ExV.shape[0] != hidden_BxLxE.shape[2]:
+        raise ValueError(
+            f"chunked_policy_logprobs: hidden [B, L, E] and head [E, V] expected, got "
+            f"{hidden_BxLxE.shape} and {head_ExV.shape}"
+        )
+    if tokens_BxL.shape != hidden_BxLxE.shape[:2]:
+        raise ValueError(f"chunked_policy_logprobs: tokens {tokens_BxL.shape} must be the hidden "
+                         f"states' [B, L] {hidden_BxLxE.shape[:2]}")
+    if chunk < 1:
+        raise ValueError(f"chunked_policy_logprobs: chunk must be >= 1, got {chunk}")
+    length = hidden_BxLxE.shape[1]
+    chunk = min(int(chunk), length)
+    head_ExV = head_ExV.astype(hidden_BxLxE.dtype)
+    next_BxL = jnp.pad(tokens_BxL[:, 1:].astype(jnp.int32), ((0, 0), (0, 1)))
+
+    @jax.checkpoint
+    def one_chunk(h_BxCxE: jax.Array, t_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = jnp.dot(h_BxCxE, head_ExV, preferred_element_type=jnp.float32) * scale
+        lse_BxC = jax.nn.logsumexp(logits, axis=-1)
+        target = jnp.take_along_axis(logits, t_BxC[..., None], axis=-1)[..., 0]
+        z, lse = jax.lax.stop_gradient(logits), jax.lax.stop_gradient(lse_BxC)
+        entropy = lse - jnp.sum(jnp.exp(z - lse[..., None]) * z, axis=-1)
+        return target - lse_BxC, entropy
+
+    def body(carry: None, xs: tuple[jax.Array, jax.Array]):
+        return carry, one_chunk(*xs)
+
+    _, (logp, entropy) = jax.lax.scan(
+        body, None, (_head_chunks(hidden_BxLxE, chunk), _head_chunks(next_BxL, chunk)))
+    logp_BxL, entropy_BxL = _head_unchunk(logp, length), _head_unchunk(entropy, length)
+
+    def shift_right(x_BxL: jax.Array) -> jax.Array:
+        return jnp.pad(x_BxL[:, :-1], ((0, 0), (1, 0)))
+
+    return shift_right(logp_BxL), shift_right(entropy_BxL)

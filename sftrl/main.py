@@ -136,6 +136,7 @@ def _main(argv: list[str]) -> int:
         config.stage = _STAGE.value
     _init_distributed()
     config_lib.validate(config)
+    config_lib.check_full_size_run(config)
     config_lib.check_inputs(config)
     if config.stage in ("rl", "eval", "pipeline"):
         from sftrl import kernels_import

@@ -91,7 +91,9 @@ def make_mesh(
     devices = list(jax.devices() if devices is None else devices)
     sizes = resolve_mesh_shape(data, fsdp, tensor, len(devices))
     shape = tuple(sizes[a] for a in MESH_AXES)
-    if len(devices) > 1 and devices == list(jax.devices()):
+    # A TPU topology's devices (an ahead-of-time plan) carry coordinates too.
+    if len(devices) > 1 and (devices == list(jax.devices())
+                             or getattr(devices[0], "platform", "") == "tpu"):
         try:
             # Topology-aware placement on TPU/GPU; plain reshape where that is not available.
             device_grid = mesh_utils.create_device_mesh(shape, devices)

@@ -17,7 +17,10 @@ ALLOWED = {
     "sftrl.atomic": (),
     "sftrl.kernels_import": ("sftrl.errors", "kernels"),
     "sftrl.sharding": (),
-    "sftrl.models": ("sftrl.models", "sftrl.sharding", "sftrl.kernels_import", "kernels"),
+    # the platform compiled for (sftrl.plan compiles TPU programs on a CPU host); jax only
+    "sftrl.target": (),
+    "sftrl.models": ("sftrl.models", "sftrl.sharding", "sftrl.target", "sftrl.kernels_import",
+                     "kernels"),
     "sftrl.sampling": ("sftrl.sampling", "sftrl.models", "sftrl.sharding", "kernels"),
     "sftrl.losses": ("sftrl.losses",),
     "sftrl.rewards": ("sftrl.rewards",),
@@ -37,7 +40,7 @@ ALLOWED = {
                          "sftrl.data"),
 }
 TOP = ("sftrl.main", "sftrl.launch", "sftrl.report", "sftrl.model_check", "sftrl.predict_stage",
-       "sftrl.eval_stage", "sftrl.pipeline", "sftrl.study")
+       "sftrl.eval_stage", "sftrl.pipeline", "sftrl.study", "sftrl.plan")
 
 
 def _module_name(path: pathlib.Path) -> str:

@@ -90,6 +90,20 @@ def _bucket_name(length: int, edges: Sequence[int]) -> str:
     return f">{edges[-1]}"
 
 
+def make_per_token_nll(module: Any) -> Callable[..., jax.Array]:
+    """(params, tokens, loss_mask, attention_mask, segment_ids) -> masked NLL [B, L]: the
+    evaluator's step (and the program `sftrl.plan` compiles for it)."""
+
+    def per_token_nll(params, tokens, loss_mask, attention_mask, segment_ids):
+        logits, _ = module.apply(
+            {"params": params}, tokens, attention_mask_BxL=attention_mask,
+            segment_ids_BxL=segment_ids,
+        )
+        return next_token_nll(logits, tokens, loss_mask)
+
+    return per_token_nll
+
+
 class HeldoutEvaluator:
     """`run(params_or_state) -> metrics` over a held-out split, for any model of one module."""
 
@@ -105,14 +119,7 @@ class HeldoutEvaluator:
         self.batches = batches
         self.length_buckets = tuple(length_buckets)
 
-        def per_token_nll(params, tokens, loss_mask, attention_mask, segment_ids):
-            logits, _ = self.module.apply(
-                {"params": params}, tokens, attention_mask_BxL=attention_mask,
-                segment_ids_BxL=segment_ids,
-            )
-            return next_token_nll(logits, tokens, loss_mask)
-
-        self._step = jax.jit(per_token_nll)
+        self._step = jax.jit(make_per_token_nll(self.module))
 
     def evaluate(self, params: Any) -> HeldoutResult:
         token_sums, token_counts = self.example_sums(params)

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from sftrl import target
+
 # Names of the custom VJP's residuals: a remat policy that saves these (see
 # `transformer.REMAT_POLICIES`) keeps the attention forward from running again in the backward.
 RESIDUAL_NAMES = ("attention_out", "attention_lse")
@@ -50,7 +52,7 @@ def resolve_impl(impl: str, dtype: jnp.dtype, *, packed: bool, sliding: bool) ->
     if impl != "auto":
         return impl
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    if jax.default_backend() == "gpu" and half and not packed and not sliding:
+    if target.platform() == "gpu" and half and not packed and not sliding:
         return "cudnn"
     return "flash"
 

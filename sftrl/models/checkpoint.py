@@ -186,8 +186,11 @@ def _as_layout(mesh: Mesh | Layout | None, rules: Rules) -> Layout:
 
 
 def default_dtype() -> Any:
-    """bfloat16 on accelerators, float32 on CPU (where bf16 matmuls are slow and inexact)."""
-    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    """bfloat16 on accelerators, float32 on CPU (where bf16 matmuls are slow and inexact); the
+    platform compiled for (`sftrl.target`), which a plan sets to the TPU it compiles for."""
+    from sftrl import target
+
+    return jnp.float32 if target.platform() == "cpu" else jnp.bfloat16
 
 
 def load_hf(

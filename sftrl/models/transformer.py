@@ -21,7 +21,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
+from sftrl import target
 from sftrl.models.attention import (
     RESIDUAL_NAMES,
     flash_attention,
@@ -196,6 +198,7 @@ def _shared_prefix_attention(
     v_BxLxKxD: jax.Array,
     layer_cache: tuple[jax.Array, ...],
     cache_meta: tuple[jax.Array, jax.Array, int | None, jax.Array],
+    layout: Layout | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     """One decode step for B = P*N rows: prefix part (read once per prompt) + own suffix part,
     merged by log-sum-exp.
@@ -243,7 +246,10 @@ def _shared_prefix_attention(
     q_PxNxKxGxD = q_BxLxHxD.reshape(p, n, kv_heads, g, d)
     # The N samples x G heads of one kv head are the query rows of one prefix stream.
     q_PxKxRxD = jnp.transpose(q_PxNxKxGxD, (0, 2, 1, 3, 4)).reshape(p, kv_heads, n * g, d)
-    out_pre, lse_pre = prefix_decode_attention(
+    attend = functools.partial(prefix_decode_attention, backend=target.platform())
+    if layout is not None and layout.mesh.size > 1:
+        attend = _per_shard(attend, layout, q_PxKxRxD.shape)
+    out_pre, lse_pre = attend(
         q_PxKxRxD, prefix_k.astype(q_PxKxRxD.dtype), prefix_v.astype(q_PxKxRxD.dtype),
         prefix_lengths_P,
     )
@@ -264,6 +270,22 @@ def _shared_prefix_attention(
     out, _ = merge_attention(out_pre.astype(jnp.float32), lse_pre, rows(out_suf), rows(lse_suf))
     out_PxNxKxGxD = jnp.moveaxis(out.reshape(p, kv_heads, n, g, d), 1, 2)
     return out_PxNxKxGxD.reshape(p * n, 1, h, d), (prefix_k, prefix_v, suffix_k_all, suffix_v_all)
+
+
+def _per_shard(attend: Callable, layout: Layout, q_shape: tuple[int, ...]) -> Callable:
+    """`attend(q, k, v, lengths)` run per device on its prompts and kv heads (a shard_map).
+
+    Prompts and kv heads are independent in the prefix attention, and XLA cannot partition a
+    Pallas (Mosaic) kernel itself: under a multi-device mesh it refuses to compile it. The split
+    is the activations' (prompts over the batch axes, kv heads over 'tensor'); a dimension the
+    mesh does not divide stays whole (every device then computes it, as the rest of the step).
+    """
+    spec = tuple(layout.spec(("activation_batch", "activation_kv_heads", None, None), q_shape))
+    spec = spec + (None,) * (4 - len(spec))
+    q_spec = PartitionSpec(*spec)
+    return jax.shard_map(
+        attend, mesh=layout.mesh, in_specs=(q_spec, q_spec, q_spec, PartitionSpec(spec[0])),
+        out_specs=(q_spec, PartitionSpec(*spec[:3])), check_vma=False)
 
 
 class Attention(_Sharded):
@@ -298,7 +320,7 @@ class Attention(_Sharded):
         )
         if layer_cache is not None and len(layer_cache) == 4:
             out_BxLxHxD, new_cache = _shared_prefix_attention(
-                q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, layer_cache, cache_end
+                q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, layer_cache, cache_end, self.layout
             )
             out = out_BxLxHxD.astype(self.dtype).reshape(b, l, c.num_heads * c.head_dim)
             return self.dense("o_proj", out, c.hidden_size, ("q_heads", "embed")), new_cache

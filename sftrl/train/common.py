@@ -189,3 +189,17 @@ def claim_run_dir(workdir: Path, stage: str) -> None:
     marker = directory / STAGE_MARKER
     if not marker.exists():
         marker.write_text(json.dumps({"stage": stage}) + "\n")
+
+
+def abstract_train_state(
+    module: Transformer, tx: optax.GradientTransformation, layout: Layout, *, seed: int = 0
+) -> tuple[state_lib.TrainState, state_lib.TrainState]:
+    """(state, shardings) of the train state a run of `module` would create, with no weights:
+    every leaf a `jax.ShapeDtypeStruct` carrying its sharding (from one abstract init trace and
+    `jax.eval_shape` of the optimizer's init). What `sftrl.plan` compiles against."""
+    shapes, _ = abstract_params(module)
+    shape = jax.eval_shape(lambda p: state_lib.create_train_state(p, tx, seed), shapes)
+    shardings = state_lib.state_shardings(
+        shape, param_shardings(module, layout), layout.sharding(())
+    )
+    return state_lib.abstract_state_for(shape, shardings), shardings

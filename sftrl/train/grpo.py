@@ -38,17 +38,23 @@ from sftrl.losses import (
     kl_estimate,
     overlong_penalty,
 )
-from sftrl.models.transformer import Model, param_shardings
-from sftrl.sampling import Samples, generate
+from sftrl.models.transformer import Model
+from sftrl.sampling import Samples, generate, make_sampler_params
 from sftrl.sharding import SAMPLING_RULES, Layout, shard_batch
 from sftrl.train import common
 from sftrl.train import state as state_lib
-from sftrl.train.grpo_step import ROLLOUT_FIELDS, make_grpo_update, make_logprob_fn, rollout_arrays
+from sftrl.train.grpo_step import (
+    ROLLOUT_FIELDS,
+    jit_logprobs,
+    make_grpo_update,
+    make_logprob_fn,
+    rollout_arrays,
+)
 from sftrl.train.metrics_log import MetricsWriter
 from sftrl.train.optim import OptimizerConfig, learning_rate, make_optimizer
 from sftrl.train.progress import ProgressLog
 from sftrl.train.sft import CheckpointIndex
-from sftrl.train.sft_step import batch_shardings
+from sftrl.train.sft_step import jit_step_for
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +115,11 @@ class GRPOTrainer:
         self.sampling_layout = Layout(layout.mesh, SAMPLING_RULES)
         self.tokenizer: Tokenizer = load_tokenizer(sources.tokenizer_path(config))
         self.model = load_policy(config, layout)
-        self.sampling_module = self.model.module.clone(layout=self.sampling_layout)
-        self._sampling_param_shardings = param_shardings(self.sampling_module,
-                                                         self.sampling_layout)
+        # No remat for sampling: nothing is differentiated, and under nn.remat the decode
+        # step's static cache metadata (the suffix window) would be traced (it fails to trace).
+        self.sampling_module = self.model.module.clone(layout=self.sampling_layout,
+                                                       remat="none")
+        self._sampler_params = make_sampler_params(self.sampling_module)
         self.stop_ids = tuple(self.tokenizer.stop_ids)
         self.records = rl_records(config)
         if not self.records:
@@ -153,11 +161,14 @@ class GRPOTrainer:
         update = make_grpo_update(
             self.model.module, self.tx, learning_rate(opt), self.loss_config,
             temperature=self.rl.temperature, grad_accum=self.rl.grad_accum,
+            logprob_chunk=self.rl.logprob_chunk,
         )
         self._update_cache: dict[tuple, Any] = {}
         self._sampler: Model | None = None
         self._update = update
-        self._logprobs = jax.jit(make_logprob_fn(self.model.module, self.rl.temperature))
+        self._logprob_fn = make_logprob_fn(self.model.module, self.rl.temperature,
+                                           self.rl.logprob_chunk)
+        self._logprob_jits: dict[tuple[int, ...], Any] = {}
         self.evaluators = self._build_evaluators()
 
     def _build_evaluators(self) -> dict[str, Any]:
@@ -184,7 +195,7 @@ class GRPOTrainer:
                 ) -> Samples:
         # One Model object for the whole run, its params swapped each step: the sampler's
         # compiled steps are cached per Model, so a new one would recompile every rollout.
-        params = jax.device_put(state.params, self._sampling_param_shardings)
+        params = self._sampler_params(state.params)
         if self._sampler is None:
             self._sampler = Model(self.sampling_module, params)
         self._sampler.params = params
@@ -262,15 +273,18 @@ class GRPOTrainer:
 
     # --- one step -------------------------------------------------------------------------------
 
+    def _logprobs(self, params: Any, tokens: jax.Array, attention_mask: jax.Array):
+        shape = tuple(tokens.shape)
+        if shape not in self._logprob_jits:
+            self._logprob_jits[shape] = jit_logprobs(self._logprob_fn, self.setup.shardings.params,
+                                                     self.layout, shape)
+        return self._logprob_jits[shape](params, tokens, attention_mask)
+
     def _jit_update(self, batch: dict[str, np.ndarray]):
         key = tuple(sorted((k, v.shape) for k, v in batch.items()))
         if key not in self._update_cache:
-            self._update_cache[key] = jax.jit(
-                self._update,
-                in_shardings=(self.setup.shardings, batch_shardings(self.layout, batch)),
-                out_shardings=(self.setup.shardings, self.layout.sharding(())),
-                donate_argnums=(0,),
-            )
+            self._update_cache[key] = jit_step_for(self._update, self.setup.shardings,
+                                                   self.layout, batch)
         return self._update_cache[key]
 
     def step(self, state: state_lib.TrainState, step: int):

@@ -24,8 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sftrl.losses import PolicyLossConfig, loss_normalizer, policy_logprobs, policy_loss
-from sftrl.models.transformer import Transformer
+from sftrl.losses import (
+    PolicyLossConfig,
+    chunked_policy_logprobs,
+    loss_normalizer,
+    policy_logprobs,
+    policy_loss,
+)
+from sftrl.models.transformer import Transformer, lm_head_kernel
 from sftrl.sampling import Samples
 from sftrl.train.state import TrainState
 
@@ -66,13 +72,25 @@ def _round_up(width: int) -> int:
     return -(-width // PROMPT_BUCKET) * PROMPT_BUCKET
 
 
-def make_logprob_fn(module: Transformer, temperature: float) -> Callable:
-    """(params, tokens, attention_mask) -> (logp [B, L], entropy [B, L]) at the temperature."""
+def make_logprob_fn(module: Transformer, temperature: float, chunk: int | None = 512
+                    ) -> Callable:
+    """(params, tokens, attention_mask) -> (logp [B, L], entropy [B, L]) at the temperature.
+
+    The LM head runs `chunk` positions at a time with float32 logits per chunk
+    (`chunked_policy_logprobs`): the whole [B, L, V] float32 logits of a rollout batch are most
+    of the old-log-prob pass's memory at paper scale. chunk=None: the unchunked reference.
+    """
     scale = 1.0 / temperature if temperature > 0 else 1.0
 
     def logprobs(params: Any, tokens: jax.Array, attention_mask: jax.Array):
-        logits, _ = module.apply({"params": params}, tokens, attention_mask_BxL=attention_mask)
-        return policy_logprobs(logits.astype(jnp.float32) * scale, tokens)
+        if chunk is None:
+            logits, _ = module.apply({"params": params}, tokens,
+                                     attention_mask_BxL=attention_mask)
+            return policy_logprobs(logits.astype(jnp.float32) * scale, tokens)
+        hidden, _ = module.apply({"params": params}, tokens, attention_mask_BxL=attention_mask,
+                                 return_hidden=True)
+        head = lm_head_kernel(module.config, params).astype(module.dtype)
+        return chunked_policy_logprobs(hidden, head, tokens, scale=scale, chunk=chunk)
 
     return logprobs
 
@@ -85,6 +103,7 @@ def make_grpo_update(
     *,
     temperature: float,
     grad_accum: int = 1,
+    logprob_chunk: int | None = 512,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """`grpo_update(state, minibatch) -> (state, metrics)`: one optimizer step on a mini-batch.
 
@@ -94,7 +113,7 @@ def make_grpo_update(
     are summed, so the update equals the grad_accum = 1 update (DAPO's token mean over the whole
     batch) up to float rounding. Metrics stay raw sums.
     """
-    logprob_fn = make_logprob_fn(module, temperature)
+    logprob_fn = make_logprob_fn(module, temperature, logprob_chunk)
 
     def loss_fn(params: Any, mb: dict[str, jax.Array], normalizer: jax.Array):
         logp, entropy = logprob_fn(params, mb["tokens"], mb["attention_mask"])
@@ -146,3 +165,13 @@ def make_grpo_update(
         return new_state, metrics
 
     return update
+
+
+def jit_logprobs(logprob_fn: Callable, param_shardings: Any, layout: Any,
+                 shape: tuple[int, int]) -> Any:
+    """`logprob_fn(params, tokens, attention_mask)` for [B, L] = `shape` batches, jitted with
+    the params' shardings and the rows split over the batch axes (in and out, as
+    `shard_batch` places them), so it can be `.lower()`ed on abstract inputs."""
+    rows = layout.sharding(("activation_batch", None), shape)
+    return jax.jit(logprob_fn, in_shardings=(param_shardings, rows, rows),
+                   out_shardings=(rows, rows))

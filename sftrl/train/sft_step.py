@@ -168,23 +168,32 @@ def batch_shardings(layout: Layout, batch: Mapping[str, Any]) -> dict[str, Any]:
     return {k: layout.sharding(("activation_batch", None), v.shape) for k, v in batch.items()}
 
 
+def jit_step_for(
+    step: Callable, state_shardings: Any, layout: Layout, batch: Mapping[str, Any], *,
+    donate: bool = True,
+) -> Any:
+    """`step(state, batch)` jitted for batches shaped like `batch` (arrays or
+    `jax.ShapeDtypeStruct`s): the train state's shardings in and out, the batch split by rows,
+    metrics replicated. The result can be `.lower()`ed on abstract inputs (`sftrl.plan`)."""
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_shardings(layout, batch)),
+        out_shardings=(state_shardings, layout.sharding(())),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
 def jit_sft_step(
     step: Callable, state_shardings: Any, layout: Layout, *, donate: bool = True
 ) -> Callable:
-    """`step` jitted with the train state's shardings in and out, the batch split by rows."""
-    replicated = layout.sharding(())
+    """`step` jitted with the train state's shardings in and out, the batch split by rows
+    (one `jit_step_for` per batch shape)."""
     cache: dict[tuple, Callable] = {}
 
     def call(state: TrainState, batch: dict[str, jax.Array]):
         key = tuple(sorted((k, v.shape) for k, v in batch.items()))
         if key not in cache:
-            fn = jax.jit(
-                step,
-                in_shardings=(state_shardings, batch_shardings(layout, batch)),
-                out_shardings=(state_shardings, replicated),
-                donate_argnums=(0,) if donate else (),
-            )
-            cache[key] = fn
+            cache[key] = jit_step_for(step, state_shardings, layout, batch, donate=donate)
         return cache[key](state, batch)
 
     return call

@@ -1,0 +1,89 @@
+"""`python -m sftrl.plan`: topology names, and a real ahead-of-time compile of the tiny model's SFT
+step for a small TPU slice (libtpu's compiler on this CPU host), whose per-chip memory must match
+a hand count of parameters + Adam moments + batch."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from sftrl import plan
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name, chip, shape", [
+    ("v5p-64", "v5p", (2, 4, 4)),  # Cloud TPU counts v5p/v4 TensorCores: 32 chips
+    ("v5p-128", "v5p", (4, 4, 4)),
+    ("v5p-8", "v5p", (2, 2, 1)),
+    ("v4-32", "v4", (2, 2, 4)),
+    ("v5e-16", "v5e", (4, 4)),  # v5e/v6e count chips
+    ("v5litepod-8", "v5e", (2, 4)),
+    ("v6e-4", "v6e", (2, 2)),
+    ("v5p:4x4x8", "v5p", (4, 4, 8)),
+    ("v5e:2x2", "v5e", (2, 2)),
+])
+def test_topology_names(name, chip, shape):
+    topology = plan.parse_topology(name)
+    assert (topology.chip.name, topology.shape) == (chip, shape)
+
+
+@pytest.mark.parametrize("name", ["v5p-3", "v9-8", "v5p:2x2", "tpu-8", "v5e-12"])
+def test_bad_topology_is_a_user_error(name):
+    with pytest.raises(plan.PlanError, match=r"^topology"):
+        plan.parse_topology(name)
+
+
+def test_out_of_memory_message_is_read():
+    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+               "temporaries (121.91G) exceeds available HBM (95.74G).")
+    assert plan._oom_need(message) == pytest.approx(121.91)
+    assert plan._oom_need("something else") is None
+
+
+def test_plan_memory_matches_hand_count(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("libtpu", reason="libtpu is not installed (pip install "
+                        "'jax[tpu]==<jax version>'); the plan needs the TPU compiler")
+    monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    # hidden 512 over fsdp=4 leaves 128-wide shards, so TPU tile padding stays small
+    e, f, v, layers, heads, kv_heads, d = 512, 1024, 512, 4, 4, 2, 32
+    rows, length = 8, 128
+    status = plan.main([
+        "--config=configs/tiny.py", "--topology=v4:2x2x1", "--stages=sft", f"--out={tmp_path}",
+        f"--config.model.hidden_size={e}", f"--config.model.intermediate_size={f}",
+        f"--config.data.max_length={length}", f"--config.sft.batch_size={rows}",
+    ])
+    assert status == 0, capsys.readouterr().err[-3000:]
+    report = json.loads((tmp_path / "plan.json").read_text())
+    assert report["topology"]["devices"] == 4 and report["model"]["mesh"]["fsdp"] == 4
+    (row,) = report["stages"]
+    assert row["stage"] == "sft" and row["fits"] is True
+    per_layer = e * heads * d + 2 * e * kv_heads * d + heads * d * e + 3 * e * f + 2 * e
+    params = 2 * v * e + layers * per_layer + e  # embed, lm_head, layers, final norm
+    assert report["model"]["params"] == params
+    # float32 params + Adam's two float32 moments, split 4 ways; 5 int32 [rows, length] fields
+    state_bytes = 3 * 4 * params / 4
+    batch_bytes = 5 * rows * length * 4 / 4
+    args_bytes = row["args_gib"] * plan.GIB
+    assert args_bytes == pytest.approx(state_bytes + batch_bytes, rel=0.10)
+    # the updated state comes back (donated: aliased to the argument)
+    assert row["output_gib"] * plan.GIB == pytest.approx(state_bytes, rel=0.10)
+    assert (tmp_path / "plan.md").read_text().count("| sft |") == 1
+
+
+def test_waves_cut_at_a_multiple_of_the_batch_split():
+    """A budget-cut wave keeps a multiple of the mesh's batch ways, so its KV cache splits by
+    prompt instead of being held whole on every device."""
+    from sftrl.sampling import _waves
+
+    lengths = [10] * 10
+    waves = _waves(lengths, 0, 35, align=2)
+    assert waves == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    assert _waves(lengths, 0, 35) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    waves = _waves([5, 40, 7, 3, 9, 12, 30, 2], 4, 60, align=2)
+    assert [i for wave in waves for i in wave] == list(range(8))
+    for wave in waves:
+        widths = [[5, 40, 7, 3, 9, 12, 30, 2][i] for i in wave]
+        assert len(wave) * (max(widths) + 4) <= 60 or len(wave) == 1
