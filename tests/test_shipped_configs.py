@@ -89,6 +89,6 @@ def test_refusal_is_one_line_and_exit_2(tmp_path):
     )
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("sftrl:")]
-    assert errors == ["sftrl: invalid config: data.source: a full-size model needs its SFT data: "
+    assert errors == ["sftrl: error: data.source: a full-size model needs its SFT data: "
                       "set data.source='files' and data.train_files (the synthetic task is "
                       "CPU-sized; use the config's ':tiny' variant for it)"]
