@@ -225,6 +225,10 @@ def base_config() -> ml_collections.ConfigDict:
     # GRPO seeds per SFT checkpoint (each a separate RL run and eval; the predictor averages
     # them); (): one run with the config's seed
     c.pipeline.rl_seeds = ()
+    # > 0: no GRPO from an SFT checkpoint whose post-SFT pass@1 (mean over benchmarks) is below
+    # this (a study's pre-registered SFT-strength gate: RL from a checkpoint that already fails
+    # it cannot change the verdict, so its compute is saved)
+    c.pipeline.min_sft_pass_at_1 = 0.0
 
     # The 'predict' stage (sftrl.eval.predict): proxies vs post-RL outcomes, and a ranking.
     c.predict = ml_collections.ConfigDict()

@@ -113,6 +113,16 @@ def _branch(config: ml_collections.ConfigDict, vconfig: ml_collections.ConfigDic
     entry: dict[str, Any] = {"eval_sft": str(workdir / "eval" / f"{sft_ckpt}.json")}
     if not config.pipeline.rl:
         return entry
+    if config.pipeline.min_sft_pass_at_1 > 0:
+        record = json.loads((workdir / "eval" / f"{sft_ckpt}.json").read_text())
+        pass1 = sum(b["pass@1"] for b in record["benchmarks"].values()) / len(
+            record["benchmarks"])
+        if pass1 < config.pipeline.min_sft_pass_at_1:
+            log.warning("[%s] post-SFT pass@1 %.4f < pipeline.min_sft_pass_at_1 %.4f: no GRPO "
+                        "from %s", name, pass1, config.pipeline.min_sft_pass_at_1, sft_ckpt)
+            entry["rl_skipped"] = f"post-SFT pass@1 {pass1:.4f}"
+            progress.done(f"{name}{tag}/rl-skipped", pass_at_1=pass1)
+            return entry
     for seed in list(config.pipeline.rl_seeds) or [None]:
         seed_tag = "" if seed is None else f"-seed{seed}"
         sub = "-".join(part for part in (tag[1:], seed_tag[1:]) if part)
