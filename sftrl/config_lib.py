@@ -544,6 +544,9 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
             set(config.pipeline.sft_steps)) != len(config.pipeline.sft_steps):
         raise ConfigError(f"pipeline.sft_steps: {config.pipeline.sft_steps!r} must be distinct "
                           "positive steps")
+    if not 0 <= config.pipeline.min_sft_pass_at_1 <= 1:
+        raise ConfigError(f"pipeline.min_sft_pass_at_1: {config.pipeline.min_sft_pass_at_1!r} "
+                          "is not in [0, 1]")
     if len(set(config.pipeline.rl_seeds)) != len(config.pipeline.rl_seeds) or any(
             seed < 0 for seed in config.pipeline.rl_seeds):
         raise ConfigError(f"pipeline.rl_seeds: {config.pipeline.rl_seeds!r} must be distinct "
