@@ -267,18 +267,17 @@ def _rho(x: np.ndarray, y: np.ndarray) -> float | None:
 def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
              n_bootstrap: int = N_BOOTSTRAP) -> dict[str, Any]:
     """Everything the report says, as data."""
-    rows = [r for r in rows if r["rl"]]
-    if len(rows) < 3:
-        raise ValueError(f"{len(rows)} checkpoints with RL results: too few for any statistic")
-    y = outcome(rows)
-    table = proxy_table(rows)
-    base = table[BASELINE]
-    # gates
-    sft_shares = [r["gates"][f"control_share@{int(r['gates']['k'])}"] for r in rows
+    # SFT-side gates over every checkpoint (those without RL included: the compute-saving rule
+    # skips RL exactly where G3 already fails); RL-side statistics over those with RL results.
+    all_rows = list(rows)
+    if not all_rows:
+        raise ValueError("no SFT checkpoints found")
+    rows = [r for r in all_rows if r["rl"]]
+    sft_shares = [r["gates"][f"control_share@{int(r['gates']['k'])}"] for r in all_rows
                   if "gates" in r]
     rl_gates = [g["gates"] for r in rows for g in r["rl"].values() if "gates" in g]
     rl_shares = [g[f"control_share@{int(g['k'])}"] for g in rl_gates]
-    sft_p1 = base
+    sft_p1 = np.array([r["pass@k"]["1"] for r in all_rows])
     gains = np.array([np.mean([s["pass@1"] for s in r["rl"].values()]) - r["pass@k"]["1"]
                       for r in rows])
     spreads = [np.std([s["pass@1"] for s in r["rl"].values()], ddof=1) for r in rows
@@ -286,11 +285,12 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
     spread = float(np.sqrt(np.mean(np.square(spreads)))) if spreads else math.nan
     learnable = [g["learnable_groups_share"] for r in rows for g in r["rl"].values()
                  if "learnable_groups_share" in g]
-    constants = [r["gates"]["best_constant"] for r in rows if "gates" in r]
+    constants = [r["gates"]["best_constant"] for r in all_rows if "gates" in r]
 
     def ok(values: Sequence[float], test: Any) -> bool:
         return bool(values) and all(not math.isnan(v) and test(v) for v in values)
 
+    mean_gain = float(gains.mean()) if len(gains) else math.nan
     gate_results = {
         "G1 guessing": {"pass": ok(sft_shares, lambda v: v < CONTROL_SHARE_MAX)
                         and ok(rl_shares, lambda v: v < CONTROL_SHARE_MAX),
@@ -301,14 +301,31 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
         "G3 SFT strength": {"pass": bool(sft_p1.min() >= SFT_MIN and sft_p1.min() <= SFT_LOW
                                          and sft_p1.max() >= SFT_HIGH),
                             "min": float(sft_p1.min()), "max": float(sft_p1.max())},
-        "G4 RL signal": {"pass": bool(not math.isnan(spread)
-                                      and gains.mean() >= GAIN_OVER_SPREAD * spread),
-                         "mean_gain": float(gains.mean()), "seed_spread": spread},
+        "G4 RL signal": {"pass": bool(not math.isnan(spread) and not math.isnan(mean_gain)
+                                      and mean_gain >= GAIN_OVER_SPREAD * spread),
+                         "mean_gain": mean_gain, "seed_spread": spread},
         "G5 RL prompts": {"pass": bool(learnable) and float(np.mean(learnable)) >= LEARNABLE_MIN,
                           "mean_learnable_share": float(np.mean(learnable)) if learnable
                           else math.nan},
     }
     failed = [name for name, g in gate_results.items() if not g["pass"]]
+    checkpoints = [{**{k: r[k] for k in ("checkpoint", "run", "dataset", "step",
+                                          "generalization_loss", "own_heldout_loss")},
+                    "sft_pass@1": r["pass@k"]["1"],
+                    "rl_pass@1": (float(np.mean([v["pass@1"] for v in r["rl"].values()]))
+                                  if r["rl"] else None),
+                    "rl_pass@1_by_seed": {s: v["pass@1"] for s, v in r["rl"].items()},
+                    "gates": r.get("gates")} for r in all_rows]
+    if len(rows) < 3:
+        reason = (f"gate {', '.join(failed)} failed" if failed
+                  else f"{len(rows)} checkpoints with RL results")
+        return {"checkpoints": checkpoints, "gates": gate_results,
+                "verdict": f"inconclusive: {reason}", "primary_proxy": PRIMARY, "tests": {},
+                "instance": {}, "within_run": {}, "between_runs": {}, "spearman_by_k": {},
+                "axes": [], "over_training": [], "times": times or {}}
+    y = outcome(rows)
+    table = proxy_table(rows)
+    base = table[BASELINE]
     # the primary statistic and the secondary ones
     tests = {name: {**paired_delta(x, base, y, n_bootstrap=n_bootstrap),
                     "sign_test": sign_test(x, base, y)}
@@ -353,11 +370,7 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
     base_steps = sorted((r["step"], r["pass@k"]["1"], y[i]) for i, r in enumerate(rows)
                         if r["run"] == "base")
     return {
-        "checkpoints": [{**{k: r[k] for k in ("checkpoint", "run", "dataset", "step",
-                                               "generalization_loss", "own_heldout_loss")},
-                         "sft_pass@1": r["pass@k"]["1"], "rl_pass@1": float(y[i]),
-                         "rl_pass@1_by_seed": {s: v["pass@1"] for s, v in r["rl"].items()},
-                         "gates": r.get("gates")} for i, r in enumerate(rows)],
+        "checkpoints": checkpoints,
         "gates": gate_results, "verdict": verdict, "primary_proxy": PRIMARY,
         "tests": tests, "instance": instance, "within_run": within, "between_runs": between,
         "spearman_by_k": by_k, "axes": axes,

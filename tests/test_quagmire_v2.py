@@ -148,3 +148,16 @@ def test_sign_test_and_paired_delta():
     assert st == {"pairs": 2, "proxy_right": 2, "p_one_sided": 0.25}
     d = study_v2.paired_delta(x, base, y, n_bootstrap=100)
     assert d["delta"] == pytest.approx(1 - sp_stats.spearmanr(base, y)[0])
+
+
+def test_checkpoints_without_rl_still_count_for_the_sft_gates():
+    rows = _fake_rows()
+    for row in rows[:14]:  # the compute-saving rule skipped GRPO from these
+        row["rl"] = {}
+        row["pass@k"]["1"] = 0.01
+    data = study_v2.findings(rows, n_bootstrap=50)
+    assert not data["gates"]["G3 SFT strength"]["pass"]
+    assert data["gates"]["G3 SFT strength"]["min"] == 0.01
+    assert data["verdict"].startswith("inconclusive: gate G3 SFT strength")
+    assert len(data["checkpoints"]) == 16 and data["checkpoints"][0]["rl_pass@1"] is None
+    assert "| n/a |" in study_v2.render(data)
