@@ -302,6 +302,7 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
                                          and sft_p1.max() >= SFT_HIGH),
                             "min": float(sft_p1.min()), "max": float(sft_p1.max())},
         "G4 RL signal": {"pass": bool(not math.isnan(spread) and not math.isnan(mean_gain)
+                                      and mean_gain > 0
                                       and mean_gain >= GAIN_OVER_SPREAD * spread),
                          "mean_gain": mean_gain, "seed_spread": spread},
         "G5 RL prompts": {"pass": bool(learnable) and float(np.mean(learnable)) >= LEARNABLE_MIN,

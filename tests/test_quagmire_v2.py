@@ -95,6 +95,7 @@ def test_the_ci_sweep_runs_end_to_end(tmp_path):
     readme = study_v2.write_report(sweep_dir, tmp_path / "docs", n_bootstrap=50)
     text = readme.read_text()
     assert "**Verdict: inconclusive: gate" in text and "| base | done |" in text
+    assert "| G4 RL signal | **no** |" in text  # no gain at all is no RL signal
     assert len(json.loads((tmp_path / "docs" / "findings.json").read_text())["checkpoints"]) == 4
 
 
