@@ -99,7 +99,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic = ml_collections.ConfigDict(
         dict(style="short_cot", phrasing="diverse", size=2000, seed=0,
              # difficulty (number of steps) of the RL prompts; SFT data has 1-3, the test 2-5
-             rl_min_steps=1, rl_max_steps=3)
+             rl_min_steps=1, rl_max_steps=3,
+             # 1: task v1 (style x phrasing); 2: task v2 (sftrl.data.synthetic_v2: unguessable
+             # answers, one CoT style; structure x length; style/phrasing/rl_*_steps unused)
+             version=1, structure="diverse", length="varied")
     )
     c.data.train_files = ()
     c.data.heldout_fraction = 0.05
@@ -140,6 +143,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Hugging Face folder; "" with neither: <workdir> itself if it holds an SFT run (GRPO then
     # writes to <workdir>/rl), else <workdir>/../sft if it holds one, else model.hf_path.
     c.rl.init_workdir = ""
+    c.rl.init_step = 0  # > 0: start from this step's checkpoint of init_workdir (0: its latest)
     c.rl.init_hf_path = ""
     # "synthetic" (the task's RL prompts) | "files" | "math_train" (ships with the package)
     c.rl.prompt_source = "synthetic"
@@ -215,6 +219,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.prompt_template = ""  # "": per benchmark (sftrl.data.prompts.BENCHMARK_TEMPLATES)
     c.eval.checkpoints = "latest"  # "latest" | "all" | comma-separated steps
     c.eval.heldout = True  # the generalization loss on the SFT data's held-out split
+    # "": generalization_loss on each data set's own held-out split; "synthetic" (task v2's
+    # common held-out split) or a JSONL path of chat records: on that one set, shared by every
+    # checkpoint of a study (the own split's loss is kept as metrics "own_heldout/*")
+    c.eval.common_heldout = ""
+    c.eval.rl_num_samples = 0  # pipeline: samples per prompt for RL checkpoints (0: num_samples)
     c.eval.stage = "sft"  # which stage wrote the checkpoints: "sft" | "rl"
     c.eval.group = ""  # the predictor's group ("": the model's name)
     c.eval.name = ""  # checkpoint name prefix ("": the workdir's name)
@@ -226,6 +235,17 @@ def base_config() -> ml_collections.ConfigDict:
     # ("<style>-<phrasing>-<size>"); () trains once on the config's data section.
     c.pipeline.sft_variants = ()
     c.pipeline.rl = True  # GRPO from every SFT checkpoint (then its eval)
+    # SFT steps to evaluate and start GRPO from (each must be a saved checkpoint: see
+    # sft.save_every and checkpoint.max_to_keep); (): the last one. With a constant learning
+    # rate every saved step is a valid end point of SFT, so one run gives an over-training axis.
+    c.pipeline.sft_steps = ()
+    # GRPO seeds per SFT checkpoint (each a separate RL run and eval; the predictor averages
+    # them); (): one run with the config's seed
+    c.pipeline.rl_seeds = ()
+    # > 0: no GRPO from an SFT checkpoint whose post-SFT pass@1 (mean over benchmarks) is below
+    # this (a study's pre-registered SFT-strength gate: RL from a checkpoint that already fails
+    # it cannot change the verdict, so its compute is saved)
+    c.pipeline.min_sft_pass_at_1 = 0.0
 
     # The 'predict' stage (sftrl.eval.predict): proxies vs post-RL outcomes, and a ranking.
     c.predict = ml_collections.ConfigDict()
@@ -398,6 +418,8 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("data.max_heldout_examples: must be >= 0")
     if d.synthetic.size < 1:
         raise ConfigError("data.synthetic.size: must be positive")
+    if d.synthetic.version not in (1, 2):
+        raise ConfigError(f"data.synthetic.version: {d.synthetic.version!r} is not 1 or 2")
     from sftrl.data import sources, synthetic
 
     try:
@@ -448,7 +470,7 @@ def _validate_rl(config: ml_collections.ConfigDict) -> None:
         if r[key] < 1:
             raise ConfigError(f"rl.{key}: must be positive")
     for key in ("eval_every", "save_every", "overlong_buffer", "max_refill_rounds",
-                "max_kv_tokens", "warmup_steps", "max_tokens_for_norm"):
+                "max_kv_tokens", "warmup_steps", "max_tokens_for_norm", "init_step"):
         if r[key] < 0:
             raise ConfigError(f"rl.{key}: must be >= 0")
     if r.prompt_source not in ("synthetic", "files", "math_train"):
@@ -526,8 +548,8 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
     for key in ("num_samples", "max_new_tokens", "prompts_per_wave"):
         if e[key] < 1:
             raise ConfigError(f"eval.{key}: must be positive")
-    if e.limit < 0 or e.max_kv_tokens < 0:
-        raise ConfigError("eval.limit / eval.max_kv_tokens: must be >= 0")
+    if e.limit < 0 or e.max_kv_tokens < 0 or e.rl_num_samples < 0:
+        raise ConfigError("eval.limit / eval.max_kv_tokens / eval.rl_num_samples: must be >= 0")
     if not e.benchmarks:
         raise ConfigError("eval.benchmarks: name at least one benchmark")
     from sftrl.data.benchmarks import BENCHMARKS
@@ -545,7 +567,7 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
                           "comma-separated list of steps")
     if e.temperature < 0 or not 0 < e.top_p <= 1 or e.top_k < 0:
         raise ConfigError("eval.temperature/top_p/top_k: need T >= 0, 0 < top_p <= 1, top_k >= 0")
-    from sftrl.data import synthetic
+    from sftrl.data import sources, synthetic
 
     for name in config.pipeline.sft_variants:
         try:
@@ -556,11 +578,27 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("pipeline.sft_variants: variants are synthetic-task names; with "
                           "data.source 'files' leave it empty (one SFT run on the files)")
     try:
-        synthetic.SFTVariant(style=config.data.synthetic.style,
-                             phrasing=config.data.synthetic.phrasing,
-                             size=config.data.synthetic.size)
+        sources.synthetic_variant(config.data)
     except ValueError as err:
         raise ConfigError(f"data.synthetic: {err}") from err
+    if config.pipeline.sft_variants and config.data.synthetic.version != 1:
+        raise ConfigError("pipeline.sft_variants: names of task v1 variants; with "
+                          "data.synthetic.version 2 give one data set per run")
+    if e.common_heldout == "synthetic" and (config.data.source != "synthetic"
+                                            or config.data.synthetic.version != 2):
+        raise ConfigError("eval.common_heldout: 'synthetic' is task v2's common held-out "
+                          "split; it needs data.source 'synthetic' and data.synthetic.version 2")
+    if any(step < 1 for step in config.pipeline.sft_steps) or len(
+            set(config.pipeline.sft_steps)) != len(config.pipeline.sft_steps):
+        raise ConfigError(f"pipeline.sft_steps: {config.pipeline.sft_steps!r} must be distinct "
+                          "positive steps")
+    if not 0 <= config.pipeline.min_sft_pass_at_1 <= 1:
+        raise ConfigError(f"pipeline.min_sft_pass_at_1: {config.pipeline.min_sft_pass_at_1!r} "
+                          "is not in [0, 1]")
+    if len(set(config.pipeline.rl_seeds)) != len(config.pipeline.rl_seeds) or any(
+            seed < 0 for seed in config.pipeline.rl_seeds):
+        raise ConfigError(f"pipeline.rl_seeds: {config.pipeline.rl_seeds!r} must be distinct "
+                          "seeds >= 0")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]

@@ -32,14 +32,13 @@ log = logging.getLogger(__name__)
 
 
 def benchmark_records(config: ml_collections.ConfigDict) -> dict[str, list[dict[str, Any]]]:
-    from sftrl.data import synthetic
     from sftrl.data.benchmarks import load_benchmark
 
     out = {}
     limit = config.eval.limit or None
     for name in config.eval.benchmarks:
         if name == "synthetic":
-            records = synthetic.test_records(sources.synthetic_task(config.data))
+            records = sources.synthetic_test_records(config.data)
             out[name] = records[:limit] if limit else records
         else:
             out[name] = load_benchmark(name, limit=limit)
@@ -96,12 +95,22 @@ def heldout_metrics(config: ml_collections.ConfigDict, model: Model, tokenizer: 
                     ) -> dict[str, float]:
     from sftrl.data.sft import heldout_batches
 
-    splits = sources.sft_splits(config.data)
-    evaluator = HeldoutEvaluator(model, heldout_batches(
-        splits.heldout, tokenizer, batch_size=config.sft.heldout_batch_size,
-        max_length=config.data.max_length, shard_index=jax.process_index(),
-        shard_count=jax.process_count()))
-    return evaluator.run(model.params)
+    def loss_on(records: list[dict[str, Any]]) -> dict[str, float]:
+        evaluator = HeldoutEvaluator(model, heldout_batches(
+            records, tokenizer, batch_size=config.sft.heldout_batch_size,
+            max_length=config.data.max_length, shard_index=jax.process_index(),
+            shard_count=jax.process_count()))
+        return evaluator.run(model.params)
+
+    own = loss_on(sources.sft_splits(config.data).heldout)
+    common = sources.common_heldout(config)
+    if common is None:
+        return own
+    # With a common held-out set, "heldout/*" (whose loss becomes the eval file's
+    # generalization_loss) is measured on it, so every checkpoint of a study is scored on the
+    # same examples; the data set's own held-out split stays beside it as "own_heldout/*".
+    return {**loss_on(common),
+            **{"own_heldout/" + k.removeprefix("heldout/"): v for k, v in own.items()}}
 
 
 def evaluate_params(
@@ -130,9 +139,10 @@ def evaluate_params(
 def evaluate_run(
     config: ml_collections.ConfigDict, run_dir: Path, layout: Layout, *,
     out_dir: Path | None = None, name: str | None = None, stage: str | None = None,
-    sft_checkpoint: str | None = None, dataset: str | None = None,
+    sft_checkpoint: str | None = None, dataset: str | None = None, step: int | None = None,
 ) -> dict[str, Any]:
-    """Evaluates the checkpoints of `run_dir` into `out_dir` (default: run_dir)."""
+    """Evaluates the checkpoints of `run_dir` into `out_dir` (default: run_dir); with `step`,
+    exactly that checkpoint, named `name`."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir or run_dir)
     stage = stage or config.eval.stage
@@ -145,7 +155,7 @@ def evaluate_run(
         if not meta["sft_checkpoint"]:
             raise ValueError("eval.sft_checkpoint: an RL checkpoint needs the name of the SFT "
                              "checkpoint it started from")
-    steps = steps_to_evaluate(config, run_dir)
+    steps = steps_to_evaluate(config, run_dir) if step is None else [step]
     written: dict[str, Any] = {}
     if not steps:
         if not config.model.hf_path:
@@ -157,13 +167,14 @@ def evaluate_run(
         written[ckpt_name] = str(out_dir / "eval" / f"{ckpt_name}.json")
         return {"stage": "eval", "evaluated": written}
     module = common.training_module(config, layout)
-    for step in steps:
-        ckpt_name = name if config.eval.checkpoints == "latest" else f"{name}-step{step}"
+    for ckpt_step in steps:
+        ckpt_name = (name if config.eval.checkpoints == "latest" or step is not None
+                     else f"{name}-step{ckpt_step}")
         path = out_dir / "eval" / f"{ckpt_name}.json"
         if path.exists():
             log.info("%s exists; skipping", path)
         else:
-            params, _ = common.restore_params(config, run_dir, module, layout, step,
+            params, _ = common.restore_params(config, run_dir, module, layout, ckpt_step,
                                               section=stage)
             result = evaluate_params(config, Model(module, params), tokenizer, out_dir,
                                      ckpt_name, meta)

@@ -68,7 +68,7 @@ class Progress:
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
-    from sftrl.train import grpo, sft
+    from sftrl.train import sft
 
     workdir = Path(workdir)
     progress = Progress(workdir)
@@ -83,26 +83,10 @@ def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dic
 
         # eval.name (e.g. a sweep's run name) keeps checkpoint names unique across a sweep
         base = f"{config.eval.name}-{name}" if config.eval.name else name
-        sft_ckpt = f"{base}-sft"
-        log.info("[%s] eval of the SFT checkpoint", name)
-        eval_stage.evaluate_run(vconfig, sft_dir, layout, out_dir=workdir, name=sft_ckpt,
-                                stage="sft", dataset=name)
-        progress.done(f"{name}/eval-sft")
-        entry = {"sft": str(sft_dir), "eval_sft": str(workdir / "eval" / f"{sft_ckpt}.json")}
-
-        if config.pipeline.rl:
-            rl_dir = workdir / "rl" / name
-            rl_config = vconfig.copy_and_resolve_references()
-            rl_config.rl.init_workdir = str(sft_dir)
-            log.info("[%s] GRPO -> %s", name, rl_dir)
-            grpo.run(rl_config, rl_dir, layout)
-            progress.done(f"{name}/rl")
-            rl_ckpt = f"{base}-rl"
-            log.info("[%s] eval of the RL checkpoint", name)
-            eval_stage.evaluate_run(rl_config, rl_dir, layout, out_dir=workdir, name=rl_ckpt,
-                                    stage="rl", sft_checkpoint=sft_ckpt, dataset=name)
-            progress.done(f"{name}/eval-rl")
-            entry.update(rl=str(rl_dir), eval_rl=str(workdir / "eval" / f"{rl_ckpt}.json"))
+        entry: dict[str, Any] = {"sft": str(sft_dir), "checkpoints": {}}
+        for step in list(config.pipeline.sft_steps) or [None]:
+            entry["checkpoints"][f"step{step}" if step else "last"] = _branch(
+                config, vconfig, layout, workdir, progress, name, base, sft_dir, step)
         results["variants"][name] = entry
 
     results["predict"] = _predict(config, workdir)
@@ -111,6 +95,60 @@ def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dic
     results["report"] = str(summary)
     print(f"sftrl: report written to {summary}", flush=True)
     return results
+
+
+def _branch(config: ml_collections.ConfigDict, vconfig: ml_collections.ConfigDict,
+            layout: Layout, workdir: Path, progress: Progress, name: str, base: str,
+            sft_dir: Path, step: int | None) -> dict[str, Any]:
+    """Eval of one SFT checkpoint (`step`, None: the last), then GRPO from it once per RL seed,
+    each followed by its eval. Names: <base>[-step<N>]-sft, <base>[-step<N>]-rl[-seed<S>]."""
+    from sftrl.train import grpo
+
+    tag = f"-step{step}" if step else ""
+    sft_ckpt = f"{base}{tag}-sft"
+    log.info("[%s] eval of the SFT checkpoint%s", name, tag)
+    eval_stage.evaluate_run(vconfig, sft_dir, layout, out_dir=workdir, name=sft_ckpt,
+                            stage="sft", dataset=name, step=step)
+    progress.done(f"{name}{tag}/eval-sft")
+    entry: dict[str, Any] = {"eval_sft": str(workdir / "eval" / f"{sft_ckpt}.json")}
+    if not config.pipeline.rl:
+        return entry
+    if config.pipeline.min_sft_pass_at_1 > 0:
+        record = json.loads((workdir / "eval" / f"{sft_ckpt}.json").read_text())
+        pass1 = sum(b["pass@1"] for b in record["benchmarks"].values()) / len(
+            record["benchmarks"])
+        if pass1 < config.pipeline.min_sft_pass_at_1:
+            log.warning("[%s] post-SFT pass@1 %.4f < pipeline.min_sft_pass_at_1 %.4f: no GRPO "
+                        "from %s", name, pass1, config.pipeline.min_sft_pass_at_1, sft_ckpt)
+            entry["rl_skipped"] = f"post-SFT pass@1 {pass1:.4f}"
+            progress.done(f"{name}{tag}/rl-skipped", pass_at_1=pass1)
+            return entry
+    for seed in list(config.pipeline.rl_seeds) or [None]:
+        seed_tag = "" if seed is None else f"-seed{seed}"
+        sub = "-".join(part for part in (tag[1:], seed_tag[1:]) if part)
+        rl_dir = workdir / "rl" / name / sub if sub else workdir / "rl" / name
+        rl_config = vconfig.copy_and_resolve_references()
+        rl_config.rl.init_workdir = str(sft_dir)
+        rl_config.rl.init_step = step or 0
+        if seed is not None:
+            rl_config.seed = seed
+        log.info("[%s] GRPO%s%s -> %s", name, tag, seed_tag, rl_dir)
+        grpo.run(rl_config, rl_dir, layout)
+        progress.done(f"{name}{tag}{seed_tag}/rl")
+        rl_ckpt = f"{base}{tag}-rl{seed_tag}"
+        # The eval samples with the SFT eval's seed (paired sampling keys; only the policy
+        # differs), and with eval.rl_num_samples when set (post-RL pass@1 needs fewer samples).
+        eval_config = rl_config.copy_and_resolve_references()
+        eval_config.seed = vconfig.seed
+        if config.eval.rl_num_samples:
+            eval_config.eval.num_samples = config.eval.rl_num_samples
+        log.info("[%s] eval of the RL checkpoint%s%s", name, tag, seed_tag)
+        eval_stage.evaluate_run(eval_config, rl_dir, layout, out_dir=workdir, name=rl_ckpt,
+                                stage="rl", sft_checkpoint=sft_ckpt, dataset=name)
+        progress.done(f"{name}{tag}{seed_tag}/eval-rl")
+        entry[f"rl{seed_tag}"] = str(rl_dir)
+        entry[f"eval_rl{seed_tag}"] = str(workdir / "eval" / f"{rl_ckpt}.json")
+    return entry
 
 
 def _predict(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:

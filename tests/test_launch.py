@@ -371,7 +371,9 @@ def test_shipped_sweeps_validate(tmp_path):
                         ("configs/sweeps/sft_variants_tiny.py:small", 6),
                         ("configs/sweeps/llama8b_sft_data.py:/data,/models/l8b", 12),
                         ("configs/sweeps/quagmire_tiny.py", 14),
-                        ("configs/sweeps/quagmire_tiny.py:ci", 4)):
+                        ("configs/sweeps/quagmire_tiny.py:ci", 4),
+                        ("configs/sweeps/quagmire_v2.py", 4),
+                        ("configs/sweeps/quagmire_v2.py:ci", 2)):
         sweep, path = launch.load_sweep(spec)
         jobs = launch.plan(sweep, tmp_path, where=str(path))
         assert len(jobs) == count + 1 and jobs[-1].name == "predict", spec

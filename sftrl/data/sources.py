@@ -26,28 +26,83 @@ class SFTSplits:
     stats: dict[str, int]
 
 
+def synthetic_version(data: Any) -> int:
+    """1: task v1 (`sftrl.data.synthetic`); 2: task v2 (`sftrl.data.synthetic_v2`)."""
+    return int(data.synthetic.version)
+
+
 def synthetic_variant(data: Any) -> Any:
+    s = data.synthetic
+    if synthetic_version(data) == 2:
+        from sftrl.data import synthetic_v2
+
+        return synthetic_v2.VariantV2(structure=s.structure, length=s.length, size=s.size)
     from sftrl.data import synthetic
 
-    s = data.synthetic
     return synthetic.SFTVariant(style=s.style, phrasing=s.phrasing, size=s.size)
 
 
 def synthetic_task(data: Any) -> Any:
+    s = data.synthetic
+    if synthetic_version(data) == 2:
+        from sftrl.data import synthetic_v2
+
+        # v2's RL prompts have their own default difficulty (2-5 steps, as hard as the test
+        # set); data.synthetic.rl_min/max_steps are v1's knobs.
+        return synthetic_v2.TaskConfigV2(seed=s.seed)
     from sftrl.data import synthetic
 
-    s = data.synthetic
     return synthetic.TaskConfig(seed=s.seed, rl_min_steps=s.rl_min_steps,
                                 rl_max_steps=s.rl_max_steps)
+
+
+def _task_module(data: Any) -> Any:
+    from sftrl.data import synthetic, synthetic_v2
+
+    return synthetic_v2 if synthetic_version(data) == 2 else synthetic
+
+
+def synthetic_test_records(data: Any) -> list[dict[str, Any]]:
+    """The synthetic task's test set (v1 or v2 per data.synthetic.version)."""
+    return _task_module(data).test_records(synthetic_task(data))
+
+
+def synthetic_rl_records(data: Any) -> list[dict[str, Any]]:
+    """The synthetic task's RL prompts (v1 or v2 per data.synthetic.version)."""
+    return _task_module(data).rl_records(synthetic_task(data))
+
+
+def common_heldout(config: Any) -> list[dict[str, Any]] | None:
+    """The held-out records every checkpoint of a study shares (`eval.common_heldout`), or None.
+
+    "synthetic": task v2's common held-out split (one canonical CoT style, problems disjoint
+    from every training, RL and test set); a path: a JSONL file of chat records (`messages`)."""
+    which = config.eval.common_heldout
+    if not which:
+        return None
+    if which == "synthetic":
+        if config.data.source != "synthetic" or synthetic_version(config.data) != 2:
+            raise ValueError("eval.common_heldout: 'synthetic' needs data.synthetic.version=2")
+        from sftrl.data import synthetic_v2
+
+        records = synthetic_v2.common_heldout_records(synthetic_task(config.data))
+    else:
+        import json
+
+        path = Path(which)
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if not records or any("messages" not in r for r in records):
+            raise ValueError(f"eval.common_heldout: {path} holds no chat records (messages)")
+    if config.data.max_heldout_examples:
+        records = records[: config.data.max_heldout_examples]
+    return records
 
 
 def sft_splits(data: Any) -> SFTSplits:
     """The SFT train/held-out records the config's `data` section describes."""
     if data.source == "synthetic":
-        from sftrl.data import synthetic
-
         variant = synthetic_variant(data)
-        train, heldout = synthetic.sft_records(variant, synthetic_task(data))
+        train, heldout = _task_module(data).sft_records(variant, synthetic_task(data))
         stats = {"train": len(train), "heldout": len(heldout), "duplicates_removed": 0}
         name = variant.name
     else:

@@ -66,9 +66,7 @@ def rollout_seed(seed: int, step: int, round_: int = 0) -> int:
 
 def rl_records(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     if config.rl.prompt_source == "synthetic":
-        from sftrl.data import synthetic
-
-        return synthetic.rl_records(sources.synthetic_task(config.data))
+        return sources.synthetic_rl_records(config.data)
     if config.rl.prompt_source == "math_train":
         from sftrl.data.benchmarks import load_benchmark
 
@@ -96,7 +94,8 @@ def load_policy(config: ml_collections.ConfigDict, layout: Layout) -> Model:
         return common.load_model(config, layout, hf_path=path)
     if kind == "workdir":
         module = common.training_module(config, layout)
-        params, _ = common.restore_params(config, Path(path), module, layout)
+        params, _ = common.restore_params(config, Path(path), module, layout,
+                                          config.rl.init_step or None)
         return Model(module, params)
     model = common.load_model(config, layout)
     if not config.model.hf_path:
@@ -174,12 +173,11 @@ class GRPOTrainer:
     def _build_evaluators(self) -> dict[str, Any]:
         if "passk" not in self.rl.evals:
             return {}
-        from sftrl.data import synthetic
         from sftrl.data.prompts import format_prompt
         from sftrl.eval.benchmarks import SamplingSpec
         from sftrl.eval.evaluators import PassAtKEvaluator
 
-        test = synthetic.test_records(sources.synthetic_task(self.config.data))
+        test = sources.synthetic_test_records(self.config.data)
         template = self.rl.prompt_template
         return {"passk": PassAtKEvaluator(
             self.model, self.tokenizer, {"test": test[: self.rl.eval_prompts]},

@@ -1,0 +1,479 @@
+r"""Task v2 of the embedded reasoning task: multi-step arithmetic whose answers cannot be guessed.
+
+Why a second task (issue 21): on task v1 (`sftrl.data.synthetic`) the answers take ~150 values,
+so a constant answer scored 0.047 and the guessing control (samples scored against another
+prompt's answer) reached 55% of pass@1 and 79% of pass@256; v1's SFT length was confounded with
+solution style, and its test set asked for 4-5 step problems SFT never showed. v1 is kept as it
+was (its generator output and configs are unchanged); v2 is selected by
+`data.synthetic.version = 2`.
+
+The math. A start value 100..999 and `steps` operations:
+    add     + 2..20
+    sub     - 2..20
+    double  * 2
+    halve   / 2 (only when the value is even)
+with every value along the way in 10..`MAX_VALUE` (4999). Each operation is "local" in the
+decimal digits (adding or subtracting 2..20 touches the last two digits plus a rare carry,
+doubling and halving map each digit with one neighbour), so a small model can learn it digit by
+digit, while the final answer is a three- or four-digit number spread over thousands of values
+(the start value alone takes 900).
+
+Test answers are distinct (a problem whose answer is already in the test split is redrawn), so a
+constant answer scores at most 1/len(evaluated set) and a sample scored against another prompt's
+answer almost never matches; with `num_test` >= 1000 the test set holds >= 1000 distinct answers.
+
+One canonical chain-of-thought for every SFT set and the common held-out set (length and style are
+no longer confounded): one equation per operation, then the boxed answer:
+    347 + 58 = 405
+    405 * 2 = 810
+    The answer is \boxed{810}.
+Problem wording is always varied (several names, objects and sentence templates); the SFT data
+sets differ in *structure* and *length* instead:
+    structure `diverse`      step counts min_steps..max_steps (uniform), any feasible operations
+              `homogeneous`  always `homogeneous_steps` steps in one fixed pattern: add or sub,
+                             then double or halve, then add or sub (repeating)
+    length    `varied`       the pool as drawn (all step counts)
+              `short`        only the pool's problems with <= `short_max_steps` steps: the same
+                             pool, filtered (the paper's "shortest subset")
+    size      number of SFT training examples; a smaller size is a prefix of a larger one of the
+              same structure and length, and `short` is a filter of the `diverse` pool's stream
+Variant names: "v2-<structure>-<length>-<size>", e.g. "v2-diverse-varied-4000".
+
+Splits (all disjoint by problem structure, which determines the text up to wording; the
+wording's randomness is keyed by the split and index, so no problem text repeats either):
+    test            test_min_steps..test_max_steps (default 2-5: overlaps SFT's 1-4 and
+                    extends it by one step), distinct answers
+    rl              rl_min_steps..rl_max_steps (default 2-5, as hard as the test set, so that
+                    most GRPO groups get mixed rewards)
+    common_heldout  diverse structure, min_steps..max_steps, the canonical CoT: the one held-out
+                    set every checkpoint's generalization loss is measured on (comparable across
+                    data sets)
+    heldout         per (structure, length): the data set's own held-out split, in its own
+                    distribution (the second generalization-loss column)
+    train           per structure, one stream (the pool) excluding every split above
+
+Records (the same shapes as v1, plus "ops")
+    SFT / held-out: {"id", "messages": [user, assistant], "answer": "N", "steps": int, "ops": str}
+    RL / test:      {"id", "problem", "answer": "N", "steps": int, "ops": str}
+
+The tokenizer is v1's shipped one (byte-level BPE, one digit per token), so v1 and v2 share it.
+Randomness: `numpy.random.Generator(PCG64(SeedSequence([VERSION, seed, stream, ...])))`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from sftrl.data.synthetic import TaskConfigError, tokenizer_dir
+
+__all__ = [
+    "LENGTHS",
+    "MAX_VALUE",
+    "STRUCTURES",
+    "VERSION",
+    "Problem",
+    "TaskConfigV2",
+    "VariantV2",
+    "common_heldout_records",
+    "rl_records",
+    "sft_records",
+    "solve",
+    "test_records",
+    "tokenizer_dir",
+    "write_solution",
+]
+
+VERSION = 2
+STRUCTURES = ("diverse", "homogeneous")
+LENGTHS = ("varied", "short")
+OPS = ("add", "sub", "double", "halve")
+MIN_START, MAX_START = 100, 999
+# Operands as small as v1's: a pilot with two-digit operands (10..99) had 0.3-0.5% of its
+# add/subtract equations right after 600 SFT steps (it could not even copy the operand), while
+# v1's 1..20 operands are learnt by this model size.
+MIN_OPERAND, MAX_OPERAND = 2, 20
+MIN_VALUE, MAX_VALUE = 10, 4999
+_SYMBOL = {"add": "+", "sub": "-", "double": "*", "halve": "/"}
+_STREAMS = {"test": 0, "rl": 1, "common_heldout": 2, "heldout": 3, "train": 4}
+_RENDER = 1
+_MAX_DRAWS = 200_000  # draws per split before giving up (a config asking for too many problems)
+
+Ops = tuple[tuple[str, int], ...]
+Structure = tuple[int, Ops]
+
+
+def _check_int(owner: str, field: str, value: object, low: int, high: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TaskConfigError(f"{owner}.{field}: expected an int, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in {low}..{high}"
+        raise TaskConfigError(f"{owner}.{field}: {value} is not {bound}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfigV2:
+    """Everything that determines task v2's splits (the SFT data set is a `VariantV2`)."""
+
+    seed: int = 0
+    min_steps: int = 1  # SFT pool and common held-out difficulty
+    max_steps: int = 4
+    rl_min_steps: int = 2
+    rl_max_steps: int = 5
+    test_min_steps: int = 2
+    test_max_steps: int = 5
+    homogeneous_steps: int = 3
+    short_max_steps: int = 2
+    num_test: int = 1000
+    num_rl_prompts: int = 2048
+    num_common_heldout: int = 256
+    num_heldout: int = 256
+
+    def __post_init__(self) -> None:
+        name = "TaskConfigV2"
+        _check_int(name, "seed", self.seed, 0)
+        for lo, hi in (("min_steps", "max_steps"), ("rl_min_steps", "rl_max_steps"),
+                       ("test_min_steps", "test_max_steps")):
+            _check_int(name, lo, getattr(self, lo), 1, 8)
+            _check_int(name, hi, getattr(self, hi), 1, 8)
+            if getattr(self, lo) > getattr(self, hi):
+                raise TaskConfigError(f"{name}.{lo}: {getattr(self, lo)} is greater than "
+                                      f"{hi}={getattr(self, hi)}")
+        # The issue's difficulty rule: the test range overlaps SFT's and extends it by <= 1.
+        if self.test_min_steps > self.max_steps:
+            raise TaskConfigError(f"{name}.test_min_steps: {self.test_min_steps} does not "
+                                  f"overlap the SFT range {self.min_steps}..{self.max_steps}")
+        if self.test_max_steps > self.max_steps + 1:
+            raise TaskConfigError(f"{name}.test_max_steps: {self.test_max_steps} extends the SFT "
+                                  f"range (max_steps={self.max_steps}) by more than one step")
+        _check_int(name, "homogeneous_steps", self.homogeneous_steps, self.min_steps,
+                   self.max_steps)
+        _check_int(name, "short_max_steps", self.short_max_steps, self.min_steps,
+                   self.max_steps)
+        for field in ("num_test", "num_rl_prompts", "num_common_heldout", "num_heldout"):
+            _check_int(name, field, getattr(self, field), 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantV2:
+    """One SFT data set of task v2: structure x length x number of training examples."""
+
+    structure: str
+    length: str
+    size: int
+
+    def __post_init__(self) -> None:
+        if self.structure not in STRUCTURES:
+            raise TaskConfigError(
+                f"VariantV2.structure: {self.structure!r} is not one of {STRUCTURES}")
+        if self.length not in LENGTHS:
+            raise TaskConfigError(f"VariantV2.length: {self.length!r} is not one of {LENGTHS}")
+        if self.structure == "homogeneous" and self.length == "short":
+            raise TaskConfigError("VariantV2: 'homogeneous' problems all have one step count, "
+                                  "so 'short' (a length filter) does not apply; use 'varied'")
+        _check_int("VariantV2", "size", self.size, 1)
+
+    @property
+    def name(self) -> str:
+        return f"v2-{self.structure}-{self.length}-{self.size}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Structures
+
+
+def _apply(op: str, value: int, operand: int) -> int:
+    if op == "add":
+        return value + operand
+    if op == "sub":
+        return value - operand
+    if op == "double":
+        return value * 2
+    return value // 2
+
+
+def _choices(op: str, value: int) -> list[int]:
+    """The operands of `op` that keep `value` in MIN_VALUE..MAX_VALUE (halving exact)."""
+    if op == "add":
+        return list(range(MIN_OPERAND, min(MAX_OPERAND, MAX_VALUE - value) + 1))
+    if op == "sub":
+        return list(range(MIN_OPERAND, min(MAX_OPERAND, value - MIN_VALUE) + 1))
+    if op == "double":
+        return [2] if value * 2 <= MAX_VALUE else []
+    return [2] if value % 2 == 0 and value // 2 >= MIN_VALUE else []
+
+
+# The homogeneous pattern: which operations each position may use (cycled).
+_PATTERN = (("add", "sub"), ("double", "halve"))
+
+
+def _draw(rng: np.random.Generator, steps: int, homogeneous: bool) -> Structure | None:
+    value = int(rng.integers(MIN_START, MAX_START + 1))
+    start, ops = value, []
+    for i in range(steps):
+        allowed = _PATTERN[i % 2] if homogeneous else OPS
+        feasible = [op for op in allowed if _choices(op, value)]
+        if not feasible:
+            return None
+        op = feasible[int(rng.integers(len(feasible)))]
+        options = _choices(op, value)
+        operand = options[int(rng.integers(len(options)))]
+        ops.append((op, operand))
+        value = _apply(op, value, operand)
+    return start, tuple(ops)
+
+
+def answer_of(structure: Structure) -> int:
+    value = structure[0]
+    for op, operand in structure[1]:
+        value = _apply(op, value, operand)
+    return value
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([VERSION, *key])))
+
+
+def _draw_split(seed: int, stream: str, salt: int, count: int, step_range: tuple[int, int],
+                homogeneous_steps: int | None, taken: set[Structure], *,
+                distinct_answers: bool = False) -> list[Structure]:
+    """`count` new structures from one seeded stream (added to `taken`). Step counts are
+    uniform over `step_range` (or fixed at `homogeneous_steps` with the homogeneous pattern)."""
+    rng = _rng(seed, _STREAMS[stream], salt)
+    lo, hi = step_range
+    answers: set[int] = set()
+    out: list[Structure] = []
+    for _ in range(_MAX_DRAWS):
+        if len(out) == count:
+            return out
+        steps = (homogeneous_steps if homogeneous_steps is not None
+                 else int(rng.integers(lo, hi + 1)))
+        structure = _draw(rng, steps, homogeneous_steps is not None)
+        if structure is None or structure in taken:
+            continue
+        if distinct_answers:
+            answer = answer_of(structure)
+            if answer in answers:
+                continue
+            answers.add(answer)
+        taken.add(structure)
+        out.append(structure)
+    raise TaskConfigError(f"{stream}: found only {len(out)} of {count} distinct problems with "
+                          f"{lo}-{hi} steps; ask for fewer")
+
+
+# Held-out splits per (structure, length), drawn in this fixed order so that every variant sees
+# the same exclusions and the train pools do not depend on which variant is asked for.
+_HELDOUT_KINDS = (("diverse", "varied"), ("diverse", "short"), ("homogeneous", "varied"))
+
+
+@functools.lru_cache(maxsize=4)
+def _eval_structures(task: TaskConfigV2) -> dict[str, list[Structure]]:
+    taken: set[Structure] = set()
+    out = {
+        "test": _draw_split(task.seed, "test", 0, task.num_test,
+                            (task.test_min_steps, task.test_max_steps), None, taken,
+                            distinct_answers=True),
+        "rl": _draw_split(task.seed, "rl", 0, task.num_rl_prompts,
+                          (task.rl_min_steps, task.rl_max_steps), None, taken),
+        "common_heldout": _draw_split(task.seed, "common_heldout", 0, task.num_common_heldout,
+                                      (task.min_steps, task.max_steps), None, taken),
+    }
+    for i, (structure, length) in enumerate(_HELDOUT_KINDS):
+        out[f"heldout/{structure}-{length}"] = _draw_split(
+            task.seed, "heldout", i, task.num_heldout, _step_range(task, length),
+            task.homogeneous_steps if structure == "homogeneous" else None, taken)
+    return out
+
+
+def _step_range(task: TaskConfigV2, length: str) -> tuple[int, int]:
+    return (task.min_steps, task.short_max_steps if length == "short" else task.max_steps)
+
+
+@functools.lru_cache(maxsize=8)
+def _train_structures(task: TaskConfigV2, variant: VariantV2) -> list[tuple[int, Structure]]:
+    """(pool index, structure): the pool of `variant.structure` filtered by length, the first
+    `variant.size` of them.
+
+    `short` filters the same stream as `varied` (one pool), so the short set's problems are the
+    varied pool's short ones in the same order, with the same ids and text."""
+    taken = {s for split in _eval_structures(task).values() for s in split}
+    homogeneous = variant.structure == "homogeneous"
+    rng = _rng(task.seed, _STREAMS["train"], int(homogeneous))
+    out: list[tuple[int, Structure]] = []
+    index = 0
+    for _ in range(_MAX_DRAWS * 4):
+        if len(out) == variant.size:
+            return out
+        steps = (task.homogeneous_steps if homogeneous
+                 else int(rng.integers(task.min_steps, task.max_steps + 1)))
+        structure = _draw(rng, steps, homogeneous)
+        if structure is None or structure in taken:
+            continue
+        taken.add(structure)  # the pool has no duplicates
+        index += 1
+        if variant.length == "short" and steps > task.short_max_steps:
+            continue
+        out.append((index - 1, structure))
+    raise TaskConfigError(f"train pool {variant.name}: found only {len(out)} problems")
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+
+_PEOPLE = (("Mia", "she"), ("Leo", "he"), ("Ava", "she"), ("Noah", "he"), ("Zoe", "she"),
+           ("Omar", "he"), ("Lina", "she"), ("Ravi", "he"), ("Emma", "she"), ("Kai", "he"),
+           ("Nora", "she"), ("Tom", "he"))
+_PLACES = ("farm", "shop", "library", "museum", "school", "bakery", "factory", "garden")
+_OBJECTS = ("apples", "marbles", "stickers", "coins", "cards", "books", "shells", "pencils",
+            "stamps", "cookies", "beads", "bottles")
+_START = ("{N}'s {place} has {n} {o}.", "There are {n} {o} at the {place}.",
+          "At first, the {place} holds {n} {o}.", "{N} counts {n} {o} at the {place}.")
+# Each operation's sentences carry one keyword that `solve` reads (more / fewer / double /
+# half) and, for add and sub, the one number.
+_OP_SENTENCES = {
+    "add": ("Then {n} more {o} arrive.", "{N} brings {n} more {o}.",
+            "A delivery adds {n} more {o}.", "{P} buys {n} more {o}."),
+    "sub": ("Then there are {n} fewer {o} after a sale.",
+            "{N} sells some, so there are {n} fewer {o}.", "A storm leaves {n} fewer {o}.",
+            "After a gift, the {place} has {n} fewer {o}."),
+    "double": ("Then the number of {o} doubles.", "{N} manages to double the {o}.",
+               "A big order makes the {o} double."),
+    "halve": ("Then half of the {o} are sold, leaving half.", "{N} keeps only half of the {o}.",
+              "A flood leaves half of the {o}."),
+}
+_QUESTION = ("How many {o} are there now?", "How many {o} does the {place} have at the end?",
+             "How many {o} are left in the end?")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    id: str
+    text: str
+    answer: int
+    start: int
+    ops: Ops
+
+    @property
+    def steps(self) -> int:
+        return len(self.ops)
+
+    @property
+    def values(self) -> tuple[int, ...]:
+        out = [self.start]
+        for op, operand in self.ops:
+            out.append(_apply(op, out[-1], operand))
+        return tuple(out)
+
+
+def _render(structure: Structure, *, seed: int, stream: str, salt: int, index: int) -> Problem:
+    start, ops = structure
+    rng = _rng(seed, _STREAMS[stream], salt, index, _RENDER)
+    name, pronoun = _PEOPLE[int(rng.integers(len(_PEOPLE)))]
+    place = _PLACES[int(rng.integers(len(_PLACES)))]
+    obj = _OBJECTS[int(rng.integers(len(_OBJECTS)))]
+
+    def fill(templates: Sequence[str], n: int | None = None) -> str:
+        template = templates[int(rng.integers(len(templates)))]
+        return template.format(N=name, P=pronoun.capitalize(), n=n, o=obj, place=place)
+
+    sentences = [fill(_START, start)]
+    sentences += [fill(_OP_SENTENCES[op], operand) for op, operand in ops]
+    sentences.append(fill(_QUESTION))
+    return Problem(id=f"v2-{stream}{salt or ''}-{index:06d}", text=" ".join(sentences),
+                   answer=answer_of(structure), start=start, ops=ops)
+
+
+_KEYWORDS = {"add": re.compile(r"\bmore\b"), "sub": re.compile(r"\bfewer\b"),
+             "double": re.compile(r"\bdoubles?\b"), "halve": re.compile(r"\bhalf\b")}
+_NUMBER_RE = re.compile(r"\d+")
+
+
+def solve(text: str) -> int:
+    """The answer read from the problem text alone (an independent check of the generator):
+    the first number is the start, then each sentence's keyword names its operation."""
+    sentences = re.split(r"(?<=[.?])\s+(?=[A-Z])", text.strip())
+    value = int(_NUMBER_RE.findall(sentences[0])[0])
+    for sentence in sentences[1:-1]:
+        ops = [op for op, pattern in _KEYWORDS.items() if pattern.search(sentence)]
+        if len(ops) != 1:
+            raise ValueError(f"sentence {sentence!r}: operations {ops}")
+        numbers = [int(n) for n in _NUMBER_RE.findall(sentence)]
+        operand = numbers[0] if ops[0] in ("add", "sub") else 2
+        value = _apply(ops[0], value, operand)
+    return value
+
+
+def write_solution(problem: Problem) -> str:
+    """The canonical chain of thought: one equation per operation, then the boxed answer."""
+    values = problem.values
+    lines = [f"{values[i]} {_SYMBOL[op]} {n} = {values[i + 1]}"
+             for i, (op, n) in enumerate(problem.ops)]
+    lines.append(f"The answer is \\boxed{{{problem.answer}}}.")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+
+
+def _ops_text(problem: Problem) -> str:
+    return ",".join(op for op, _ in problem.ops)
+
+
+def _sft_record(problem: Problem) -> dict:
+    return {"id": problem.id,
+            "messages": [{"role": "user", "content": problem.text},
+                         {"role": "assistant", "content": write_solution(problem)}],
+            "answer": str(problem.answer), "steps": problem.steps, "ops": _ops_text(problem)}
+
+
+def _prompt_record(problem: Problem) -> dict:
+    return {"id": problem.id, "problem": problem.text, "answer": str(problem.answer),
+            "steps": problem.steps, "ops": _ops_text(problem)}
+
+
+def _check_task(task: object, variant: object = None) -> None:
+    if not isinstance(task, TaskConfigV2):
+        raise TaskConfigError(f"task v2: expected a TaskConfigV2, got {task!r}")
+    if variant is not None and not isinstance(variant, VariantV2):
+        raise TaskConfigError(f"task v2: expected a VariantV2, got {variant!r}")
+
+
+def sft_records(variant: VariantV2, task: TaskConfigV2) -> tuple[list[dict], list[dict]]:
+    """(train, own held-out) SFT records of `variant`."""
+    _check_task(task, variant)
+    heldout_key = f"heldout/{variant.structure}-{variant.length}"
+    salt = _HELDOUT_KINDS.index((variant.structure, variant.length))
+    train = [_sft_record(_render(s, seed=task.seed, stream="train",
+                                 salt=int(variant.structure == "homogeneous"), index=i))
+             for i, s in _train_structures(task, variant)]
+    heldout = [_sft_record(_render(s, seed=task.seed, stream="heldout", salt=salt, index=i))
+               for i, s in enumerate(_eval_structures(task)[heldout_key])]
+    return train, heldout
+
+
+def common_heldout_records(task: TaskConfigV2) -> list[dict]:
+    """The held-out set every checkpoint's generalization loss is measured on."""
+    _check_task(task)
+    return [_sft_record(_render(s, seed=task.seed, stream="common_heldout", salt=0, index=i))
+            for i, s in enumerate(_eval_structures(task)["common_heldout"])]
+
+
+def rl_records(task: TaskConfigV2) -> list[dict]:
+    _check_task(task)
+    return [_prompt_record(_render(s, seed=task.seed, stream="rl", salt=0, index=i))
+            for i, s in enumerate(_eval_structures(task)["rl"])]
+
+
+def test_records(task: TaskConfigV2) -> list[dict]:
+    _check_task(task)
+    return [_prompt_record(_render(s, seed=task.seed, stream="test", salt=0, index=i))
+            for i, s in enumerate(_eval_structures(task)["test"])]
+
+
+test_records.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported

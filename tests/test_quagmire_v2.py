@@ -1,0 +1,164 @@
+"""The v2 replication sweep (configs/sweeps/quagmire_v2.py): each axis differs from its control
+only where it should, the plan's sizes hold, and the CI-sized variant runs end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sp_stats
+
+from sftrl import launch, study_v2
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = "configs/sweeps/quagmire_v2.py"
+
+
+def _runs(spec: str) -> dict[str, dict]:
+    sweep, _ = launch.load_sweep(spec)
+    return {run.name: run.overrides for run in sweep.runs}
+
+
+def _difference(a: dict, b: dict) -> set[str]:
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} - {"eval.name"}
+
+
+def test_each_axis_differs_from_its_control_only_in_its_own_field(tmp_path):
+    sweep, path = launch.load_sweep(SWEEP)
+    jobs = launch.plan(sweep, tmp_path, where=str(path), num_devices=1)
+    assert [j.name for j in jobs] == ["base", "repeat", "short", "homogeneous", "predict"]
+    runs = _runs(SWEEP)
+    base = runs["base"]
+    assert _difference(runs["repeat"], base) == {"data.synthetic.size"}
+    assert runs["repeat"]["data.synthetic.size"] * 2 == base["data.synthetic.size"]
+    assert _difference(runs["short"], base) == {"data.synthetic.length", "data.synthetic.size"}
+    assert _difference(runs["homogeneous"], base) == {"data.synthetic.structure"}
+    # >= 16 SFT checkpoints, >= 2 RL seeds each, a constant LR (intermediate steps are valid
+    # end points), every branch step saved and kept, one common held-out set.
+    steps = base["pipeline.sft_steps"]
+    assert len(runs) * len(steps) >= 16 and len(base["pipeline.rl_seeds"]) >= 2
+    assert base["sft.schedule"] == "constant" and steps[-1] == base["sft.num_steps"]
+    assert all(s % base["sft.save_every"] == 0 for s in steps)
+    assert base["checkpoint.max_to_keep"] >= base["sft.num_steps"] // base["sft.save_every"]
+    assert base["eval.common_heldout"] == "synthetic" and base["data.synthetic.version"] == 2
+    # pass@64 on >= 128 prompts; the GRPO settings the plan names
+    assert base["eval.num_samples"] >= 64 and base["eval.limit"] >= 128
+    assert (base["rl.aggregation"], base["rl.grad_accum"], base["rl.filter_truncated"],
+            base["rl.top_p"], base["rl.top_k"], base["rl.kl_coef"]) == (
+        "token-mean", 1, False, 1.0, 0, 0.0)
+    with pytest.raises(launch.SweepError, match="unknown arg"):
+        launch.load_sweep(SWEEP + ":big")
+
+
+def test_gates_on_hand_made_samples():
+    rows = [{"answer": str(100 + p), "extracted": [str(100 + p)] * 2 + [str(101 + p)] * 2,
+             "correct": [True, True, False, False]} for p in range(4)]
+    g = study_v2.gates(rows, k=4)
+    assert g["pass@1"] == pytest.approx(0.5) and g["pass@4"] == 1.0 and g["mixed_groups"] == 1.0
+    # prompt p's wrong answers (101 + p) are prompt p+1's gold: of the 4 x 3 shifted pairs, only
+    # shift 1 of prompts 0-2 matches (prompt 3's shift 1 wraps round to gold 100)
+    assert g["control@4"] == pytest.approx(3 / 12) and g["best_constant"] == 0.25
+
+
+def test_the_ci_sweep_runs_end_to_end(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, "-m", "sftrl.launch", f"--sweep={SWEEP}:ci",
+               f"--workdir={sweep_dir}", "--max_parallel=1"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                            env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for run in ("base", "short"):
+        evals = {p.stem: json.loads(p.read_text()) for p in (sweep_dir / run / "eval").glob("*")}
+        sft = sorted(n for n in evals if n.endswith("-sft"))
+        rl = sorted(n for n in evals if "-rl-seed" in n)
+        assert len(sft) == 2 and len(rl) == 4, sorted(evals)  # 2 SFT steps x 2 RL seeds
+        for name in sft:
+            record = evals[name]
+            # the common held-out loss and the data set's own one
+            assert record["generalization_loss"] == record["metrics"]["heldout/loss"]
+            assert "own_heldout/loss" in record["metrics"]
+            assert record["metrics"]["heldout/num_examples"] == 8
+        for name in rl:
+            assert evals[name]["sft_checkpoint"] in sft
+        samples = sorted((sweep_dir / run / "samples").glob("*/synthetic.jsonl"))
+        assert len(samples) == 6
+        study_v2.gates(study_v2.read_samples(samples[0]))
+    assert (sweep_dir / "predict").is_dir()
+    # the report, from what the runs left (a 1-layer model after 4 steps: every gate that
+    # needs a working model fails, so the verdict names them)
+    readme = study_v2.write_report(sweep_dir, tmp_path / "docs", n_bootstrap=50)
+    text = readme.read_text()
+    assert "**Verdict: inconclusive: gate" in text and "| base | done |" in text
+    assert "| G4 RL signal | **no** |" in text  # no gain at all is no RL signal
+    assert len(json.loads((tmp_path / "docs" / "findings.json").read_text())["checkpoints"]) == 4
+
+
+def _fake_rows(seed: int = 0) -> list[dict]:
+    """16 checkpoints (4 runs x 4 steps) whose post-RL result follows the combination of
+    loss and pass@64 more closely than pass@1."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for run in ("base", "repeat", "short", "homogeneous"):
+        for step in (150, 300, 600, 900):
+            quality = rng.uniform(0, 1)
+            p1 = 0.05 + 0.5 * rng.uniform(0, 1)
+            curve = {str(k): min(1.0, p1 + quality * (1 - p1) * np.log2(k) / 6)
+                     for k in (1, 2, 4, 8, 16, 32, 64)}
+            rl = {s: {"pass@1": 0.1 + 0.05 * p1 + 0.5 * quality + rng.normal(0, 0.003),
+                      "learnable_groups_share": 0.6,
+                      "gates": {"k": 16.0, "control_share@16": 0.01}} for s in ("1", "2")}
+            rows.append({"checkpoint": f"{run}-v2-x-step{step}-sft", "run": run,
+                         "dataset": "v2-x", "step": step, "pass@k": curve,
+                         "generalization_loss": 1.0 - quality + rng.normal(0, 0.01),
+                         "own_heldout_loss": 0.5 + rng.uniform(0, 0.1), "rl": rl,
+                         "gates": {"k": 64.0, "control_share@64": 0.02,
+                                   "best_constant": 1 / 128}})
+    return rows
+
+
+def test_findings_verdict_and_report_from_data():
+    rows = _fake_rows()
+    data = study_v2.findings(rows, n_bootstrap=200)
+    assert all(g["pass"] for name, g in data["gates"].items() if name != "G3 SFT strength")
+    primary = data["tests"][study_v2.PRIMARY]
+    assert primary["delta"] > 0 and primary["sign_test"]["pairs"] > 0
+    assert data["verdict"].startswith(("reproduces", "inconclusive: gate G3"))
+    assert len(data["axes"]) == 12 and len(data["over_training"]) == 4
+    assert set(data["instance"][study_v2.BASELINE]["r2"]) == {"3", "4"}
+    assert "median" in data["instance"][study_v2.BASELINE]["r2"]["4"]
+    text = study_v2.render(data)
+    assert "**Verdict:" in text and "nan" not in text.lower()
+    # a failed gate makes the verdict inconclusive, naming the gate
+    for row in rows:
+        row["gates"]["control_share@64"] = 0.5
+    assert study_v2.findings(rows, n_bootstrap=50)["verdict"].startswith(
+        "inconclusive: gate G1 guessing")
+
+
+def test_sign_test_and_paired_delta():
+    y = np.arange(6.0)
+    x = y.copy()
+    base = np.array([0.0, 2.0, 1.0, 4.0, 3.0, 5.0])  # two pairs swapped
+    st = study_v2.sign_test(x, base, y)
+    assert st == {"pairs": 2, "proxy_right": 2, "p_one_sided": 0.25}
+    d = study_v2.paired_delta(x, base, y, n_bootstrap=100)
+    assert d["delta"] == pytest.approx(1 - sp_stats.spearmanr(base, y)[0])
+
+
+def test_checkpoints_without_rl_still_count_for_the_sft_gates():
+    rows = _fake_rows()
+    for row in rows[:14]:  # the compute-saving rule skipped GRPO from these
+        row["rl"] = {}
+        row["pass@k"]["1"] = 0.01
+    data = study_v2.findings(rows, n_bootstrap=50)
+    assert not data["gates"]["G3 SFT strength"]["pass"]
+    assert data["gates"]["G3 SFT strength"]["min"] == 0.01
+    assert data["verdict"].startswith("inconclusive: gate G3 SFT strength")
+    assert len(data["checkpoints"]) == 16 and data["checkpoints"][0]["rl_pass@1"] is None
+    assert "| n/a |" in study_v2.render(data)

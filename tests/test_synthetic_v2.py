@@ -1,0 +1,158 @@
+"""Task v2 (sftrl.data.synthetic_v2): determinism, unguessable answers, step ranges, disjoint
+splits, structure and length variants, and the config/sources wiring."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import pytest
+
+from sftrl import config_lib
+from sftrl.data import sources, synthetic
+from sftrl.data import synthetic_v2 as v2
+
+TASK = v2.TaskConfigV2()
+# Small sizes keep the tests fast; the full default splits are drawn once (cached).
+DIVERSE = v2.VariantV2("diverse", "varied", 600)
+SHORT = v2.VariantV2("diverse", "short", 300)
+HOMOGENEOUS = v2.VariantV2("homogeneous", "varied", 300)
+
+
+def _problems(records: list[dict]) -> list[str]:
+    return [r["messages"][0]["content"] if "messages" in r else r["problem"] for r in records]
+
+
+def test_deterministic_per_seed_and_seeds_differ():
+    first = (v2.test_records(TASK), v2.sft_records(DIVERSE, TASK))
+    v2._eval_structures.cache_clear()
+    v2._train_structures.cache_clear()
+    assert (v2.test_records(TASK), v2.sft_records(DIVERSE, TASK)) == first
+    other = dataclasses.replace(TASK, seed=1)
+    assert _problems(v2.test_records(other))[:20] != _problems(first[0])[:20]
+
+
+def test_answers_cannot_be_guessed():
+    test = v2.test_records(TASK)
+    answers = collections.Counter(r["answer"] for r in test)
+    assert len(answers) >= 1000  # >= 1000 distinct answers on the test set
+    # The best constant answer's pass@1 on the evaluated set (the first 128 prompts) and on
+    # the whole test set.
+    for evaluated in (test[:128], test):
+        counts = collections.Counter(r["answer"] for r in evaluated)
+        assert counts.most_common(1)[0][1] / len(evaluated) < 0.01
+    values = sorted(int(a) for a in answers)
+    assert values[-1] >= 1000 and len({len(str(v)) for v in values}) >= 2  # 3- and 4-digit
+
+
+def test_answers_are_correct_and_solutions_consistent():
+    for record in v2.test_records(TASK)[:200] + v2.rl_records(TASK)[:200]:
+        assert v2.solve(record["problem"]) == int(record["answer"])
+    train, heldout = v2.sft_records(DIVERSE, TASK)
+    for record in train[:200] + heldout[:50]:
+        text, solution = (m["content"] for m in record["messages"])
+        assert v2.solve(text) == int(record["answer"])
+        lines = solution.splitlines()
+        assert len(lines) == record["steps"] + 1
+        assert lines[-1] == f"The answer is \\boxed{{{record['answer']}}}."
+        for line in lines[:-1]:  # every equation is true
+            match = synthetic.EQUATION_RE.fullmatch(line)
+            assert match, line
+            left, op, right, result = match.groups()
+            a, b = int(left), int(right)
+            assert {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op] == int(result)
+            assert op != "/" or a % b == 0
+
+
+def test_step_ranges():
+    steps = {name: collections.Counter(r["steps"] for r in records) for name, records in (
+        ("test", v2.test_records(TASK)), ("rl", v2.rl_records(TASK)),
+        ("common", v2.common_heldout_records(TASK)), ("train", v2.sft_records(DIVERSE, TASK)[0]),
+        ("short", v2.sft_records(SHORT, TASK)[0]),
+        ("homogeneous", v2.sft_records(HOMOGENEOUS, TASK)[0]))}
+    assert set(steps["train"]) == set(steps["common"]) == {1, 2, 3, 4}
+    assert set(steps["test"]) == set(steps["rl"]) == {2, 3, 4, 5}
+    # The test range overlaps SFT's and extends it by one step.
+    assert max(steps["test"]) == max(steps["train"]) + 1
+    assert set(steps["short"]) == {1, 2}
+    assert set(steps["homogeneous"]) == {3}
+    with pytest.raises(synthetic.TaskConfigError, match="more than one step"):
+        v2.TaskConfigV2(test_max_steps=6)
+
+
+def test_splits_are_disjoint():
+    groups = {"test": v2.test_records(TASK), "rl": v2.rl_records(TASK),
+              "common": v2.common_heldout_records(TASK)}
+    for variant in (DIVERSE, SHORT, HOMOGENEOUS):
+        train, heldout = v2.sft_records(variant, TASK)
+        groups[f"{variant.name}/train"] = train
+        groups[f"{variant.name}/heldout"] = heldout
+    texts = {name: set(_problems(records)) for name, records in groups.items()}
+    # No problem text (hence no problem) repeats within a split, nor across split kinds:
+    # every train set is disjoint from every test/RL/held-out set.
+    for name, records in groups.items():
+        assert len(texts[name]) == len(records), name
+    evaluation = [n for n in texts if not n.endswith("/train")]
+    for i, a in enumerate(evaluation):
+        for b in evaluation[i + 1:]:
+            assert not texts[a] & texts[b], (a, b)
+        for train in (n for n in texts if n.endswith("/train")):
+            assert not texts[a] & texts[train], (a, train)
+    structures = {name: {(r["steps"], r["ops"], r["answer"]) for r in records}
+                  for name, records in groups.items()}
+    assert structures  # the structure keys exist (ops and steps recorded)
+
+
+def test_structure_variants():
+    diverse = v2.sft_records(v2.VariantV2("diverse", "varied", 2000), TASK)[0]
+    homogeneous = v2.sft_records(v2.VariantV2("homogeneous", "varied", 2000), TASK)[0]
+    patterns = collections.Counter(
+        tuple(op in ("add", "sub") for op in r["ops"].split(",")) for r in homogeneous)
+    assert list(patterns) == [(True, False, True)]  # add/sub, double/halve, add/sub
+    diverse_patterns = {r["ops"] for r in diverse}
+    assert len(diverse_patterns) > 50  # many operation sequences of every length
+    ops = collections.Counter(op for r in diverse for op in r["ops"].split(","))
+    assert set(ops) == set(v2.OPS) and min(ops.values()) > 0.1 * sum(ops.values())
+
+
+def test_length_variants_share_one_pool():
+    varied = v2.sft_records(v2.VariantV2("diverse", "varied", 1200), TASK)[0]
+    short = v2.sft_records(v2.VariantV2("diverse", "short", 300), TASK)[0]
+    varied_short = [r for r in varied if r["steps"] <= TASK.short_max_steps]
+    # `short` is the varied pool's short problems, in order (one pool, filtered).
+    assert _problems(short)[: len(varied_short)] == _problems(varied_short)[: len(short)]
+    # A smaller size is a prefix of a larger one.
+    assert v2.sft_records(v2.VariantV2("diverse", "varied", 100), TASK)[0] == varied[:100]
+    # Short examples are shorter (problem and solution, in characters).
+    mean = {name: sum(len(m["content"]) for r in rs for m in r["messages"]) / len(rs)
+            for name, rs in (("varied", varied), ("short", short))}
+    assert mean["short"] < 0.8 * mean["varied"]
+
+
+def test_variant_validation():
+    assert DIVERSE.name == "v2-diverse-varied-600"
+    with pytest.raises(synthetic.TaskConfigError, match="structure"):
+        v2.VariantV2("mixed", "varied", 10)
+    with pytest.raises(synthetic.TaskConfigError, match="short"):
+        v2.VariantV2("homogeneous", "short", 10)
+
+
+def test_config_selects_task_v2():
+    c = config_lib.base_config()
+    c.data.synthetic.update(version=2, structure="diverse", length="short", size=300)
+    c.eval.common_heldout = "synthetic"
+    assert sources.dataset_name(c.data) == "v2-diverse-short-300"
+    splits = sources.sft_splits(c.data)
+    assert splits.train == v2.sft_records(SHORT, TASK)[0]
+    assert sources.synthetic_test_records(c.data) == v2.test_records(TASK)
+    assert sources.synthetic_rl_records(c.data) == v2.rl_records(TASK)
+    common = sources.common_heldout(c)
+    assert common == v2.common_heldout_records(TASK)[: c.data.max_heldout_examples]
+    config_lib.validate(c, num_devices=1)
+    c.data.synthetic.version = 1  # v1 has no common held-out split
+    with pytest.raises(config_lib.ConfigError, match="common_heldout"):
+        config_lib.validate(c, num_devices=1)
+    c.eval.common_heldout = ""
+    c.data.synthetic.version = 3
+    with pytest.raises(config_lib.ConfigError, match="version"):
+        config_lib.validate(c, num_devices=1)
