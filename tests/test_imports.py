@@ -40,7 +40,7 @@ ALLOWED = {
                          "sftrl.data"),
 }
 TOP = ("sftrl.main", "sftrl.launch", "sftrl.report", "sftrl.model_check", "sftrl.predict_stage",
-       "sftrl.eval_stage", "sftrl.pipeline", "sftrl.study", "sftrl.plan")
+       "sftrl.eval_stage", "sftrl.pipeline", "sftrl.study", "sftrl.study_v2", "sftrl.plan")
 
 
 def _module_name(path: pathlib.Path) -> str:
