@@ -65,6 +65,7 @@ def test_gates_on_hand_made_samples():
     assert g["control@4"] == pytest.approx(3 / 12) and g["best_constant"] == 0.25
 
 
+@pytest.mark.slow
 def test_the_ci_sweep_runs_end_to_end(tmp_path):
     sweep_dir = tmp_path / "sweep"
     command = [sys.executable, "-m", "sftrl.launch", f"--sweep={SWEEP}:ci",
