@@ -69,7 +69,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sftrl.data.synthetic import TaskConfigError, tokenizer_dir
+from sftrl.data.synthetic import TaskConfigError, _check_int, tokenizer_dir
 
 __all__ = [
     "LENGTHS",
@@ -105,14 +105,6 @@ _MAX_DRAWS = 200_000  # draws per split before giving up (a config asking for to
 
 Ops = tuple[tuple[str, int], ...]
 Structure = tuple[int, Ops]
-
-
-def _check_int(owner: str, field: str, value: object, low: int, high: int | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TaskConfigError(f"{owner}.{field}: expected an int, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in {low}..{high}"
-        raise TaskConfigError(f"{owner}.{field}: {value} is not {bound}")
 
 
 @dataclasses.dataclass(frozen=True)
