@@ -102,7 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
              rl_min_steps=1, rl_max_steps=3,
              # 1: task v1 (style x phrasing); 2: task v2 (sftrl.data.synthetic_v2: unguessable
              # answers, one CoT style; structure x length; style/phrasing/rl_*_steps unused)
-             version=1, structure="diverse", length="varied")
+             version=1, structure="diverse", length="varied",
+             # task v2 only: the operations problems use and the largest start value
+             ops="add,sub,double,halve", max_start=999)
     )
     c.data.train_files = ()
     c.data.heldout_fraction = 0.05

@@ -120,6 +120,11 @@ class TaskConfigV2:
     test_max_steps: int = 5
     homogeneous_steps: int = 3
     short_max_steps: int = 2
+    # The operations problems may use (comma-separated, a subset of OPS) and the largest start
+    # value. The defaults are the task as first planned; the study's sweep narrows them (PLAN.md,
+    # "Change after the start").
+    ops: str = ",".join(OPS)
+    max_start: int = MAX_START
     num_test: int = 1000
     num_rl_prompts: int = 2048
     num_common_heldout: int = 256
@@ -148,6 +153,27 @@ class TaskConfigV2:
                    self.max_steps)
         for field in ("num_test", "num_rl_prompts", "num_common_heldout", "num_heldout"):
             _check_int(name, field, getattr(self, field), 1)
+        ops = self.op_tuple
+        unknown = [op for op in ops if op not in OPS]
+        if not ops or unknown or len(set(ops)) != len(ops):
+            raise TaskConfigError(f"{name}.ops: {self.ops!r} must name distinct operations "
+                                  f"from {OPS}, comma-separated")
+        _check_int(name, "max_start", self.max_start, MIN_START, MAX_VALUE)
+
+    @property
+    def op_tuple(self) -> tuple[str, ...]:
+        return tuple(op.strip() for op in str(self.ops).split(",") if op.strip())
+
+    @property
+    def pattern(self) -> tuple[tuple[str, ...], ...]:
+        """The homogeneous structure's operations per position (cycled): add or sub, then
+        double or halve, when the task has both kinds; else one fixed operation per position."""
+        ops = self.op_tuple
+        additive = tuple(op for op in ops if op in ("add", "sub"))
+        scaling = tuple(op for op in ops if op in ("double", "halve"))
+        if additive and scaling:
+            return (additive, scaling)
+        return tuple((op,) for op in ops)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,15 +225,13 @@ def _choices(op: str, value: int) -> list[int]:
     return [2] if value % 2 == 0 and value // 2 >= MIN_VALUE else []
 
 
-# The homogeneous pattern: which operations each position may use (cycled).
-_PATTERN = (("add", "sub"), ("double", "halve"))
-
-
-def _draw(rng: np.random.Generator, steps: int, homogeneous: bool) -> Structure | None:
-    value = int(rng.integers(MIN_START, MAX_START + 1))
+def _draw(rng: np.random.Generator, steps: int, homogeneous: bool,
+          task: TaskConfigV2) -> Structure | None:
+    value = int(rng.integers(MIN_START, task.max_start + 1))
     start, ops = value, []
+    pattern = task.pattern
     for i in range(steps):
-        allowed = _PATTERN[i % 2] if homogeneous else OPS
+        allowed = pattern[i % len(pattern)] if homogeneous else task.op_tuple
         feasible = [op for op in allowed if _choices(op, value)]
         if not feasible:
             return None
@@ -230,12 +254,12 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([VERSION, *key])))
 
 
-def _draw_split(seed: int, stream: str, salt: int, count: int, step_range: tuple[int, int],
-                homogeneous_steps: int | None, taken: set[Structure], *,
-                distinct_answers: bool = False) -> list[Structure]:
+def _draw_split(task: TaskConfigV2, stream: str, salt: int, count: int,
+                step_range: tuple[int, int], homogeneous_steps: int | None,
+                taken: set[Structure], *, distinct_answers: bool = False) -> list[Structure]:
     """`count` new structures from one seeded stream (added to `taken`). Step counts are
     uniform over `step_range` (or fixed at `homogeneous_steps` with the homogeneous pattern)."""
-    rng = _rng(seed, _STREAMS[stream], salt)
+    rng = _rng(task.seed, _STREAMS[stream], salt)
     lo, hi = step_range
     answers: set[int] = set()
     out: list[Structure] = []
@@ -244,7 +268,7 @@ def _draw_split(seed: int, stream: str, salt: int, count: int, step_range: tuple
             return out
         steps = (homogeneous_steps if homogeneous_steps is not None
                  else int(rng.integers(lo, hi + 1)))
-        structure = _draw(rng, steps, homogeneous_steps is not None)
+        structure = _draw(rng, steps, homogeneous_steps is not None, task)
         if structure is None or structure in taken:
             continue
         if distinct_answers:
@@ -267,17 +291,17 @@ _HELDOUT_KINDS = (("diverse", "varied"), ("diverse", "short"), ("homogeneous", "
 def _eval_structures(task: TaskConfigV2) -> dict[str, list[Structure]]:
     taken: set[Structure] = set()
     out = {
-        "test": _draw_split(task.seed, "test", 0, task.num_test,
+        "test": _draw_split(task, "test", 0, task.num_test,
                             (task.test_min_steps, task.test_max_steps), None, taken,
                             distinct_answers=True),
-        "rl": _draw_split(task.seed, "rl", 0, task.num_rl_prompts,
+        "rl": _draw_split(task, "rl", 0, task.num_rl_prompts,
                           (task.rl_min_steps, task.rl_max_steps), None, taken),
-        "common_heldout": _draw_split(task.seed, "common_heldout", 0, task.num_common_heldout,
+        "common_heldout": _draw_split(task, "common_heldout", 0, task.num_common_heldout,
                                       (task.min_steps, task.max_steps), None, taken),
     }
     for i, (structure, length) in enumerate(_HELDOUT_KINDS):
         out[f"heldout/{structure}-{length}"] = _draw_split(
-            task.seed, "heldout", i, task.num_heldout, _step_range(task, length),
+            task, "heldout", i, task.num_heldout, _step_range(task, length),
             task.homogeneous_steps if structure == "homogeneous" else None, taken)
     return out
 
@@ -303,7 +327,7 @@ def _train_structures(task: TaskConfigV2, variant: VariantV2) -> list[tuple[int,
             return out
         steps = (task.homogeneous_steps if homogeneous
                  else int(rng.integers(task.min_steps, task.max_steps + 1)))
-        structure = _draw(rng, steps, homogeneous)
+        structure = _draw(rng, steps, homogeneous, task)
         if structure is None or structure in taken:
             continue
         taken.add(structure)  # the pool has no duplicates
