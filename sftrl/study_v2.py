@@ -312,7 +312,7 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
     failed = [name for name, g in gate_results.items() if not g["pass"]]
     checkpoints = [{**{k: r[k] for k in ("checkpoint", "run", "dataset", "step",
                                           "generalization_loss", "own_heldout_loss")},
-                    "sft_pass@1": r["pass@k"]["1"],
+                    "sft_pass@1": r["pass@k"]["1"], "sft_pass@k": r["pass@k"],
                     "rl_pass@1": (float(np.mean([v["pass@1"] for v in r["rl"].values()]))
                                   if r["rl"] else None),
                     "rl_pass@1_by_seed": {s: v["pass@1"] for s, v in r["rl"].items()},
@@ -323,7 +323,7 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
         return {"checkpoints": checkpoints, "gates": gate_results,
                 "verdict": f"inconclusive: {reason}", "primary_proxy": PRIMARY, "tests": {},
                 "instance": {}, "within_run": {}, "between_runs": {}, "spearman_by_k": {},
-                "axes": [], "over_training": [], "times": times or {}}
+                "axes": [], "over_training": [], "times": times or {}, "proxies": {}}
     y = outcome(rows)
     table = proxy_table(rows)
     base = table[BASELINE]
@@ -375,6 +375,9 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
         "gates": gate_results, "verdict": verdict, "primary_proxy": PRIMARY,
         "tests": tests, "instance": instance, "within_run": within, "between_runs": between,
         "spearman_by_k": by_k, "axes": axes,
+        # the values every statistic above used, per checkpoint with RL results (the figures
+        # draw these)
+        "proxies": {name: [float(v) for v in x] for name, x in table.items()},
         "over_training": [{"step": s, "sft_pass@1": a, "rl_pass@1": b} for s, a, b in base_steps],
         "times": times or {},
     }
@@ -466,13 +469,51 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plan_sections(plan: str) -> dict[str, list[str]]:
+    """The plan's text the report quotes: {"quoted": the hypotheses and the decision rule,
+    "deviations": every "Change after the start" section}, each a list of markdown blocks."""
+    sections: list[tuple[str, list[str]]] = []
+    for line in plan.splitlines():
+        if line.startswith("## "):
+            sections.append((line[3:].strip(), []))
+        elif sections:
+            sections[-1][1].append(line)
+    quoted = [f"### {title}\n" + "\n".join(body).strip() for title, body in sections
+              if title.startswith(("Hypotheses", "Primary statistic"))]
+    deviations = [f"### {title}\n" + "\n".join(body).strip() for title, body in sections
+                  if title.startswith("Change after the start")]
+    return {"quoted": quoted, "deviations": deviations}
+
+
+def render_plan(plan: str) -> str:
+    parts = plan_sections(plan)
+    lines = ["", "## The plan (quoted from PLAN.md)", ""]
+    for block in parts["quoted"]:
+        lines += ["> " + line if line else ">" for line in block.splitlines()] + [""]
+    lines += ["## Deviations from the plan", ""]
+    if not parts["deviations"]:
+        lines.append("None.")
+    for block in parts["deviations"]:
+        lines += [block, ""]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(sweep_dir: Path, out: Path, n_bootstrap: int = N_BOOTSTRAP) -> Path:
+    from sftrl import atomic, study_v2_plots
+
     data = findings(collect(sweep_dir), run_times(sweep_dir), n_bootstrap=n_bootstrap)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "findings.json").write_text(json.dumps(data, indent=1, sort_keys=True,
-                                                  default=float) + "\n")
+    atomic.write_text(out / "findings.json",
+                      json.dumps(data, indent=1, sort_keys=True, default=float) + "\n")
+    figures = study_v2_plots.write_figures(data, out)
+    text = render(data)
+    if figures:
+        text += "\n## Figures\n\n" + "\n".join(f"![{f.stem}]({f.name})" for f in figures) + "\n"
+    plan = out / "PLAN.md"
+    if plan.exists():
+        text += render_plan(plan.read_text())
     readme = out / "README.md"
-    readme.write_text(render(data))
+    atomic.write_text(readme, text)
     return readme
 
 

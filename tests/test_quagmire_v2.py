@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp_stats
 
-from sftrl import launch, study_v2
+from sftrl import launch, study_v2, study_v2_plots
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = "configs/sweeps/quagmire_v2.py"
@@ -163,3 +163,24 @@ def test_checkpoints_without_rl_still_count_for_the_sft_gates():
     assert data["verdict"].startswith("inconclusive: gate G3 SFT strength")
     assert len(data["checkpoints"]) == 16 and data["checkpoints"][0]["rl_pass@1"] is None
     assert "| n/a |" in study_v2.render(data)
+
+
+def test_figures_and_plan_quote_from_the_findings(tmp_path):
+    rows = _fake_rows()
+    data = study_v2.findings(rows, n_bootstrap=50)
+    with_rl = [r for r in rows if r["rl"]]
+    # the plotted values are the proxies the statistics used, one per checkpoint with RL
+    assert data["proxies"][study_v2.BASELINE] == [r["pass@k"]["1"] for r in with_rl]
+    written = study_v2_plots.write_figures(data, tmp_path)
+    assert [p.name for p in written] == list(study_v2_plots.FIGURES)
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    plan = ("# Plan\n\n## Hypotheses\n\n* H1: x.\n\n## Design\n\nnot quoted\n\n"
+            "## Primary statistic and decision rule\n\nrule text\n\n"
+            "## Change after the start (one)\n\nsteps changed\n\n"
+            "## Change after the start (two)\n\ntask changed\n")
+    parts = study_v2.plan_sections(plan)
+    assert [b.splitlines()[0] for b in parts["quoted"]] == [
+        "### Hypotheses", "### Primary statistic and decision rule"]
+    assert [b.splitlines()[-1] for b in parts["deviations"]] == ["steps changed", "task changed"]
+    text = study_v2.render_plan(plan)
+    assert "> * H1: x." in text and "not quoted" not in text
