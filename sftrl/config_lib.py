@@ -103,8 +103,11 @@ def base_config() -> ml_collections.ConfigDict:
              # 1: task v1 (style x phrasing); 2: task v2 (sftrl.data.synthetic_v2: unguessable
              # answers, one CoT style; structure x length; style/phrasing/rl_*_steps unused)
              version=1, structure="diverse", length="varied",
-             # task v2 only: the operations problems use and the largest start value
-             ops="add,sub,double,halve", max_start=999)
+             # task v2 only (sftrl.data.synthetic_v2.TaskConfigV2): the operations, how many
+             # quantities a problem tracks (2: both counts boxed together), the start range and
+             # the largest value along the way
+             ops="add,sub,double,halve", counters=1, min_start=100, max_start=999,
+             max_value=4999)
     )
     c.data.train_files = ()
     c.data.heldout_fraction = 0.05

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 
 import pytest
 
@@ -156,3 +157,44 @@ def test_config_selects_task_v2():
     c.data.synthetic.version = 3
     with pytest.raises(config_lib.ConfigError, match="version"):
         config_lib.validate(c, num_devices=1)
+
+
+TWO = v2.TaskConfigV2(counters=2, ops="add,sub", min_start=10, max_start=89, max_value=99)
+
+
+def test_two_counters_answers_cannot_be_guessed_and_are_correct():
+    test = v2.test_records(TWO)
+    # distinct as the verifier compares them (two counts in either order are one answer)
+    assert len({frozenset(r["answer"].split(", ")) for r in test}) == len(test) >= 1000
+    for evaluated in (test[:128], test):
+        counts = collections.Counter(r["answer"] for r in evaluated)
+        assert counts.most_common(1)[0][1] / len(evaluated) < 0.01
+    for record in test[:200] + v2.rl_records(TWO)[:200]:
+        assert v2.solve(record["problem"]) == record["answer"]
+    train, _ = v2.sft_records(v2.VariantV2("diverse", "varied", 300), TWO)
+    for record in train:
+        text, solution = (m["content"] for m in record["messages"])
+        assert v2.solve(text) == record["answer"]
+        values = {obj: int(n) for n, obj in re.findall(r"(\d+) ([a-z]+)", text.split(".")[0])}
+        assert len(values) == 2
+        *equations, last = solution.splitlines()
+        assert len(equations) == record["steps"]
+        for line in equations:  # every equation is true and continues its own counter
+            obj, a, sym, b, result = re.fullmatch(r"([a-z]+): (\d+) ([+-]) (\d+) = (\d+)",
+                                                  line).groups()
+            assert values[obj] == int(a)
+            values[obj] = int(a) + int(b) if sym == "+" else int(a) - int(b)
+            assert values[obj] == int(result) and 10 <= values[obj] <= 99
+        assert last == f"The answer is \\boxed{{{', '.join(map(str, values.values()))}}}."
+
+
+def test_two_counters_homogeneous_structure_alternates():
+    records = v2.sft_records(v2.VariantV2("homogeneous", "varied", 200), TWO)[0]
+    shapes = {(r["ops"], tuple(line.split(":")[0] == r["messages"][1]["content"].split(":")[0]
+                               for line in r["messages"][1]["content"].splitlines()[:-1]))
+              for r in records}
+    assert shapes == {("add,sub,add", (True, False, True))}
+    with pytest.raises(synthetic.TaskConfigError, match="counters"):
+        v2.TaskConfigV2(counters=3)
+    with pytest.raises(synthetic.TaskConfigError, match="ops"):
+        v2.TaskConfigV2(ops="add,mul")

@@ -103,8 +103,9 @@ _STREAMS = {"test": 0, "rl": 1, "common_heldout": 2, "heldout": 3, "train": 4}
 _RENDER = 1
 _MAX_DRAWS = 200_000  # draws per split before giving up (a config asking for too many problems)
 
-Ops = tuple[tuple[str, int], ...]
-Structure = tuple[int, Ops]
+# (operation, operand, which counter); a structure is (start values, operations)
+Ops = tuple[tuple[str, int, int], ...]
+Structure = tuple[tuple[int, ...], Ops]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +126,13 @@ class TaskConfigV2:
     # "Change after the start").
     ops: str = ",".join(OPS)
     max_start: int = MAX_START
+    # How many quantities a problem tracks. 2: two objects, each operation changes one of them,
+    # and the answer is both final counts boxed together ("41, 57"); with two-digit values
+    # (min_start=10, max_start=89, max_value=99) that is ~4000 unordered answers from
+    # arithmetic as small as task v1's.
+    counters: int = 1
+    min_start: int = MIN_START
+    max_value: int = MAX_VALUE
     num_test: int = 1000
     num_rl_prompts: int = 2048
     num_common_heldout: int = 256
@@ -158,7 +166,10 @@ class TaskConfigV2:
         if not ops or unknown or len(set(ops)) != len(ops):
             raise TaskConfigError(f"{name}.ops: {self.ops!r} must name distinct operations "
                                   f"from {OPS}, comma-separated")
-        _check_int(name, "max_start", self.max_start, MIN_START, MAX_VALUE)
+        _check_int(name, "counters", self.counters, 1, 2)
+        _check_int(name, "max_value", self.max_value, MIN_VALUE + MAX_OPERAND, MAX_VALUE)
+        _check_int(name, "min_start", self.min_start, MIN_VALUE, self.max_value)
+        _check_int(name, "max_start", self.max_start, self.min_start, self.max_value)
 
     @property
     def op_tuple(self) -> tuple[str, ...]:
@@ -214,40 +225,55 @@ def _apply(op: str, value: int, operand: int) -> int:
     return value // 2
 
 
-def _choices(op: str, value: int) -> list[int]:
-    """The operands of `op` that keep `value` in MIN_VALUE..MAX_VALUE (halving exact)."""
+def _choices(op: str, value: int, max_value: int = MAX_VALUE) -> list[int]:
+    """The operands of `op` that keep `value` in MIN_VALUE..max_value (halving exact)."""
     if op == "add":
-        return list(range(MIN_OPERAND, min(MAX_OPERAND, MAX_VALUE - value) + 1))
+        return list(range(MIN_OPERAND, min(MAX_OPERAND, max_value - value) + 1))
     if op == "sub":
         return list(range(MIN_OPERAND, min(MAX_OPERAND, value - MIN_VALUE) + 1))
     if op == "double":
-        return [2] if value * 2 <= MAX_VALUE else []
+        return [2] if value * 2 <= max_value else []
     return [2] if value % 2 == 0 and value // 2 >= MIN_VALUE else []
 
 
 def _draw(rng: np.random.Generator, steps: int, homogeneous: bool,
           task: TaskConfigV2) -> Structure | None:
-    value = int(rng.integers(MIN_START, task.max_start + 1))
-    start, ops = value, []
+    # One counter draws exactly what the task first planned drew (same stream, same order).
+    values = [int(rng.integers(task.min_start, task.max_start + 1)) for _ in range(task.counters)]
+    start, ops = tuple(values), []
     pattern = task.pattern
     for i in range(steps):
+        # which counter: drawn (diverse) or alternating (homogeneous); one counter: always 0
+        target = 0 if task.counters == 1 else (
+            i % task.counters if homogeneous else int(rng.integers(task.counters)))
         allowed = pattern[i % len(pattern)] if homogeneous else task.op_tuple
-        feasible = [op for op in allowed if _choices(op, value)]
+        feasible = [op for op in allowed if _choices(op, values[target], task.max_value)]
         if not feasible:
             return None
         op = feasible[int(rng.integers(len(feasible)))]
-        options = _choices(op, value)
+        options = _choices(op, values[target], task.max_value)
         operand = options[int(rng.integers(len(options)))]
-        ops.append((op, operand))
-        value = _apply(op, value, operand)
+        ops.append((op, operand, target))
+        values[target] = _apply(op, values[target], operand)
     return start, tuple(ops)
 
 
-def answer_of(structure: Structure) -> int:
-    value = structure[0]
-    for op, operand in structure[1]:
-        value = _apply(op, value, operand)
-    return value
+def final_values(structure: Structure) -> tuple[int, ...]:
+    values = list(structure[0])
+    for op, operand, target in structure[1]:
+        values[target] = _apply(op, values[target], operand)
+    return tuple(values)
+
+
+def answer_text(values: Sequence[int]) -> str:
+    """The gold answer: one count, or the counts in the order the problem introduces them
+    (the verifier compares two boxed counts as a set, so either order is right)."""
+    return ", ".join(str(v) for v in values)
+
+
+def answer_of(structure: Structure) -> int | str:
+    values = final_values(structure)
+    return values[0] if len(values) == 1 else answer_text(values)
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -261,7 +287,7 @@ def _draw_split(task: TaskConfigV2, stream: str, salt: int, count: int,
     uniform over `step_range` (or fixed at `homogeneous_steps` with the homogeneous pattern)."""
     rng = _rng(task.seed, _STREAMS[stream], salt)
     lo, hi = step_range
-    answers: set[int] = set()
+    answers: set[tuple[int, ...]] = set()
     out: list[Structure] = []
     for _ in range(_MAX_DRAWS):
         if len(out) == count:
@@ -272,7 +298,8 @@ def _draw_split(task: TaskConfigV2, stream: str, salt: int, count: int,
         if structure is None or structure in taken:
             continue
         if distinct_answers:
-            answer = answer_of(structure)
+            # distinct as the verifier compares them: two counts in either order are one answer
+            answer = tuple(sorted(final_values(structure)))
             if answer in answers:
                 continue
             answers.add(answer)
@@ -370,65 +397,92 @@ _QUESTION = ("How many {o} are there now?", "How many {o} does the {place} have 
 class Problem:
     id: str
     text: str
-    answer: int
-    start: int
+    answer: int | str
+    starts: tuple[int, ...]
+    objects: tuple[str, ...]
     ops: Ops
 
     @property
     def steps(self) -> int:
         return len(self.ops)
 
-    @property
-    def values(self) -> tuple[int, ...]:
-        out = [self.start]
-        for op, operand in self.ops:
-            out.append(_apply(op, out[-1], operand))
-        return tuple(out)
+    def equations(self) -> list[tuple[int, str, int, int, int]]:
+        """(counter, symbol, value before, operand, value after) per operation."""
+        values, out = list(self.starts), []
+        for op, operand, target in self.ops:
+            after = _apply(op, values[target], operand)
+            out.append((target, _SYMBOL[op], values[target], operand, after))
+            values[target] = after
+        return out
+
+
+def _two(template: str) -> str:
+    return template.replace("{n} {o}", "{n} {o} and {m} {o2}")
 
 
 def _render(structure: Structure, *, seed: int, stream: str, salt: int, index: int) -> Problem:
-    start, ops = structure
+    starts, ops = structure
     rng = _rng(seed, _STREAMS[stream], salt, index, _RENDER)
     name, pronoun = _PEOPLE[int(rng.integers(len(_PEOPLE)))]
     place = _PLACES[int(rng.integers(len(_PLACES)))]
-    obj = _OBJECTS[int(rng.integers(len(_OBJECTS)))]
+    objects = [_OBJECTS[int(rng.integers(len(_OBJECTS)))]]
+    if len(starts) == 2:
+        others = [o for o in _OBJECTS if o != objects[0]]
+        objects.append(others[int(rng.integers(len(others)))])
 
-    def fill(templates: Sequence[str], n: int | None = None) -> str:
+    def fill(templates: Sequence[str], n: int | None = None, obj: str = objects[0],
+             m: int | None = None, obj2: str = "") -> str:
         template = templates[int(rng.integers(len(templates)))]
-        return template.format(N=name, P=pronoun.capitalize(), n=n, o=obj, place=place)
+        return template.format(N=name, P=pronoun.capitalize(), n=n, o=obj, m=m, o2=obj2,
+                               place=place)
 
-    sentences = [fill(_START, start)]
-    sentences += [fill(_OP_SENTENCES[op], operand) for op, operand in ops]
-    sentences.append(fill(_QUESTION))
+    if len(starts) == 1:
+        sentences = [fill(_START, starts[0])]
+    else:
+        sentences = [fill([_two(t) for t in _START], starts[0], objects[0], starts[1],
+                          objects[1])]
+    sentences += [fill(_OP_SENTENCES[op], operand, objects[target])
+                  for op, operand, target in ops]
+    sentences.append(fill(_QUESTION, obj=" and ".join(objects)))
     return Problem(id=f"v2-{stream}{salt or ''}-{index:06d}", text=" ".join(sentences),
-                   answer=answer_of(structure), start=start, ops=ops)
+                   answer=answer_of(structure), starts=starts, objects=tuple(objects), ops=ops)
 
 
 _KEYWORDS = {"add": re.compile(r"\bmore\b"), "sub": re.compile(r"\bfewer\b"),
              "double": re.compile(r"\bdoubles?\b"), "halve": re.compile(r"\bhalf\b")}
+_COUNT_RE = re.compile(r"(\d+) ([a-z]+)")
 _NUMBER_RE = re.compile(r"\d+")
 
 
-def solve(text: str) -> int:
+def solve(text: str) -> int | str:
     """The answer read from the problem text alone (an independent check of the generator):
-    the first number is the start, then each sentence's keyword names its operation."""
+    the first sentence's "<number> <object>" pairs are the counters, then each sentence's keyword
+    names its operation and its object names the counter it changes."""
     sentences = re.split(r"(?<=[.?])\s+(?=[A-Z])", text.strip())
-    value = int(_NUMBER_RE.findall(sentences[0])[0])
+    counts = _COUNT_RE.findall(sentences[0])
+    if not counts:
+        raise ValueError(f"sentence {sentences[0]!r}: no start value")
+    objects = [obj for _, obj in counts]
+    values = [int(n) for n, _ in counts]
     for sentence in sentences[1:-1]:
         ops = [op for op, pattern in _KEYWORDS.items() if pattern.search(sentence)]
         if len(ops) != 1:
             raise ValueError(f"sentence {sentence!r}: operations {ops}")
+        targets = [i for i, obj in enumerate(objects) if re.search(rf"\b{obj}\b", sentence)]
+        if len(targets) != 1:
+            raise ValueError(f"sentence {sentence!r}: counters {targets}")
         numbers = [int(n) for n in _NUMBER_RE.findall(sentence)]
         operand = numbers[0] if ops[0] in ("add", "sub") else 2
-        value = _apply(ops[0], value, operand)
-    return value
+        values[targets[0]] = _apply(ops[0], values[targets[0]], operand)
+    return values[0] if len(values) == 1 else answer_text(values)
 
 
 def write_solution(problem: Problem) -> str:
-    """The canonical chain of thought: one equation per operation, then the boxed answer."""
-    values = problem.values
-    lines = [f"{values[i]} {_SYMBOL[op]} {n} = {values[i + 1]}"
-             for i, (op, n) in enumerate(problem.ops)]
+    """The canonical chain of thought: one equation per operation (prefixed by its object when
+    there are two counters), then the boxed answer."""
+    two = len(problem.starts) == 2
+    lines = [(f"{problem.objects[target]}: " if two else "") + f"{a} {symbol} {n} = {b}"
+             for target, symbol, a, n, b in problem.equations()]
     lines.append(f"The answer is \\boxed{{{problem.answer}}}.")
     return "\n".join(lines)
 
@@ -438,7 +492,7 @@ def write_solution(problem: Problem) -> str:
 
 
 def _ops_text(problem: Problem) -> str:
-    return ",".join(op for op, _ in problem.ops)
+    return ",".join(op for op, _, _ in problem.ops)
 
 
 def _sft_record(problem: Problem) -> dict:
