@@ -75,16 +75,17 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
 
-    from sftrl.rank import Settings, rank
+    from sftrl.rank import SamplingSpec, Settings, rank
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         checkpoints = _checkpoints(root, args.checkpoints)
         heldout, bench = _inputs(root, args.heldout, args.prompts)
-        settings = Settings(num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
-                            prompts_per_wave=args.prompts, max_length=512,
-                            prompt_template="plain", num_bootstrap=1000)
+        settings = Settings(SamplingSpec(num_samples=args.num_samples,
+                                         max_new_tokens=args.max_new_tokens,
+                                         prompts_per_wave=args.prompts),
+                            max_length=512, prompt_template="plain", num_bootstrap=1000)
         start = time.perf_counter()
         rank(checkpoints, heldout=str(heldout), benchmarks=[str(bench)], workdir=root / "rank",
              settings=settings)

@@ -3,7 +3,7 @@
 Run directory:
   <workdir>/sft/<variant>/     the SFT run (checkpoints, metrics.jsonl, tensorboard)
   <workdir>/rl/<variant>/      GRPO from that SFT run's last checkpoint
-  <workdir>/eval/<variant>-sft.json, <variant>-rl.json    (predict's schema)
+  <workdir>/eval/<variant>-sft.json, <variant>-rl.json    (sftrl.eval.record)
   <workdir>/samples/<variant>-{sft,rl}/<benchmark>.jsonl  every sample with its verdict
   <workdir>/report/            summary.md, plots, predictor tables
   <workdir>/pipeline.json      which steps are done
@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from sftrl import eval_stage, report
+from sftrl import atomic, eval_stage, report
 from sftrl.data import sources
+from sftrl.eval import record as eval_record
 from sftrl.sharding import Layout
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,7 @@ class Progress:
 
     def done(self, step: str, **info: Any) -> None:
         self.steps[step] = {"done": True, "time": time.time(), **info}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.steps, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        atomic.write_json(self.path, self.steps, indent=1)
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
@@ -114,9 +112,8 @@ def _branch(config: ml_collections.ConfigDict, vconfig: ml_collections.ConfigDic
     if not config.pipeline.rl:
         return entry
     if config.pipeline.min_sft_pass_at_1 > 0:
-        record = json.loads((workdir / "eval" / f"{sft_ckpt}.json").read_text())
-        pass1 = sum(b["pass@1"] for b in record["benchmarks"].values()) / len(
-            record["benchmarks"])
+        record = eval_record.read(workdir / "eval" / f"{sft_ckpt}.json", ("pass@1",))
+        pass1 = record.mean_curve()[1]
         if pass1 < config.pipeline.min_sft_pass_at_1:
             log.warning("[%s] post-SFT pass@1 %.4f < pipeline.min_sft_pass_at_1 %.4f: no GRPO "
                         "from %s", name, pass1, config.pipeline.min_sft_pass_at_1, sft_ckpt)

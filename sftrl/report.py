@@ -1,8 +1,8 @@
 """Tables and plots from a run directory: `python -m sftrl.report --workdir=DIR`.
 
-Reads `<workdir>/eval/*.json` (the per-checkpoint schema of `sftrl.eval.predict`, as written by
-`sftrl.eval.benchmarks.evaluate_checkpoint`) and `<workdir>/metrics.jsonl` (lines with `step`
-and `heldout/loss`), and writes into `<workdir>/report/`:
+Reads `<workdir>/eval/*.json` (the eval records of `sftrl.eval.record`) and
+`<workdir>/metrics.jsonl` (lines with `step` and `heldout/loss`), and writes into
+`<workdir>/report/`:
 
   summary.md                  one table per checkpoint (per benchmark: pass@1, pass@n with its
                               bootstrap interval, maj@n, learnable share, truncation, length,
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from sftrl import atomic
+from sftrl.eval import record as eval_record
+from sftrl.eval.record import BenchmarkResult, EvalRecord, EvalRecordError
 
 log = logging.getLogger(__name__)
 
@@ -42,46 +43,10 @@ class ReportError(ValueError):
 # --- inputs -------------------------------------------------------------------------------------
 
 
-def pass_at_k_curve(entry: Any, where: str) -> dict[int, float]:
-    """A benchmark entry's checked 'pass@k' field as {k: value}, sorted by k."""
-    if not isinstance(entry, dict):
-        raise ReportError(f"{where}: expected an object")
-    raw = entry.get("pass@k")
-    if not isinstance(raw, dict) or not raw:
-        raise ReportError(f"{where}: field 'pass@k' must be a non-empty object")
-    curve = {}
-    for k, v in raw.items():
-        if not str(k).isdigit() or int(k) < 1:
-            raise ReportError(f"{where}: field 'pass@k' has key {k!r}, not a positive integer")
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise ReportError(f"{where}: field 'pass@k[{k}]' is {v!r}, not a finite number")
-        curve[int(k)] = float(v)
-    return dict(sorted(curve.items()))
-
-
-def load_evals(eval_dir: Path) -> list[dict[str, Any]]:
-    """The eval files, sorted by checkpoint name, each checked for the fields the report uses."""
-    out = []
-    for path in sorted(eval_dir.glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ReportError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise ReportError(f"{path}: expected a JSON object")
-        if not isinstance(record.get("checkpoint"), str) or not record["checkpoint"]:
-            raise ReportError(f"{path}: field 'checkpoint' must be a non-empty string")
-        benches = record.get("benchmarks")
-        if not isinstance(benches, dict) or not benches:
-            raise ReportError(f"{path}: field 'benchmarks' must be a non-empty object")
-        for name, entry in benches.items():
-            pass_at_k_curve(entry, f"{path}: benchmarks.{name}")
-        twin = next((r["_path"] for r in out if r["checkpoint"] == record["checkpoint"]), None)
-        if twin is not None:
-            raise ReportError(f"{path}: field 'checkpoint': {record['checkpoint']!r} is also "
-                              f"the checkpoint of {twin}")
-        out.append({**record, "_path": str(path)})
-    return sorted(out, key=lambda r: r["checkpoint"])
+def load_evals(eval_dir: Path) -> list[EvalRecord]:
+    """The eval records, sorted by checkpoint name; each benchmark needs its pass@k curve."""
+    return sorted(eval_record.read_dir(eval_dir, require=("pass@k",)),
+                  key=lambda r: r.checkpoint)
 
 
 def load_heldout(metrics_path: Path) -> dict[str, list[tuple[int, float]]]:
@@ -143,15 +108,15 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _plot_curves(curves: list[tuple[str, dict[str, Any]]], title: str, path: Path) -> Path:
-    """pass@k vs k on a log2 axis, one line per (label, benchmark entry), CI band if present."""
+def _plot_curves(curves: list[tuple[str, BenchmarkResult]], title: str, path: Path) -> Path:
+    """pass@k vs k on a log2 axis, one line per (label, benchmark), CI band if present."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, entry in curves:
-        curve = pass_at_k_curve(entry, label)
+    for label, bench in curves:
+        curve = bench.pass_at_k
         ks = list(curve)
         line = ax.plot(ks, list(curve.values()), marker="o", markersize=3, label=label)[0]
-        ci = entry.get("pass@k_ci") or {}
+        ci = bench.fields.get("pass@k_ci") or {}
         if all(str(k) in ci for k in ks):
             ax.fill_between(ks, [ci[str(k)][0] for k in ks], [ci[str(k)][1] for k in ks],
                             color=line.get_color(), alpha=0.2, linewidth=0)
@@ -188,8 +153,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _benchmark_row(name: str, entry: dict[str, Any]) -> str:
-    curve = pass_at_k_curve(entry, name)
+def _benchmark_row(name: str, bench: BenchmarkResult) -> str:
+    curve, entry = bench.pass_at_k, bench.fields
     k_max = max(curve)
     ci = (entry.get("pass@k_ci") or {}).get(str(k_max))
     at_max = _fmt(curve[k_max]) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
@@ -213,21 +178,22 @@ _HEADER = ("| benchmark | n | prompts | pass@1 | pass@n [CI] | maj@n | learnable
            "| mean tokens | token entropy | beta-binomial extrapolation |")
 
 
-def render_summary(evals: list[dict[str, Any]], plots: dict[str, str],
+def render_summary(evals: list[EvalRecord], plots: dict[str, str],
                    heldout_plot: str | None, predictor: str | None) -> str:
     lines = ["# Evaluation report", ""]
     if not evals:
         lines += ["No eval files (`eval/*.json`) yet.", ""]
     for record in evals:
-        ckpt = record["checkpoint"]
-        facts = [f"{key} `{record[key]}`" for key in ("stage", "group", "dataset",
-                                                       "sft_checkpoint") if record.get(key)]
+        ckpt = record.checkpoint
+        facts = [f"{key} `{getattr(record, key)}`" for key in ("stage", "group", "dataset",
+                                                              "sft_checkpoint")
+                 if getattr(record, key)]
         lines += [f"## {ckpt}", "", ", ".join(facts) + ("." if facts else ""), ""]
-        if isinstance(record.get("generalization_loss"), int | float):
-            lines += [f"Generalization loss: {record['generalization_loss']:.4f} nats/token", ""]
+        if record.generalization_loss is not None:
+            lines += [f"Generalization loss: {record.generalization_loss:.4f} nats/token", ""]
         lines += [_HEADER, "|" + "---|" * (_HEADER.count("|") - 1)]
-        lines += [_benchmark_row(name, entry)
-                  for name, entry in sorted(record["benchmarks"].items())]
+        lines += [_benchmark_row(name, bench)
+                  for name, bench in sorted(record.benchmarks.items())]
         lines += ["", f"![pass@k of {ckpt}]({plots[ckpt]})", ""]
     if heldout_plot:
         lines += ["## Held-out loss", "", f"![held-out loss vs step]({heldout_plot})", ""]
@@ -258,10 +224,6 @@ def _predictor_section(report_dir: Path) -> str | None:
     return "\n".join(links) + "\n\n" + body
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    atomic.write_text(path, text)
-
-
 def write_report(workdir: str | os.PathLike[str]) -> Path:
     """Writes `<workdir>/report/` (see the module docstring); returns the summary.md path."""
     workdir = Path(workdir)
@@ -274,14 +236,13 @@ def write_report(workdir: str | os.PathLike[str]) -> Path:
     ckpt_slugs: dict[str, str] = {}
     bench_slugs: dict[str, str] = {}
     for record in evals:
-        ckpt = record["checkpoint"]
-        curves = sorted(record["benchmarks"].items())
+        ckpt = record.checkpoint
+        curves = sorted(record.benchmarks.items())
         path = _plot_curves(curves, f"pass@k: {ckpt}",
                             report_dir / f"passk_ckpt_{_slug(ckpt, ckpt_slugs)}.png")
         plots[ckpt] = path.name
-    for bench in sorted({b for record in evals for b in record["benchmarks"]}):
-        curves = [(r["checkpoint"], r["benchmarks"][bench]) for r in evals
-                  if bench in r["benchmarks"]]
+    for bench in sorted({b for record in evals for b in record.benchmarks}):
+        curves = [(r.checkpoint, r.benchmarks[bench]) for r in evals if bench in r.benchmarks]
         path = _plot_curves(curves, f"pass@k: {bench}",
                             report_dir / f"passk_bench_{_slug(bench, bench_slugs)}.png")
         plots[f"bench:{bench}"] = path.name
@@ -293,8 +254,8 @@ def write_report(workdir: str | os.PathLike[str]) -> Path:
                 series[f"{stage} {sub.parent.name}"] = points
     heldout_plot = _plot_heldout(series, report_dir / "heldout_loss.png").name if series else None
     summary = report_dir / "summary.md"
-    _atomic_text(summary, render_summary(evals, plots, heldout_plot,
-                                         _predictor_section(report_dir)))
+    atomic.write_text(summary, render_summary(evals, plots, heldout_plot,
+                                              _predictor_section(report_dir)))
     log.info("wrote %s", summary)
     return summary
 
@@ -307,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         path = write_report(args.workdir)
-    except ReportError as error:
+    except (ReportError, EvalRecordError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(path)

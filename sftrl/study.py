@@ -8,7 +8,7 @@ Reads what `python -m sftrl.launch` left in the sweep directory:
   sweep.json                        per run: state, start and end times (the wall-clock time)
   <run>/config.json                 epochs, data variant, model size, RL steps
   <run>/pipeline.json               SFT steps of each variant (`<variant>/sft: final_step`)
-  <run>/eval/*.json                 post-SFT and post-RL evals (`sftrl.eval.predict`'s schema)
+  <run>/eval/*.json                 post-SFT and post-RL evals (`sftrl.eval.record`)
   <run>/samples/<ckpt>/<bench>.jsonl  the post-SFT samples, for the guessing control (optional)
   predict/report/predictor.json     the predictor's scores (Spearman, R², levels, proxies)
 and writes into the output directory:
@@ -45,8 +45,9 @@ from typing import Any
 import numpy as np
 
 from sftrl import atomic, rewards
-from sftrl import report as report_lib
 from sftrl.eval import passk, predict, sample_store
+from sftrl.eval import record as eval_record
+from sftrl.eval.record import EvalRecord, EvalRecordError
 
 STATUS_FILE = "sweep.json"
 PREDICT_RUN = "predict"
@@ -87,13 +88,6 @@ def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise StudyError(f"{where}: expected a finite number, got {value!r}")
     return float(value)
-
-
-def _text(record: Mapping[str, Any], key: str, where: str) -> str:
-    value = record.get(key)
-    if not isinstance(value, str) or not value:
-        raise StudyError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
-    return value
 
 
 def _time(value: Any, where: str) -> datetime.datetime | None:
@@ -153,28 +147,18 @@ def load_status(sweep_dir: Path) -> tuple[str, dict[str, RunStatus]]:
     return str(data.get("sweep") or sweep_dir.name), runs
 
 
-def _curve(entry: Any, where: str) -> dict[int, float]:
-    """A benchmark's pass@k curve; pass@1 from its 'pass@1' field as the predictor reads it."""
-    try:
-        curve = report_lib.pass_at_k_curve(entry, where)
-    except report_lib.ReportError as error:
-        raise StudyError(str(error)) from None
-    if "pass@1" in entry:
-        curve[1] = _number(entry["pass@1"], f"{where}: field 'pass@1'")
-    if 1 not in curve:
-        raise StudyError(f"{where}: field 'pass@1' missing")
-    return dict(sorted(curve.items()))
-
-
 @dataclasses.dataclass
 class EvalResult:
-    """One eval file: its mean-over-benchmarks pass@k curve and sampling size."""
+    """One eval record: its mean-over-benchmarks pass@k curve and sampling size."""
 
-    path: str
-    record: dict[str, Any]
+    record: EvalRecord
     curve: dict[int, float]
     # per benchmark (samples per prompt, prompts, pass@1): for the sampling standard error
     sizes: list[tuple[int, int, float]]
+
+    @property
+    def path(self) -> str:
+        return self.record.source
 
     @property
     def pass1(self) -> float:
@@ -189,36 +173,18 @@ class EvalResult:
         return math.sqrt(var) / len(self.sizes)
 
 
+# What the study reads of each record: pass@1 as the predictor reads it, the curve, the sizes.
+_REQUIRED = ("stage", "group", "dataset", "pass@1", "pass@k", "num_prompts")
+
+
 def load_eval(path: Path) -> EvalResult:
-    record = _read_json(path)
-    if not isinstance(record, dict):
-        raise StudyError(f"{path}: expected a JSON object")
-    for key in ("checkpoint", "group", "dataset"):
-        _text(record, key, str(path))
-    stage = record.get("stage")
-    if stage not in ("sft", "rl"):
-        raise StudyError(f"{path}: field 'stage' must be 'sft' or 'rl', got {stage!r}")
-    if stage == "rl":
-        _text(record, "sft_checkpoint", str(path))
-    else:
-        _number(record.get("generalization_loss"), f"{path}: field 'generalization_loss'")
-    benches = record.get("benchmarks")
-    if not isinstance(benches, dict) or not benches:
-        raise StudyError(f"{path}: field 'benchmarks' must be a non-empty object")
-    curves, sizes = {}, []
-    for name, entry in sorted(benches.items()):
-        where = f"{path}: benchmarks.{name}"
-        curves[name] = _curve(entry, where)
-        n = entry.get("n", max(curves[name]))
-        prompts = entry.get("num_prompts")
-        for field, value in (("n", n), ("num_prompts", prompts)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise StudyError(f"{where}: field {field!r} must be a positive int, "
-                                 f"got {value!r}")
-        sizes.append((n, prompts, curves[name][1]))
-    ks = sorted(set.intersection(*(set(c) for c in curves.values())))
-    curve = {k: float(np.mean([c[k] for c in curves.values()])) for k in ks}
-    return EvalResult(str(path), record, curve, sizes)
+    record = eval_record.read(path, _REQUIRED)
+    if record.stage == "sft":
+        record.require("generalization_loss")
+    # n defaults to the largest k of the curve (older records do not write it)
+    sizes = [(b.n or max(b.curve), b.num_prompts or 0, b.curve[1])
+             for _, b in sorted(record.benchmarks.items())]
+    return EvalResult(record, record.mean_curve(), sizes)
 
 
 @dataclasses.dataclass
@@ -296,17 +262,17 @@ def load_run(sweep_dir: Path, status: RunStatus) -> list[Row]:
     epochs = _epochs(config, str(run_dir / "config.json"))
     size = _data_size(config, str(run_dir / "config.json"))
     evals = [load_eval(p) for p in sorted((run_dir / "eval").glob("*.json"))]
-    sft = {e.record["checkpoint"]: e for e in evals if e.record["stage"] == "sft"}
+    sft = {e.record.checkpoint: e for e in evals if e.record.stage == "sft"}
     if not sft:
         raise StudyError(f"{run_dir / 'eval'}: no post-SFT eval file (stage 'sft')")
-    rows = {name: Row(status.name, name, e.record["group"], e.record["dataset"], epochs,
-                      _sft_steps(run_dir, e.record["dataset"]), status.seconds,
+    rows = {name: Row(status.name, name, e.record.group, e.record.dataset, epochs,
+                      _sft_steps(run_dir, e.record.dataset or ""), status.seconds,
                       status.estimated_attempts > 0, e, data_size=size)
             for name, e in sft.items()}
     for e in evals:
-        if e.record["stage"] != "rl":
+        if e.record.stage != "rl":
             continue
-        parent = e.record["sft_checkpoint"]
+        parent = e.record.sft_checkpoint or ""
         if parent not in rows:
             raise StudyError(f"{e.path}: field 'sft_checkpoint' {parent!r} has no post-SFT "
                              f"eval file in {run_dir / 'eval'}")
@@ -324,9 +290,9 @@ def load_run(sweep_dir: Path, status: RunStatus) -> list[Row]:
 
 
 def _candidates(rows: Sequence[Row], benchmarks: Sequence[str] | None) -> list[Any]:
-    records = [(e.path, e.record) for r in rows for e in (r.sft, r.rl) if e is not None]
+    records = [e.record for r in rows for e in (r.sft, r.rl) if e is not None]
     try:
-        return predict.candidates_from_records(records, benchmarks)
+        return predict.candidates(records, benchmarks)
     except predict.PredictError as e:
         raise StudyError(str(e)) from None
 
@@ -576,7 +542,7 @@ def guessing_control(sweep_dir: Path, row: Row, ks: Sequence[int]) -> dict[int, 
     if row.sft is None:
         return None
     folder = sweep_dir / row.run / "samples" / row.checkpoint
-    benches = sorted(row.sft.record["benchmarks"])
+    benches = sorted(row.sft.record.benchmarks)
     paths = [folder / f"{bench}.jsonl" for bench in benches]
     if not all(path.is_file() for path in paths):
         return None
@@ -586,7 +552,7 @@ def guessing_control(sweep_dir: Path, row: Row, ks: Sequence[int]) -> dict[int, 
             samples = sample_store.read_rows(path)
         except (OSError, sample_store.SampleStoreError) as e:
             raise StudyError(str(e)) from e
-        expected = row.sft.record["benchmarks"][bench].get("num_prompts")
+        expected = row.sft.record.benchmarks[bench].num_prompts
         if expected is not None and len(samples) != expected:
             raise StudyError(f"{path}: {len(samples)} prompts, but {row.sft.path} field "
                              f"'benchmarks.{bench}.num_prompts' is {expected}")
@@ -965,7 +931,7 @@ def checkpoint_table(rows: Sequence[Row], k: int,
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for number, r in enumerate(rows, start=1):
         sft = r.sft
-        loss = sft.record["generalization_loss"] if sft else None
+        loss = sft.record.generalization_loss if sft else None
         at_k = sft.curve.get(k) if sft else None
         se = r.gain_se
         cells = [str(number), r.run, r.checkpoint, r.dataset or "missing",
@@ -1030,7 +996,7 @@ def setup_facts(sweep_dir: Path, rows: Sequence[Row]) -> list[str]:
     model = config.get("model") or {}
     params = _params(model)
     sizes = first.sft.sizes
-    benches = sorted(first.sft.record["benchmarks"])
+    benches = sorted(first.sft.record.benchmarks)
     rl_steps = (config.get("rl") or {}).get("num_steps")
     # A sweep may vary the data size too, so every run's size counts, not the first's.
     data_sizes = sorted({r.data_size for r in finished if r.data_size is not None})
@@ -1329,7 +1295,7 @@ def write_study(sweep_dir: Path, out_dir: Path, *, allow_partial: bool = False,
             "run": r.run, "checkpoint": r.checkpoint, "dataset": r.dataset, "epochs": r.epochs,
             "sft_steps": r.sft_steps, "missing": r.missing, "seconds": r.seconds,
             "seconds_estimated": r.seconds_estimated,
-            "generalization_loss": r.sft.record["generalization_loss"] if r.sft else None,
+            "generalization_loss": r.sft.record.generalization_loss if r.sft else None,
             "sft_pass@k": {str(k): v for k, v in r.sft.curve.items()} if r.sft else None,
             "rl_pass@k": {str(k): v for k, v in r.rl.curve.items()} if r.rl else None,
             "sft_pass@k_control": ({str(k): v for k, v in controls[r.checkpoint].items()}
@@ -1358,7 +1324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = write_study(args.sweep_dir, args.out, allow_partial=args.allow_partial,
                            sweep_spec=args.sweep, paper_numbers=args.paper_numbers)
-    except StudyError as e:
+    except (StudyError, EvalRecordError) as e:
         print(f"sftrl.study: {e}", file=sys.stderr)
         return 2
     print(path)

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sp_stats
 
+from sftrl.eval import record as eval_record
 from sftrl.eval.passk import mismatched_answer_pass_at_k, pass_at_k
 from sftrl.eval.predict import spearman
 
@@ -95,14 +96,6 @@ def gates(rows: Sequence[dict[str, Any]], k: int | None = None) -> dict[str, flo
 _SFT_NAME = re.compile(r"^(?P<run>.+?)-(?P<dataset>v2-.+)-step(?P<step>\d+)-sft$")
 
 
-def _curve(record: dict[str, Any]) -> dict[int, float]:
-    """pass@k averaged over the record's benchmarks, for the ks they all have."""
-    curves = [{int(k): float(v) for k, v in b["pass@k"].items()}
-              for b in record["benchmarks"].values()]
-    ks = set.intersection(*(set(c) for c in curves))
-    return {k: float(np.mean([c[k] for c in curves])) for k in sorted(ks)}
-
-
 def _sample_file(run_dir: Path, name: str) -> Path | None:
     files = sorted((run_dir / "samples" / name).glob("*.jsonl"))
     return files[0] if files else None
@@ -117,13 +110,13 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         if not match:
             continue
         run_dir = sft_path.parent.parent
-        record = json.loads(sft_path.read_text())
-        curve = _curve(record)
-        metrics = record.get("metrics") or {}
+        record = eval_record.read(sft_path, ("pass@k",))
+        curve = record.mean_curve(as_written=True)  # over the benchmarks, the ks they all have
+        metrics = record.metrics or {}
         entry: dict[str, Any] = {
             "checkpoint": sft_path.stem, "run": match["run"], "dataset": match["dataset"],
             "step": int(match["step"]), "pass@k": {str(k): v for k, v in curve.items()},
-            "generalization_loss": record.get("generalization_loss"),
+            "generalization_loss": record.generalization_loss,
             "own_heldout_loss": metrics.get("own_heldout/loss"), "rl": {}}
         samples = _sample_file(run_dir, sft_path.stem)
         if samples:
@@ -131,8 +124,8 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         prefix = sft_path.stem.removesuffix("-sft")
         for rl_path in sorted(run_dir.glob(f"eval/{prefix}-rl-seed*.json")):
             seed = rl_path.stem.rsplit("-seed", 1)[1]
-            rl_record = json.loads(rl_path.read_text())
-            rl_entry: dict[str, Any] = {"pass@1": _curve(rl_record)[1]}
+            rl_record = eval_record.read(rl_path, ("pass@k",))
+            rl_entry: dict[str, Any] = {"pass@1": rl_record.mean_curve(as_written=True)[1]}
             rl_samples = _sample_file(run_dir, rl_path.stem)
             if rl_samples:
                 rl_entry["gates"] = gates(read_samples(rl_samples))

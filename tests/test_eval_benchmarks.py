@@ -13,6 +13,7 @@ import pytest
 from sftrl import sharding
 from sftrl.eval import benchmarks as bench
 from sftrl.eval import evaluators, predict
+from sftrl.eval.record import EvalRecordError
 from sftrl.eval.sample_store import SampleStore, SampleStoreError
 from sftrl.models.model_config import ModelConfig
 from sftrl.models.transformer import build_model
@@ -245,7 +246,7 @@ def test_checkpoint_eval_json_loads_in_the_predictor(model, tmp_path):
     assert set(candidate.proxies) >= {"pass@2", "pass@4", "pass@6"}
     # only the schema's numbers are proxies: nothing nested leaks in
     assert not any(k.startswith(("timing", "maj", "n", "sampling")) for k in candidate.proxies)
-    with pytest.raises(bench.BenchmarkError, match="field 'sft_checkpoint' is required"):
+    with pytest.raises(EvalRecordError, match="field 'sft_checkpoint' is required"):
         bench.evaluate_checkpoint(model, CharTokenizer(), {"toy": RECORDS}, workdir=tmp_path,
                                   ckpt_name="rl-a", spec=SPEC, verifier=ContainsVerifier(),
                                   meta={"group": "tiny", "dataset": "toy", "stage": "rl"})

@@ -17,6 +17,7 @@ from scipy import stats
 
 from sftrl import predict_stage
 from sftrl.eval import predict
+from sftrl.eval.record import EvalRecordError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -124,7 +125,7 @@ def test_clear_errors():
           "generalization_loss": 1.0}], "t.csv")
     with pytest.raises(predict.PredictError, match=r"'generalization_loss' missing .*a \(t.csv"):
         predict.evaluate(cands, predict.Options(k=8))
-    with pytest.raises(predict.PredictError, match=r"f.json: field 'stage'"):
+    with pytest.raises(EvalRecordError, match=r"f.json: field 'stage'"):
         predict.candidates_from_records([("f.json", {"checkpoint": "a", "stage": "x"})])
     rl = {"checkpoint": "r", "stage": "rl", "sft_checkpoint": "nope",
           "benchmarks": {"m": {"pass@1": 0.3}}}

@@ -16,7 +16,7 @@ from sftrl import config_lib
 from sftrl.data import synthetic
 from sftrl.models.checkpoint import export_hf
 from sftrl.models.transformer import build_model
-from sftrl.rank import Settings, rank, stats
+from sftrl.rank import SamplingSpec, Settings, rank, stats
 from sftrl.rank.__main__ import main
 from sftrl.rank.inputs import resolve_checkpoint
 from sftrl.rank.score import load_model
@@ -30,7 +30,8 @@ OVERRIDES = [
     "sft.warmup_steps=10", "sft.lr=3e-3", "sft.heldout_batch_size=16",
     "checkpoint.async_save=False", "checkpoint.max_to_keep=10", "sft.tensorboard=False",
 ]
-SETTINGS = Settings(num_samples=8, max_new_tokens=16, temperature=1.0, prompts_per_wave=12,
+SETTINGS = Settings(SamplingSpec(num_samples=8, max_new_tokens=16, temperature=1.0,
+                                 prompts_per_wave=12),
                     max_length=128, heldout_batch_size=16, num_bootstrap=200,
                     prompt_template="plain", dtype="float32")
 

@@ -11,6 +11,7 @@ import pytest
 
 from sftrl import report
 from sftrl.eval import predict
+from sftrl.eval.record import EvalRecordError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,14 +86,14 @@ def test_report_errors_name_the_file_and_field(tmp_path):
     (tmp_path / "eval").mkdir()
     bad = tmp_path / "eval" / "x.json"
     bad.write_text(json.dumps({"checkpoint": "x", "benchmarks": {"m": {"pass@k": {"one": 1}}}}))
-    with pytest.raises(report.ReportError, match=r"x\.json: benchmarks\.m: field 'pass@k'"):
+    with pytest.raises(EvalRecordError, match=r"x\.json: benchmarks\.m: field 'pass@k'"):
         report.write_report(tmp_path)
     bad.write_text("{\n oops")
-    with pytest.raises(report.ReportError, match=r"x\.json:2: not valid JSON"):
+    with pytest.raises(EvalRecordError, match=r"x\.json:2: not valid JSON"):
         report.write_report(tmp_path)
     _write_eval(tmp_path, "x", 0.1, 1.0)
     (tmp_path / "eval" / "y.json").write_text((tmp_path / "eval" / "x.json").read_text())
-    with pytest.raises(report.ReportError, match=r"y\.json: field 'checkpoint': 'x' is also"):
+    with pytest.raises(EvalRecordError, match=r"y\.json: field 'checkpoint': 'x' is also"):
         report.write_report(tmp_path)
     (tmp_path / "eval" / "y.json").unlink()
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "heldout/loss": 1}\nnot json\n{}\n')

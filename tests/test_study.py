@@ -24,6 +24,7 @@ from scipy import stats
 
 from sftrl import predict_stage, study
 from sftrl.eval import predict
+from sftrl.eval.record import EvalRecordError
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = [("answer_only", "diverse"), ("short_cot", "homogeneous"), ("short_cot", "diverse"),
@@ -330,7 +331,7 @@ def test_a_run_missing_from_the_sweep_file_is_unfinished(sweep_copy, tmp_path):
 def test_a_malformed_eval_file_is_named_with_its_field(sweep_copy, tmp_path, edit, message):
     path = sweep_copy / "long_cot-diverse-ep3" / "eval" / "ep3-long_cot-diverse-2000-sft.json"
     path.write_text(edit(json.loads(path.read_text())))
-    with pytest.raises(study.StudyError, match=message):
+    with pytest.raises(EvalRecordError, match=message):
         study.write_study(sweep_copy, tmp_path / "out")
 
 

@@ -5,7 +5,7 @@ caller's `format_prompt` and the tokenizer's `encode_prompt`), samples `spec.num
 responses per prompt with `sampling.generate`, scores them with the RL reward's verifier
 (`rewards.verify_batch`, docs/design.md "rewards are the eval verifier") and appends one row
 per prompt to a `SampleStore`. `evaluate_checkpoint` does that for several benchmarks and writes
-`<workdir>/eval/<ckpt>.json` in the schema `sftrl.eval.predict` reads.
+`<workdir>/eval/<ckpt>.json` through `sftrl.eval.record` (the eval record's one writer).
 
 Resuming: prompts already in the store are not regenerated. Each prompt's random stream is keyed
 by (spec.seed, a hash of its record id), not by its position in a batch, so the samples of a
@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -40,8 +39,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sftrl import rewards, sampling
+from sftrl import atomic, rewards, sampling
 from sftrl.eval import passk
+from sftrl.eval import record as record_lib
 from sftrl.eval.sample_store import SampleStore, rows_in_order
 from sftrl.models.transformer import Model
 
@@ -235,7 +235,7 @@ def _write_spec(path: Path, name: str, spec: SamplingSpec) -> None:
                 f"{path}: field(s) {changed} differ from this run ({was} vs {now}); "
                 "use another store path or delete the samples to resample")
         return
-    atomic_write_text(path, json.dumps(fields, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(path, fields)
 
 
 def evaluate_benchmark(
@@ -363,42 +363,6 @@ def summarize(rows: Sequence[Mapping[str, Any]], *, seed: int = 0,
     }
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes `text` to a temp file beside `path`, fsyncs it and renames it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-_META_REQUIRED = ("group", "dataset", "stage")
-
-
-def _check_meta(meta: Mapping[str, Any], ckpt_name: str) -> dict[str, Any]:
-    where = f"evaluate_checkpoint({ckpt_name!r}) meta"
-    for key in _META_REQUIRED:
-        if not isinstance(meta.get(key), str) or not meta[key]:
-            raise BenchmarkError(f"{where}: field {key!r} must be a non-empty string, "
-                                 f"got {meta.get(key)!r}")
-    if meta["stage"] not in ("sft", "rl"):
-        raise BenchmarkError(f"{where}: field 'stage' must be 'sft' or 'rl', got "
-                             f"{meta['stage']!r}")
-    if meta["stage"] == "rl" and not isinstance(meta.get("sft_checkpoint"), str):
-        raise BenchmarkError(f"{where}: field 'sft_checkpoint' is required when stage is 'rl'")
-    unknown = set(meta) - {*_META_REQUIRED, "sft_checkpoint"}
-    if unknown:
-        raise BenchmarkError(f"{where}: unknown field(s) {sorted(unknown)}")
-    return dict(meta)
-
-
 def evaluate_checkpoint(
     model: Model,
     tokenizer: Tokenizer,
@@ -415,7 +379,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Every benchmark of one checkpoint; writes `<workdir>/eval/<ckpt_name>.json` atomically.
 
-    meta: group, dataset, stage ("sft" | "rl") and, for RL, sft_checkpoint (predict's schema).
+    meta: group, dataset, stage ("sft" | "rl") and, for RL, sft_checkpoint (sftrl.eval.record).
     heldout_metrics: HeldoutEvaluator.run output; its "heldout/loss" is the
     generalization_loss, and every entry goes to "metrics".
     """
@@ -423,7 +387,7 @@ def evaluate_checkpoint(
         raise BenchmarkError(f"evaluate_checkpoint({ckpt_name!r}): no benchmarks")
     if not ckpt_name or "/" in ckpt_name or ckpt_name.startswith("."):
         raise BenchmarkError(f"evaluate_checkpoint: bad ckpt_name {ckpt_name!r}")
-    header = _check_meta(meta, ckpt_name)
+    header = record_lib.check_header(meta, f"evaluate_checkpoint({ckpt_name!r}) meta")
     workdir = Path(workdir)
     results = {}
     for name, records in benchmarks.items():
@@ -446,6 +410,6 @@ def evaluate_checkpoint(
     record["metrics"] = metrics
     record["sampling"] = dataclasses.asdict(spec)
     path = workdir / "eval" / f"{ckpt_name}.json"
-    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    record_lib.write(path, record_lib.parse(record, str(path)))
     log.info("wrote %s", path)
     return record

@@ -7,24 +7,13 @@ outcome (with an interval) for checkpoints that have no RL result yet.
 
 Inputs
 ------
-1. Per-checkpoint eval files, ``<workdir>/eval/<ckpt>.json`` (the schema this module reads)::
-
-       {
-         "checkpoint": "sft-math-ep2",      # unique id within the inputs
-         "group": "llama-1b",               # base model; candidates are compared within a group
-         "dataset": "math",                 # SFT data set id (data-set level averages over it)
-         "stage": "sft" | "rl",
-         "sft_checkpoint": "sft-math-ep2",  # required when stage == "rl": the SFT checkpoint
-                                            # this RL run started from
-         "generalization_loss": 1.23,       # held-out loss after SFT (lower is better)
-         "benchmarks": {"<name>": {"pass@1": 0.31,
-                                   "pass@k": {"1": 0.31, "2": 0.40, ..., "256": 0.83}}},
-         "metrics": {"<extra>": 0.5},       # optional: any extra numeric proxy, by name
-         "<extra>": 0.5                     # top-level numbers are extra proxies too
-       }
+1. Per-checkpoint eval records, ``<workdir>/eval/<ckpt>.json``, read by ``sftrl.eval.record``
+   (the format is documented there). An SFT record needs ``group`` and ``dataset``, an RL
+   record its ``sft_checkpoint``; every benchmark needs its ``pass@1``.
 
    Proxies of an SFT file: ``pass@1`` and ``pass@<k>`` (each averaged over the benchmarks),
-   ``generalization_loss`` and every extra number. ``pass@1`` may come from either the
+   ``generalization_loss`` and every other number (top-level fields and ``metrics``, by
+   name: the extra proxies). ``pass@1`` may come from either the
    ``"pass@1"`` field or ``pass@k["1"]``. The outcome of an RL file is its per-benchmark
    ``pass@1``; several RL files for one SFT checkpoint (seeds) are averaged.
 
@@ -75,10 +64,13 @@ from typing import Any
 import numpy as np
 from scipy import stats as sp_stats
 
+from sftrl import atomic
+from sftrl.eval import record as eval_record
+from sftrl.eval.record import EvalRecord
+
 OUTCOME = "rl_pass@1"
 AVERAGE = "average"
 LEVELS = ("instance", "dataset")
-_RESERVED = {"checkpoint", "group", "dataset", "stage", "sft_checkpoint", "benchmarks", "metrics"}
 _EXACT_PERMUTATION_MAX_N = 8
 
 
@@ -131,65 +123,40 @@ def _string(record: Mapping[str, Any], key: str, where: str) -> str:
     return value
 
 
-def _benchmark_scores(
-    record: Mapping[str, Any], where: str, benchmarks: Sequence[str] | None
-) -> dict[str, dict[str, float]]:
-    """{benchmark: {"1": pass@1, "k": pass@k, ...}} of the chosen benchmarks."""
-    raw = record.get("benchmarks")
-    if not isinstance(raw, dict) or not raw:
-        raise PredictError(f"{where}: field 'benchmarks' must be a non-empty object")
-    names = sorted(raw) if benchmarks is None else list(benchmarks)
-    out = {}
+def _chosen(record: EvalRecord, benchmarks: Sequence[str] | None) -> list[str]:
+    names = sorted(record.benchmarks) if benchmarks is None else list(benchmarks)
     for name in names:
-        if name not in raw:
-            raise PredictError(f"{where}: benchmark {name!r} missing from 'benchmarks'")
-        entry = raw[name]
-        if not isinstance(entry, dict):
-            raise PredictError(f"{where}: benchmarks.{name} must be an object")
-        curve = {str(k): _number(v, f"{where}: benchmarks.{name}.pass@k[{k}]")
-                 for k, v in (entry.get("pass@k") or {}).items()}
-        if "pass@1" in entry:
-            curve["1"] = _number(entry["pass@1"], f"{where}: benchmarks.{name}.pass@1")
-        if "1" not in curve:
-            raise PredictError(f"{where}: benchmarks.{name} has no 'pass@1'")
-        out[name] = curve
-    return out
+        if name not in record.benchmarks:
+            raise PredictError(f"{record.source}: benchmark {name!r} missing from 'benchmarks'")
+    return names
 
 
-def _sft_proxies(record: Mapping[str, Any], where: str,
-                 benchmarks: Sequence[str] | None) -> dict[str, float]:
-    scores = _benchmark_scores(record, where, benchmarks)
-    # pass@k averaged over benchmarks, for the ks every benchmark reports
-    ks = set.intersection(*(set(curve) for curve in scores.values()))
-    proxies = {f"pass@{k}": float(np.mean([c[k] for c in scores.values()])) for k in ks}
-    for key, value in {**record, **(record.get("metrics") or {})}.items():
-        if key not in _RESERVED and isinstance(value, int | float) and not isinstance(value, bool):
-            proxies[key] = _number(value, f"{where}: {key}")
+def _sft_proxies(record: EvalRecord, benchmarks: Sequence[str] | None) -> dict[str, float]:
+    # pass@k averaged over the chosen benchmarks, for the ks every one of them reports
+    curve = record.mean_curve(_chosen(record, benchmarks))
+    proxies = {f"pass@{k}": v for k, v in curve.items()}
+    proxies.update(record.numbers())
     return proxies
 
 
-def candidates_from_records(
-    records: Iterable[tuple[str, Mapping[str, Any]]], benchmarks: Sequence[str] | None = None
-) -> list[Candidate]:
-    """Candidates from (source, eval-record) pairs; RL records are attached to their SFT one."""
+def candidates(records: Iterable[EvalRecord],
+               benchmarks: Sequence[str] | None = None) -> list[Candidate]:
+    """Candidates from eval records; RL records are attached to their SFT one."""
     sft: dict[str, Candidate] = {}
-    rl: dict[str, list[tuple[str, dict[str, dict[str, float]]]]] = {}
-    for where, record in records:
-        if not isinstance(record, dict):
-            raise PredictError(f"{where}: expected a JSON object")
-        stage = record.get("stage")
-        name = _string(record, "checkpoint", where)
-        if stage == "sft":
+    rl: dict[str, list[tuple[str, dict[str, float]]]] = {}
+    for record in records:
+        record.require("stage", "pass@1")
+        where, name = record.source, record.checkpoint
+        if record.stage == "sft":
+            record.require("group", "dataset")
             if name in sft:
                 raise PredictError(f"{where}: checkpoint {name!r} also in {sft[name].source}")
-            sft[name] = Candidate(_string(record, "group", where),
-                                  _string(record, "dataset", where), name, where,
-                                  _sft_proxies(record, where, benchmarks))
-        elif stage == "rl":
-            parent = _string(record, "sft_checkpoint", where)
-            rl.setdefault(parent, []).append((where, _benchmark_scores(record, where, benchmarks)))
+            sft[name] = Candidate(record.group or "", record.dataset or "", name, where,
+                                  _sft_proxies(record, benchmarks))
         else:
-            raise PredictError(f"{where}: field 'stage' must be 'sft' or 'rl', got {stage!r}")
+            parent = record.sft_checkpoint or ""
+            pass1 = {b: record.benchmarks[b].curve[1] for b in _chosen(record, benchmarks)}
+            rl.setdefault(parent, []).append((where, pass1))
     for parent, runs in rl.items():
         if parent not in sft:
             raise PredictError(f"{runs[0][0]}: sft_checkpoint {parent!r} has no SFT eval file")
@@ -198,10 +165,17 @@ def candidates_from_records(
             if set(scores) != names:
                 raise PredictError(f"{where}: benchmarks {sorted(scores)} differ from "
                                    f"{runs[0][0]}'s {sorted(names)}")
-        per_bench = {b: float(np.mean([s[b]["1"] for _, s in runs])) for b in sorted(names)}
+        per_bench = {b: float(np.mean([s[b] for _, s in runs])) for b in sorted(names)}
         sft[parent].outcomes = {f"{OUTCOME}:{b}": v for b, v in per_bench.items()}
         sft[parent].outcomes[OUTCOME] = float(np.mean(list(per_bench.values())))
     return list(sft.values())
+
+
+def candidates_from_records(
+    records: Iterable[tuple[str, Mapping[str, Any]]], benchmarks: Sequence[str] | None = None
+) -> list[Candidate]:
+    """Candidates from (source, decoded eval-record JSON) pairs (see `candidates`)."""
+    return candidates((eval_record.parse(data, where) for where, data in records), benchmarks)
 
 
 def load_eval_dir(
@@ -210,14 +184,7 @@ def load_eval_dir(
     """Candidates from every ``*.json`` in ``directory`` (or in several: a sweep's RL runs'
     files may sit in other run directories than their SFT checkpoints'; see the module
     docstring)."""
-    directories = [directory] if isinstance(directory, (str, Path)) else list(directory)
-    records = []
-    for path in (p for d in directories for p in sorted(Path(d).glob("*.json"))):
-        try:
-            records.append((str(path), json.loads(path.read_text())))
-        except json.JSONDecodeError as e:
-            raise PredictError(f"{path}: invalid JSON ({e})") from e
-    return candidates_from_records(records, benchmarks)
+    return candidates(eval_record.read_dir(directory), benchmarks)
 
 
 def _flat_value(value: Any, where: str) -> float | None:
@@ -690,15 +657,6 @@ def render_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, str):
-        tmp.write_text(data)
-    else:
-        tmp.write_bytes(data)
-    tmp.replace(path)  # readers see the old file or the new one, never half of one
-
-
 def _safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
@@ -735,7 +693,7 @@ def write_plots(report: dict[str, Any], outdir: Path) -> list[Path]:
         fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
         path = outdir / f"scatter_{_safe_name(group)}.png"
-        _atomic_write(path, buf.getvalue())
+        atomic.write_bytes(path, buf.getvalue())
         written.append(path)
     return written
 
@@ -748,8 +706,8 @@ def write_report(report: dict[str, Any], outdir: Path) -> dict[str, Path]:
     paths = {"json": outdir / "predictor.json", "summary": outdir / "predictor.md"}
     # allow_nan=False: a NaN would be a bug here, and strict JSON readers reject it
     text = json.dumps(report, indent=2, sort_keys=True, allow_nan=False)
-    _atomic_write(paths["json"], text + "\n")
-    _atomic_write(paths["summary"], render_summary(report))
+    atomic.write_text(paths["json"], text + "\n")
+    atomic.write_text(paths["summary"], render_summary(report))
     for i, p in enumerate(write_plots(report, outdir)):
         paths[f"plot{i}"] = p
     return paths

@@ -11,7 +11,9 @@ z-scored average of -loss and pass@k_max) with paired-bootstrap uncertainty. See
 "Rank your checkpoints".
 """
 
+from sftrl.eval.benchmarks import SamplingSpec
 from sftrl.rank.core import Settings, prepare, rank
 from sftrl.rank.inputs import RankError
 
-__all__ = ["RankError", "Settings", "prepare", "rank"]
+# SamplingSpec: Settings.sampling, how every checkpoint is sampled
+__all__ = ["RankError", "SamplingSpec", "Settings", "prepare", "rank"]

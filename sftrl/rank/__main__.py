@@ -7,6 +7,7 @@ model is loaded; a bug still gets its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import logging
 import sys
@@ -101,8 +102,16 @@ def settings_and_mesh(args: argparse.Namespace) -> tuple[Any, dict[str, int]]:
             raise RankError(f"--mesh: {args.mesh!r} is not three integers data,fsdp,tensor"
                             ) from None
         mesh = {"data": data, "fsdp": fsdp, "tensor": tensor}
-    return Settings(limit=args.limit, num_bootstrap=args.num_bootstrap,
-                    threshold=args.threshold, **values), mesh
+    defaults = Settings()
+    sampling_names = {f.name for f in dataclasses.fields(defaults.sampling)}
+    try:  # the sampling spec checks its own fields (a bad --top_p, ...)
+        sampling = dataclasses.replace(
+            defaults.sampling, **{k: v for k, v in values.items() if k in sampling_names})
+    except ValueError as e:
+        raise RankError(str(e)) from None
+    rest = {k: v for k, v in values.items() if k not in sampling_names}
+    return Settings(sampling=sampling, limit=args.limit, num_bootstrap=args.num_bootstrap,
+                    threshold=args.threshold, **rest), mesh
 
 
 def main(argv: Sequence[str] | None = None) -> int:

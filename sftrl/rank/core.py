@@ -24,16 +24,11 @@ log = logging.getLogger("sftrl.rank")
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """How checkpoints are scored (the same for all of them) and how the report is computed."""
+    """How checkpoints are scored (the same for all of them) and how the report is computed.
+    `sampling.seed` also seeds the bootstrap."""
 
-    num_samples: int = 64
-    max_new_tokens: int = 1024
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-    prompts_per_wave: int = 8
-    max_kv_tokens: int | None = None
+    sampling: SamplingSpec = dataclasses.field(
+        default_factory=lambda: SamplingSpec(num_samples=64, max_new_tokens=1024))
     limit: int = 0  # > 0: the first `limit` prompts of each benchmark
     prompt_template: str = ""  # "": each benchmark's default
     max_length: int = 4096  # held-out examples are truncated here (and counted)
@@ -42,12 +37,6 @@ class Settings:
     threshold: float = stats.BEYOND_NOISE
     dtype: str = "auto"
     attention: str = "auto"
-
-    def spec(self) -> SamplingSpec:
-        return SamplingSpec(
-            num_samples=self.num_samples, max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed,
-            prompts_per_wave=self.prompts_per_wave, max_kv_tokens=self.max_kv_tokens)
 
 
 @dataclasses.dataclass
@@ -69,12 +58,8 @@ def prepare(checkpoints: Sequence[str], *, heldout: str, benchmarks: Sequence[st
             settings: Settings, rl_results: str | None = None,
             workdir: Path | None = None) -> Plan:
     """Every check that can fail on user input, before any weights are read."""
-    if settings.num_samples < 2:
+    if settings.sampling.num_samples < 2:
         raise RankError("--num_samples: pass@k at large k needs at least 2 samples per prompt")
-    try:
-        settings.spec()
-    except ValueError as e:
-        raise RankError(str(e)) from None
     if not checkpoints:
         raise RankError("--checkpoints: name at least one checkpoint")
     records = inputs.read_heldout(heldout)
@@ -89,7 +74,7 @@ def prepare(checkpoints: Sequence[str], *, heldout: str, benchmarks: Sequence[st
     fingerprint = {
         "heldout": _digest(records),
         "benchmarks": {b.name: _digest([b.records, b.template]) for b in benches},
-        "sampling": settings.spec().sample_fields(),
+        "sampling": settings.sampling.sample_fields(),
         "max_length": settings.max_length,
     }
     plan = Plan(cks, groups, Path(heldout), records, benches, rl, fingerprint)
@@ -125,16 +110,17 @@ def existing_result(plan: Plan, ck: Checkpoint, workdir: Path) -> dict[str, Any]
 
 def cost_lines(plan: Plan, settings: Settings) -> list[str]:
     prompts = sum(len(b.records) for b in plan.benchmarks)
-    generate = prompts * settings.num_samples * settings.max_new_tokens
+    spec = settings.sampling
+    generate = prompts * spec.num_samples * spec.max_new_tokens
     lines = [f"rank: {len(plan.checkpoints)} checkpoint(s) in {len(plan.groups)} group(s); "
              f"held-out {len(plan.heldout_records)} examples; {prompts} prompts x "
-             f"{settings.num_samples} samples on {', '.join(b.name for b in plan.benchmarks)}"]
+             f"{spec.num_samples} samples on {', '.join(b.name for b in plan.benchmarks)}"]
     for ck in plan.checkpoints:
         lines.append(
             f"rank: cost {ck.name} [{ck.group}]: score {ck.scored_tokens} held-out tokens "
             f"({ck.truncated} examples truncated at {settings.max_length}); generate at most "
             f"{generate} tokens from {ck.prompt_tokens} prompt tokens "
-            f"({prompts} prompts x {settings.num_samples} x <= {settings.max_new_tokens})")
+            f"({prompts} prompts x {spec.num_samples} x <= {spec.max_new_tokens})")
     return lines
 
 
@@ -145,7 +131,7 @@ class Progress:
 
     def __init__(self, plan: Plan, settings: Settings, every_s: float = 30.0):
         self.total_prompts = sum(len(b.records) for b in plan.benchmarks)
-        self.per_prompt = settings.num_samples * settings.max_new_tokens
+        self.per_prompt = settings.sampling.num_samples * settings.sampling.max_new_tokens
         self.units = {ck.name: ck.scored_tokens / 8 + self.total_prompts * self.per_prompt
                       for ck in plan.checkpoints}
         self.total = sum(self.units.values())
@@ -193,11 +179,11 @@ def _counts(record: dict[str, Any]) -> tuple[stats.HeldoutCounts, dict[str, stat
 
 def analyze(plan: Plan, records: dict[str, dict[str, Any]], settings: Settings
             ) -> dict[str, Any]:
-    """Every number of the report (deterministic given the records and settings.seed)."""
-    k_max = settings.num_samples
+    """Every number of the report (deterministic given the records and the sampling seed)."""
+    k_max = settings.sampling.num_samples
     ks = passk.curve_ks(k_max)
     reps = stats.draw(len(plan.heldout_records), {b.name: len(b.records) for b in plan.benchmarks},
-                      settings.num_bootstrap, settings.seed)
+                      settings.num_bootstrap, settings.sampling.seed)
     per_ck: dict[str, dict[str, Any]] = {}
     proxies: dict[str, dict[str, np.ndarray]] = {}
     for ck in plan.checkpoints:
@@ -234,7 +220,7 @@ def analyze(plan: Plan, records: dict[str, dict[str, Any]], settings: Settings
         "heldout": {"path": str(plan.heldout_path), "examples": len(plan.heldout_records)},
         "benchmarks": {b.name: {"prompts": len(b.records), "template": b.template}
                        for b in plan.benchmarks},
-        "sampling": settings.spec().sample_fields(),
+        "sampling": settings.sampling.sample_fields(),
         "max_length": settings.max_length,
         "checkpoints": per_ck,
         "groups": groups,
@@ -295,7 +281,7 @@ def _predict(group: str, names: list[str], per_ck: dict[str, dict[str, Any]],
         proxies={"generalization_loss": per_ck[n]["heldout"]["loss"],
                  "pass@1": per_ck[n]["pass@1"], f"pass@{k_max}": per_ck[n]["pass@k_max"]},
         outcomes={predict.OUTCOME: labeled[n]} if n in labeled else {}) for n in names]
-    options = predict.Options(k=k_max, seed=settings.seed, n_permutations=2000,
+    options = predict.Options(k=k_max, seed=settings.sampling.seed, n_permutations=2000,
                               n_bootstrap=settings.num_bootstrap)
     try:
         report = predict.evaluate_group(group, candidates, options)
@@ -351,7 +337,7 @@ def rank(
                              f"{bench} {done_in[bench]} prompts sampled")
 
         record = score_checkpoint(
-            ck, plan.benchmarks, workdir=workdir, layout=layout, spec=settings.spec(),
+            ck, plan.benchmarks, workdir=workdir, layout=layout, spec=settings.sampling,
             settings=settings, fingerprint=_own_fingerprint(plan, ck), on_prompt=on_prompt)
         # resumed prompts were not reported by on_prompt; count them so the total adds up
         left = progress.units[ck.name] - progress.per_prompt * sum(done_in.values())

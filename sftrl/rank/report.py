@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from sftrl.eval.benchmarks import atomic_write_text
+from sftrl import atomic
 
 
 def _ci(values: list[float], digits: int = 3) -> str:
@@ -174,18 +172,10 @@ def plot(result: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def write(result: dict[str, Any], workdir: Path) -> list[Path]:
     paths = [workdir / "rank.json", workdir / "rank.md", workdir / "rank.png"]
-    atomic_write_text(paths[0], json.dumps(result, indent=1, sort_keys=True,
+    atomic.write_text(paths[0], json.dumps(result, indent=1, sort_keys=True,
                                            allow_nan=False) + "\n")
-    atomic_write_text(paths[1], markdown(result))
-    _write_bytes(paths[2], plot(result))
+    atomic.write_text(paths[1], markdown(result))
+    atomic.write_bytes(paths[2], plot(result))
     return paths

@@ -20,10 +20,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from sftrl import config_lib
+from sftrl import atomic, config_lib
 from sftrl.data.prompts import format_prompt
 from sftrl.data.sft import heldout_batches
-from sftrl.eval.benchmarks import SamplingSpec, atomic_write_text, evaluate_benchmark
+from sftrl.eval.benchmarks import SamplingSpec, evaluate_benchmark
 from sftrl.eval.heldout import HeldoutEvaluator
 from sftrl.eval.sample_store import read_rows
 from sftrl.models import checkpoint as hf_checkpoint
@@ -130,5 +130,5 @@ def score_checkpoint(
         "benchmarks": results, "timing": timing,
     }
     path = workdir / "results" / f"{ck.name}.json"
-    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n")
+    atomic.write_text(path, json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n")
     return record

@@ -12,13 +12,12 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from sftrl import atomic
 from sftrl.rewards.extraction import PRESETS, ExtractionConfig, get_config
 from sftrl.rewards.verifier import Verifier, gold_text
 
@@ -139,13 +138,9 @@ def rescore_file(path: Path, out: Path, *, verifier: Verifier,
         gold_field = gold_field or detected[1]
 
     summary = CheckSummary()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.", suffix=".tmp",
-        delete=False)
     bar = tqdm(desc=f"rescoring {path.name}", unit="response", disable=None)
     try:
-        with handle:
+        with atomic.replacing(out) as tmp, tmp.open("w", encoding="utf-8") as handle:
             records = _read_records(path, response_field, gold_field)
             for chunk in _chunks(records, responses_per_chunk):
                 pairs = [(r, record.gold) for record in chunk for r in record.responses]
@@ -162,11 +157,6 @@ def rescore_file(path: Path, out: Path, *, verifier: Verifier,
                 bar.update(len(pairs))
                 log.info("%s: %d records, %d responses rescored", path, summary.records,
                          summary.responses)
-        os.chmod(handle.name, path.stat().st_mode & 0o777)  # not the temp file's 0600
-        os.replace(handle.name, out)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
     finally:
         bar.close()
     return summary

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from sftrl import atomic
 from sftrl.data import sources
 from sftrl.data.sft import SFTDataConfig, SFTPipeline, heldout_batches
 from sftrl.data.tokenizer import Tokenizer, load_tokenizer
@@ -90,9 +90,7 @@ class CheckpointIndex:
         if jax.process_index() != 0:
             return
         self.entries.setdefault(str(step), {}).update(fields)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        atomic.write_json(self.path, self.entries, indent=1)
 
     def forget_after(self, step: int) -> None:
         stale = [k for k in self.entries if int(k) > step]
