@@ -6,6 +6,7 @@ explicitly, which also registers them with `tfds.builder` / `tfds.data_source`.
 """
 
 from sftrl.data.builders.errors import DataFormatError
+from sftrl.data.builders.fields import FieldMap, parse_fields
 from sftrl.data.builders.problems import (
     OPTIONAL_FIELDS,
     REQUIRED_FIELDS,
@@ -18,6 +19,7 @@ from sftrl.data.builders.sft import (
     HELDOUT,
     TRAIN,
     SplitStats,
+    check_sft_files,
     heldout_score,
     is_heldout,
     normalize_problem_text,
@@ -31,11 +33,14 @@ __all__ = [
     "REQUIRED_FIELDS",
     "TRAIN",
     "DataFormatError",
+    "FieldMap",
     "SplitStats",
+    "check_sft_files",
     "heldout_score",
     "is_heldout",
     "iter_rows",
     "normalize_problem_text",
+    "parse_fields",
     "parse_problem",
     "read_problems",
     "read_rl_file",
