@@ -23,6 +23,7 @@ from sftrl.data.builders.sft import (
     heldout_score,
     is_heldout,
     normalize_problem_text,
+    read_heldout,
     read_sft_file,
     read_sft_files,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "normalize_problem_text",
     "parse_fields",
     "parse_problem",
+    "read_heldout",
     "read_problems",
     "read_rl_file",
     "read_sft_file",

@@ -224,3 +224,38 @@ def check_sft_files(paths: Sequence[str | os.PathLike[str]],
             break
         else:
             raise DataFormatError(str(path), "no records")
+
+
+def read_heldout(
+    paths: Sequence[str | os.PathLike[str]], *, heldout_fraction: float = 0.05,
+    fields: FieldMap | str | None = None, limit: int = 0,
+) -> list[dict[str, Any]]:
+    """The first `limit` held-out records in file order (0: all), as `read_sft_files(...)
+    ["heldout"][:limit]` gives them, reading the files only as far as needed: every process
+    can afford it while the training rows are read per process."""
+    _check_fraction(heldout_fraction)
+    fields = parse_fields(fields)
+    out: list[dict[str, Any]] = []
+    seen_content: set[str] = set()
+    id_locations: dict[str, str] = {}
+    for path in map(Path, paths):
+        for loc, raw in iter_rows(path):
+            messages = to_messages(raw, loc, fields)
+            if not is_heldout(problem_text(messages), heldout_fraction):
+                continue
+            # A duplicate has the same problem text, so it is held out too: deduplicating
+            # among held-out records is deduplicating the whole set, restricted to them.
+            content_key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+            if content_key in seen_content:
+                continue
+            seen_content.add(content_key)
+            record_id = _record_id(raw, loc, path, fields)
+            if record_id in id_locations:
+                raise DataFormatError(
+                    loc, f"duplicate id {record_id!r} (first at {id_locations[record_id]})", "id"
+                )
+            id_locations[record_id] = loc
+            out.append({"id": record_id, "messages": messages})
+            if limit and len(out) >= limit:
+                return out
+    return out
