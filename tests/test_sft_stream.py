@@ -391,3 +391,74 @@ def test_a_record_missing_a_mapped_field_later_is_named_by_line(tmp_path):
 def test_bad_mapping_specs_are_refused(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_fields(spec)
+
+
+# --- the SFT trainer on streamed files -----------------------------------------------------------
+
+
+def _omi_file(tmp_path: pathlib.Path) -> pathlib.Path:
+    """The embedded task's SFT records written in OpenMathInstruct-2's shape."""
+    from test_sft import _config
+
+    from sftrl.data import sources
+
+    rows = []
+    for record in sources.sft_splits(_config().data).train:
+        turns = {m["role"]: m["content"] for m in record["messages"]}
+        rows.append({"problem": turns["user"], "generated_solution": turns["assistant"],
+                     "expected_answer": "?"})
+    return _write_jsonl(tmp_path / "omi.jsonl", rows)
+
+
+@pytest.mark.slow
+def test_streamed_sft_run_resumes_bit_identically(tmp_path):
+    import jax
+    from test_sft import _config
+
+    from sftrl.data import synthetic
+    from sftrl.sharding import single_device_layout
+    from sftrl.train.sft import SFTTrainer
+
+    path = _omi_file(tmp_path)
+    extra = ("data.source=files", f"data.train_files=('{path}',)",
+             "data.fields=solution=generated_solution",
+             f"data.tokenizer={synthetic.tokenizer_dir()}", "data.shards=2", "sft.num_steps=6",
+             "sft.save_every=3", "sft.eval_every=3")
+    full = SFTTrainer(_config(*extra), tmp_path / "full", single_device_layout())
+    assert full.streaming and 0 < len(full.splits.heldout) <= 48
+    full.train()
+    first = SFTTrainer(_config(*extra), tmp_path / "cut", single_device_layout())
+    first.total_steps = 3  # stops (and saves) half-way, as a killed run's last checkpoint
+    first.train()
+    resumed = SFTTrainer(_config(*extra), tmp_path / "cut", single_device_layout())
+    assert resumed.setup.start_step == 3
+    resumed.train()
+    a = SFTTrainer(_config(*extra), tmp_path / "full", single_device_layout())
+    b = SFTTrainer(_config(*extra), tmp_path / "cut", single_device_layout())
+    assert a.setup.start_step == b.setup.start_step == 6
+    assert a.setup.data_state == b.setup.data_state
+    for x, y in zip(jax.tree.leaves(a.setup.state.params), jax.tree.leaves(b.setup.state.params),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_wrong_field_mapping_is_one_line_and_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from sftrl.data import synthetic
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    path = _write_jsonl(tmp_path / "omi.jsonl", [OPEN_SETS["openmathinstruct2"][0]])
+    done = subprocess.run(
+        [sys.executable, "-m", "sftrl.main", "--config=configs/tiny.py", "--stage=sft",
+         f"--workdir={tmp_path / 'run'}", "--config.data.source=files",
+         f"--config.data.train_files=('{path}',)", "--config.data.fields=solution=solution_text",
+         f"--config.data.tokenizer={synthetic.tokenizer_dir()}"],
+        cwd=root, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"sftrl: error: {path}:1: field 'solution_text': missing "
+        "(data.fields maps solution to it)")

@@ -128,14 +128,15 @@ def to_messages(raw: dict[str, Any], loc: str,
         messages = _chat_messages(f.get(raw, "messages", loc), loc, f.source("messages"))
     else:
         problem, solution = f.source("problem"), f.source("solution")
-        if f.get(raw, "problem", loc) is None and f.get(raw, "solution", loc) is None:
+        problem_value, solution_value = f.get(raw, "problem", loc), f.get(raw, "solution", loc)
+        if problem_value is None and solution_value is None:
             raise DataFormatError(
                 loc, f"record has neither {f.source('messages')!r} nor "
                 f"{problem!r}/{solution!r} (map other names with data.fields)", f.source("messages")
             )
         messages = [
-            {"role": "user", "content": _text(raw.get(problem), loc, problem)},
-            {"role": "assistant", "content": _text(raw.get(solution), loc, solution)},
+            {"role": "user", "content": _text(problem_value, loc, problem)},
+            {"role": "assistant", "content": _text(solution_value, loc, solution)},
         ]
     if f.mapped("system"):
         system = f.get(raw, "system", loc)
