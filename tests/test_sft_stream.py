@@ -462,3 +462,22 @@ def test_a_wrong_field_mapping_is_one_line_and_exit_2(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == (
         f"sftrl: error: {path}:1: field 'solution_text': missing "
         "(data.fields maps solution to it)")
+
+
+def test_a_prepared_tfds_dataset_is_read_per_shard(tmp_path):
+    """Prepare once (`sftrl_sft`, deduplicated and split, fields mapped), read per process."""
+    from sftrl.data.builders import tfds_builders as tb
+    from sftrl.data.stream_source import TfdsSource
+
+    rows = [{"query": r["problem"], "response": r["solution"]} for r in _sft_rows(40)]
+    path = _write_jsonl(tmp_path / "metamath.jsonl", [*rows, rows[3]])
+    spec = "problem=query,solution=response"
+    builder = tb.SftrlSft(config=tb.SftConfig(name="mm", files=(str(path),),
+                                              heldout_fraction=0.2, fields=spec),
+                          data_dir=tmp_path / "tfds")
+    builder.download_and_prepare()
+    expected, _ = read_sft_files([path], heldout_fraction=0.2, fields=spec)
+    source = TfdsSource(builder.data_dir)
+    got = [source.shard(j, 3).example(i) for j in range(3) for i in range(len(source.shard(j, 3)))]
+    assert sorted(map(json.dumps, got)) == sorted(json.dumps(r["messages"])
+                                                  for r in expected["train"])
