@@ -115,6 +115,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_length = 512
     c.data.packing = True
     c.data.overlong = "drop"  # "drop" | "truncate" examples longer than max_length (counted)
+    # Source "files" only. Fields of files that use other names, "target=field,...": targets
+    # id, problem, solution, messages (turns {role, content} or ShareGPT {from, value}) and
+    # system, e.g. "solution=generated_solution" (OpenMathInstruct-2),
+    # "problem=query,solution=response" (MetaMathQA), "messages=conversations,system=system"
+    # (OpenThoughts). Checked on every file's first record at start-up (file:line:field).
+    c.data.fields = ""
+    # Source "files" only. True: each process reads only its shards' rows of the files and
+    # tokenizes examples as batches need them (sftrl.data.sft_stream; no cross-file dedup);
+    # False: every process reads, deduplicates and tokenizes all files (sftrl.data.sft).
+    c.data.stream = True
+    # Logical data shards when streaming (0: one per process). The global batch depends on
+    # this number, not on the process count: a run resumes bit-identically on any process
+    # count that divides it or is a multiple of it. sft.batch_size must be a multiple of it.
+    c.data.shards = 0
 
     # The 'sft' stage (sftrl.train.sft).
     c.sft = ml_collections.ConfigDict()
@@ -421,6 +435,19 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("data.max_length: must be at least 2")
     if d.max_heldout_examples < 0:
         raise ConfigError("data.max_heldout_examples: must be >= 0")
+    from sftrl.data.builders.fields import parse_fields
+
+    try:
+        parse_fields(d.fields)
+    except ValueError as error:
+        raise ConfigError(f"data.fields: {error}") from error
+    if d.fields and d.source != "files":
+        raise ConfigError("data.fields: only for data.source 'files'")
+    if d.shards < 0:
+        raise ConfigError(f"data.shards: {d.shards} is negative (0: one per process)")
+    if d.shards and config.sft.batch_size % d.shards:
+        raise ConfigError(f"data.shards: sft.batch_size {config.sft.batch_size} is not a "
+                          f"multiple of {d.shards}")
     if d.synthetic.size < 1:
         raise ConfigError("data.synthetic.size: must be positive")
     if d.synthetic.version not in (1, 2):

@@ -38,19 +38,40 @@ def _rows(workdir: pathlib.Path) -> list[dict]:
     return [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _streamed_files(tmp_path: pathlib.Path) -> list[str]:
+    """The embedded task's records as a JSONL file in OpenMathInstruct-2's shape, read per
+    process (data.shards=2: one shard each on two processes, both on one)."""
+    from test_sft import _config
+
+    from sftrl.data import sources, synthetic
+
+    config = _config(*OVERRIDES[:2])
+    path = tmp_path / "omi.jsonl"
+    rows = []
+    for record in sources.sft_splits(config.data).train:
+        turns = {m["role"]: m["content"] for m in record["messages"]}
+        rows.append({"problem": turns["user"], "generated_solution": turns["assistant"]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return ["--config.data.source=files", f"--config.data.train_files=('{path}',)",
+            "--config.data.fields=solution=generated_solution", "--config.data.shards=2",
+            f"--config.data.tokenizer={synthetic.tokenizer_dir()}"]
+
+
 @pytest.mark.slow
-def test_two_processes_equal_one(tmp_path):
+@pytest.mark.parametrize("data", ["synthetic", "streamed_files"])
+def test_two_processes_equal_one(tmp_path, data):
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    extra = _streamed_files(tmp_path) if data == "streamed_files" else []
     one = tmp_path / "one"
-    subprocess.run(_command(one), cwd=ROOT, env=env, check=True, capture_output=True,
+    subprocess.run(_command(one, *extra), cwd=ROOT, env=env, check=True, capture_output=True,
                    timeout=600)
 
     two = tmp_path / "two"
     address = f"127.0.0.1:{_free_port()}"
     procs = [
         subprocess.Popen(
-            _command(two, f"--coordinator_address={address}", "--num_processes=2",
+            _command(two, *extra, f"--coordinator_address={address}", "--num_processes=2",
                      f"--process_id={i}"),
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)

@@ -209,6 +209,33 @@ def validate_sft_record(record: Any, index: int, source: str = "records") -> Non
         raise record_error(source, index, record, "messages", "no assistant message to train on")
 
 
+def encode_example(
+    messages: list[dict[str, str]], tokenizer: ChatTokenizer,
+    error: Callable[[str, str], Exception],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and loss mask (int32) of one conversation, checked; `error(field, problem)`
+    builds the exception that names the record."""
+    try:
+        ids, mask = tokenizer.encode_chat(messages)
+    except ValueError as e:  # the tokenizer's own checks do not know which record it was
+        raise error("messages", str(e)) from e
+    ids = np.asarray(ids)
+    mask = np.asarray(mask)
+    if ids.ndim != 1 or ids.shape != mask.shape or ids.size == 0:
+        raise error("messages", f"tokenizer returned ids {ids.shape} and loss_mask {mask.shape}")
+    vocab = int(tokenizer.vocab_size)
+    if ids.min() < 0 or ids.max() >= vocab:
+        raise error("messages", f"token id outside [0, {vocab})")
+    if not np.isin(mask, (0, 1)).all():
+        raise error("messages", "loss_mask is not 0/1")
+    if not mask.any():
+        raise error("messages", "no token is trained on (empty loss mask)")
+    if mask[0]:
+        # Nothing precedes the first token of an example, so it cannot be predicted.
+        raise error("messages", "the first token is in the loss mask")
+    return ids.astype(np.int32), mask.astype(np.int32)
+
+
 def tokenize_records(
     records: Sequence[Mapping[str, Any]], tokenizer: ChatTokenizer, *, source: str = "records"
 ) -> TokenizedSet:
@@ -216,33 +243,16 @@ def tokenize_records(
     ids_out: list[np.ndarray] = []
     masks_out: list[np.ndarray] = []
     record_ids: list[str] = []
-    vocab = int(tokenizer.vocab_size)
     for index, record in enumerate(records):
         validate_sft_record(record, index, source)
-        messages = [dict(m) for m in record["messages"]]
-        try:
-            ids, mask = tokenizer.encode_chat(messages)
-        except ValueError as e:  # the tokenizer's own checks do not know which record it was
-            raise record_error(source, index, record, "messages", str(e)) from e
-        ids = np.asarray(ids)
-        mask = np.asarray(mask)
-        if ids.ndim != 1 or ids.shape != mask.shape or ids.size == 0:
-            raise record_error(source, index, record, "messages", f"tokenizer returned ids "
-                               f"{ids.shape} and loss_mask {mask.shape}")
-        if ids.min() < 0 or ids.max() >= vocab:
-            raise record_error(source, index, record, "messages",
-                               f"token id outside [0, {vocab})")
-        if not np.isin(mask, (0, 1)).all():
-            raise record_error(source, index, record, "messages", "loss_mask is not 0/1")
-        if not mask.any():
-            raise record_error(source, index, record, "messages",
-                               "no token is trained on (empty loss mask)")
-        if mask[0]:
-            # Nothing precedes the first token of an example, so it cannot be predicted.
-            raise record_error(source, index, record, "messages",
-                               "the first token is in the loss mask")
-        ids_out.append(ids.astype(np.int32))
-        masks_out.append(mask.astype(np.int32))
+
+        def error(field: str, problem: str, index: int = index,
+                  record: Mapping[str, Any] = record) -> RecordError:
+            return record_error(source, index, record, field, problem)
+
+        ids, mask = encode_example([dict(m) for m in record["messages"]], tokenizer, error)
+        ids_out.append(ids)
+        masks_out.append(mask)
         record_ids.append(record["id"])
     result = TokenizedSet(tuple(ids_out), tuple(masks_out), tuple(record_ids), source)
     counts = result.counts()
@@ -326,6 +336,38 @@ def _mix_seed(seed: int, *salt: int) -> int:
     return int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0])
 
 
+def pack_examples(examples: grain.IterDataset, cfg: SFTDataConfig, *, num_bins: int, seed: int,
+                  pad_id: int) -> grain.IterDataset:
+    """Packed rows (unbatched) from examples `{"tokens", "loss_mask", "example_id"}`:
+    first-fit into `num_bins` rows of `cfg.max_length`, then the batch layout's fields."""
+    packed = grain.experimental.FirstFitPackIterDataset(
+        examples,
+        length_struct={"tokens": cfg.max_length, "loss_mask": cfg.max_length},
+        num_packing_bins=num_bins,
+        seed=seed,
+        shuffle_bins=cfg.shuffle,
+        meta_features=("example_id",),
+        max_sequences_per_bin=cfg.max_segments,
+    )
+
+    def finish_row(row: dict[str, Any]) -> dict[str, np.ndarray]:
+        segments = row["tokens_segment_ids"].astype(np.int32)
+        real = segments != 0
+        example_ids = np.full((cfg.max_segments,), -1, np.int64)
+        ids = list(row["example_id"])
+        example_ids[: len(ids)] = ids
+        return {
+            "tokens": np.where(real, row["tokens"], pad_id).astype(np.int32),
+            "loss_mask": (row["loss_mask"] * real).astype(np.int32),
+            "segment_ids": segments,
+            "attention_mask": real.astype(np.int32),
+            "positions": np.where(real, row["tokens_positions"], 0).astype(np.int32),
+            "example_ids": example_ids,
+        }
+
+    return packed.map(finish_row)
+
+
 class SFTPipeline:
     """Iterator over SFT batches (this host's rows); checkpointable with get_state/set_state."""
 
@@ -373,33 +415,11 @@ class SFTPipeline:
             return {"tokens": fitted.ids[i], "loss_mask": fitted.loss_mask[i],
                     "example_id": int(fitted.record_index[i])}
 
-        packed = grain.experimental.FirstFitPackIterDataset(
-            self._order(num_epochs).map(example).to_iter_dataset(_READ_OPTIONS),
-            length_struct={"tokens": cfg.max_length, "loss_mask": cfg.max_length},
-            num_packing_bins=cfg.packing_bins or cfg.batch_size,
-            seed=_mix_seed(cfg.seed, 1),
-            shuffle_bins=cfg.shuffle,
-            meta_features=("example_id",),
-            max_sequences_per_bin=cfg.max_segments,
-        )
-        pad_id = self.pad_id
-
-        def finish_row(row: dict[str, Any]) -> dict[str, np.ndarray]:
-            segments = row["tokens_segment_ids"].astype(np.int32)
-            real = segments != 0
-            example_ids = np.full((cfg.max_segments,), -1, np.int64)
-            ids = list(row["example_id"])
-            example_ids[: len(ids)] = ids
-            return {
-                "tokens": np.where(real, row["tokens"], pad_id).astype(np.int32),
-                "loss_mask": (row["loss_mask"] * real).astype(np.int32),
-                "segment_ids": segments,
-                "attention_mask": real.astype(np.int32),
-                "positions": np.where(real, row["tokens_positions"], 0).astype(np.int32),
-                "example_ids": example_ids,
-            }
-
-        return packed.map(finish_row).batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
+        packed = pack_examples(
+            self._order(num_epochs).map(example).to_iter_dataset(_READ_OPTIONS), cfg,
+            num_bins=cfg.packing_bins or cfg.batch_size, seed=_mix_seed(cfg.seed, 1),
+            pad_id=self.pad_id)
+        return packed.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
 
     def _build_padded(self, num_epochs: int | None) -> grain.IterDataset:
         cfg, fitted = self.config, self._fitted

@@ -111,7 +111,8 @@ def sft_splits(data: Any) -> SFTSplits:
         from sftrl.data.builders import read_sft_files
 
         splits, split_stats = read_sft_files(
-            list(data.train_files), heldout_fraction=data.heldout_fraction
+            list(data.train_files), heldout_fraction=data.heldout_fraction,
+            fields=data.get("fields", ""),
         )
         train, heldout = splits["train"], splits["heldout"]
         stats = {"train": len(train), "heldout": len(heldout),
@@ -126,6 +127,35 @@ def sft_splits(data: Any) -> SFTSplits:
         raise UserError(f"data: the held-out split of {name!r} is empty")
     log.info("SFT data %s: %s", name, stats)
     return SFTSplits(name=name, train=train, heldout=heldout, stats=stats)
+
+
+def streams_files(data: Any) -> bool:
+    """Whether SFT training reads the data files per process (`data.stream`)."""
+    return data.source == "files" and bool(data.get("stream", False))
+
+
+def file_source(data: Any) -> Any:
+    """The training rows of `data.train_files`, read lazily per shard (`data.stream`); the
+    first record of every file is checked against `data.fields` now."""
+    from sftrl.data.builders import check_sft_files
+    from sftrl.data.stream_source import FileSource
+
+    check_sft_files(list(data.train_files), data.fields)
+    return FileSource(list(data.train_files), fields=data.fields,
+                      heldout_fraction=data.heldout_fraction)
+
+
+def streamed_splits(data: Any) -> SFTSplits:
+    """`sft_splits` for a streamed run: the held-out records only (read from the start of the
+    files until `max_heldout_examples` are found); the train rows are `file_source`'s."""
+    from sftrl.data.builders import read_heldout
+
+    heldout = read_heldout(list(data.train_files), heldout_fraction=data.heldout_fraction,
+                           fields=data.fields, limit=data.max_heldout_examples)
+    name = dataset_name(data)
+    if not heldout:
+        raise UserError(f"data: the held-out split of {name!r} is empty")
+    return SFTSplits(name=name, train=[], heldout=heldout, stats={"heldout": len(heldout)})
 
 
 def dataset_name(data: Any) -> str:

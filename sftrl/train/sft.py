@@ -28,6 +28,8 @@ import tqdm
 from sftrl import atomic
 from sftrl.data import sources
 from sftrl.data.sft import SFTDataConfig, SFTPipeline, heldout_batches
+from sftrl.data.sft_stream import StreamingSFTPipeline, merge_states
+from sftrl.data.shards import resolve_num_shards
 from sftrl.data.tokenizer import Tokenizer, load_tokenizer
 from sftrl.eval.heldout import HeldoutEvaluator
 from sftrl.models.transformer import Model
@@ -109,15 +111,26 @@ class SFTTrainer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.layout = layout
         self.tokenizer = load_tokenizer(sources.tokenizer_path(config))
-        self.splits = sources.sft_splits(config.data)
+        self.streaming = sources.streams_files(config.data)
+        self.splits = (sources.streamed_splits(config.data) if self.streaming
+                       else sources.sft_splits(config.data))
         self.model = common.load_model(config, layout)
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
             raise ValueError(
                 f"data.tokenizer: {self.tokenizer.vocab_size} tokens do not fit "
                 f"model.vocab_size {self.model.config.vocab_size}"
             )
-        self.pipeline = SFTPipeline(self.splits.train, self.tokenizer, data_config(config))
-        self.total_steps = config.sft.num_steps or self.pipeline.num_batches
+        self.pipeline: SFTPipeline | StreamingSFTPipeline
+        if self.streaming:
+            self.pipeline = StreamingSFTPipeline(
+                sources.file_source(config.data), self.tokenizer, data_config(config),
+                num_shards=resolve_num_shards(config.data.shards, jax.process_count()))
+            # each process counts its own shards; the run is as long as the shortest stream
+            self.total_steps = config.sft.num_steps or (
+                min(_gather_json(self.pipeline.num_batches)))
+        else:
+            self.pipeline = SFTPipeline(self.splits.train, self.tokenizer, data_config(config))
+            self.total_steps = config.sft.num_steps or self.pipeline.num_batches
         if not self.total_steps:
             raise ValueError("sft.num_steps: the data gives no batch; lower sft.batch_size")
         opt_config = OptimizerConfig.from_config(config.sft, self.total_steps)
@@ -155,8 +168,14 @@ class SFTTrainer:
     def evaluate(self, state: state_lib.TrainState, step: int) -> dict[str, float]:
         return common.run_evaluators(self.evaluators, state, step, self.writer)
 
+    def data_state(self) -> dict[str, Any]:
+        """The data position a checkpoint stores; streamed: every process's shards joined."""
+        if self.streaming:
+            return merge_states(_gather_json(self.pipeline.get_state()))
+        return self.pipeline.get_state()
+
     def save(self, step: int, state: state_lib.TrainState, evals: dict[str, float]) -> None:
-        self.checkpointer.save(step, state, {"pipeline": self.pipeline.get_state()}, force=True)
+        self.checkpointer.save(step, state, {"pipeline": self.data_state()}, force=True)
         self.index.record(step, saved=True, evaluated_with=sorted(self.evaluators),
                           metrics={k: v for k, v in evals.items() if not k.startswith("time/")})
 
@@ -265,6 +284,22 @@ class SFTTrainer:
             "checkpoints": self.checkpointer.all_steps(),
             **{k: v for k, v in evals.items() if not k.startswith("time/")},
         }
+
+
+def _gather_json(obj: Any) -> list[Any]:
+    """`obj` (JSON-serialisable) from every process, in process order (a collective: every
+    process calls it at the same point)."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(obj, sort_keys=True).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([raw.size], np.int64)))
+    buf = np.zeros(int(sizes.max()), np.uint8)
+    buf[:raw.size] = raw
+    gathered = np.asarray(multihost_utils.process_allgather(buf))
+    return [json.loads(bytes(row[:int(n)]).decode())
+            for row, n in zip(gathered, sizes.reshape(-1), strict=True)]
 
 
 def _due(step: int, every: int) -> bool:

@@ -6,6 +6,7 @@ explicitly, which also registers them with `tfds.builder` / `tfds.data_source`.
 """
 
 from sftrl.data.builders.errors import DataFormatError
+from sftrl.data.builders.fields import FieldMap, parse_fields
 from sftrl.data.builders.problems import (
     OPTIONAL_FIELDS,
     REQUIRED_FIELDS,
@@ -18,9 +19,11 @@ from sftrl.data.builders.sft import (
     HELDOUT,
     TRAIN,
     SplitStats,
+    check_sft_files,
     heldout_score,
     is_heldout,
     normalize_problem_text,
+    read_heldout,
     read_sft_file,
     read_sft_files,
 )
@@ -31,12 +34,16 @@ __all__ = [
     "REQUIRED_FIELDS",
     "TRAIN",
     "DataFormatError",
+    "FieldMap",
     "SplitStats",
+    "check_sft_files",
     "heldout_score",
     "is_heldout",
     "iter_rows",
     "normalize_problem_text",
+    "parse_fields",
     "parse_problem",
+    "read_heldout",
     "read_problems",
     "read_rl_file",
     "read_sft_file",

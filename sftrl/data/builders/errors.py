@@ -8,6 +8,7 @@ class DataFormatError(ValueError):
 
     def __init__(self, location: str, message: str, field: str | None = None) -> None:
         self.location = location
+        self.problem = message
         self.field = field
         where = location if field is None else f"{location}: field {field!r}"
         super().__init__(f"{where}: {message}")

@@ -28,19 +28,24 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, An
     with f:
         for lineno, raw_line in enumerate(f, 1):
             loc = f"{path}:{lineno}"
-            try:
-                line = raw_line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataFormatError(loc, f"not valid UTF-8 ({e})") from e
-            if not line.strip():
-                raise DataFormatError(loc, "blank line (one JSON object per line expected)")
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(loc, f"malformed JSON ({e})") from e
-            if not isinstance(obj, dict):
-                raise DataFormatError(loc, f"expected a JSON object, got {type(obj).__name__}")
-            yield loc, obj
+            yield loc, parse_line(raw_line, loc)
+
+
+def parse_line(raw_line: bytes, loc: str) -> dict[str, Any]:
+    """One JSONL line as an object; errors name `loc`."""
+    try:
+        line = raw_line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(loc, f"not valid UTF-8 ({e})") from e
+    if not line.strip():
+        raise DataFormatError(loc, "blank line (one JSON object per line expected)")
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(loc, f"malformed JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise DataFormatError(loc, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def iter_parquet(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any]]]:

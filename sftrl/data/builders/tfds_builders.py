@@ -123,6 +123,7 @@ class SftConfig(tfds.core.BuilderConfig):
 
     files: tuple[str, ...] = ()
     heldout_fraction: float = 0.05
+    fields: str = ""  # `data.fields`: the files' field names (sftrl.data.builders.fields)
 
 
 class SftrlSft(_ArrayRecordBuilder):
@@ -146,7 +147,8 @@ class SftrlSft(_ArrayRecordBuilder):
         config = self.builder_config
         if not isinstance(config, SftConfig) or not config.files:
             raise ValueError("sftrl_sft needs config=SftConfig(name=..., files=(...))")
-        splits, stats = read_sft_files(config.files, heldout_fraction=config.heldout_fraction)
+        splits, stats = read_sft_files(config.files, heldout_fraction=config.heldout_fraction,
+                                       fields=config.fields)
         self.info.metadata.update(
             **stats.as_dict(), heldout_fraction=config.heldout_fraction,
             files={str(p): _sha256(p) for p in config.files},
