@@ -21,13 +21,12 @@ import jax
 import ml_collections
 
 from sftrl import optim, sharding
+from sftrl.models.attention import ATTENTION_IMPLS
 from sftrl.models.model_config import ModelConfig, ModelConfigError
 
 STAGES = ("model", "sft", "rl", "eval", "predict", "pipeline")
 DTYPES = ("auto", "float32", "bfloat16")
 REMAT = ("none", "full", "dots", "dots_no_batch")
-# sftrl.models.attention.ATTENTION_IMPLS (a copy, tested equal: the model is not imported here)
-ATTENTION = ("auto", "flash", "cudnn", "xla", "reference")
 DATA_SOURCES = ("synthetic", "files")
 # evaluators each trainer runs every eval_every steps (anything else is refused at validation)
 SFT_EVALS = ("heldout",)
@@ -367,9 +366,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         raise ConfigError(f"dtype: {config.dtype!r} is not one of {', '.join(DTYPES)}")
     if config.remat not in REMAT:
         raise ConfigError(f"remat: {config.remat!r} is not one of {', '.join(REMAT)}")
-    if config.attention not in ATTENTION:
+    if config.attention not in ATTENTION_IMPLS:
         raise ConfigError(
-            f"attention: {config.attention!r} is not one of {', '.join(ATTENTION)}")
+            f"attention: {config.attention!r} is not one of {', '.join(ATTENTION_IMPLS)}")
     if config.sft.loss_chunk < 1:
         raise ConfigError(f"sft.loss_chunk: must be >= 1, got {config.sft.loss_chunk}")
     arch = model_config(config)
