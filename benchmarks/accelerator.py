@@ -251,7 +251,7 @@ def _step_flops(config: ModelConfig, batch: int, seq: int) -> float:
 def sft(small: bool, matmul_flops: float, shapes: Sequence[tuple[int, int]],
         remats: Sequence[str], attentions: Sequence[str] = ("auto",)) -> list[dict[str, Any]]:
     from sftrl import sharding
-    from sftrl.train.optim import OptimizerConfig, make_optimizer
+    from sftrl.optim import OptimizerConfig, make_optimizer
 
     config = TINY if small else LLAMA32_1B
     opt = OptimizerConfig(lr=1e-5, schedule="constant", weight_decay=0.1, grad_clip=1.0)
@@ -278,8 +278,8 @@ def _sft_variant(config: ModelConfig, layout: Any, tx: Any, opt: Any, remat: str
     """One (attention, remat, batch, seq) SFT step measurement."""
     from sftrl import sharding
     from sftrl.models.transformer import build_model, param_shardings
+    from sftrl.optim import learning_rate
     from sftrl.train import state as state_lib
-    from sftrl.train.optim import learning_rate
     from sftrl.train.sft_step import jit_sft_step, make_sft_step
 
     model = build_model(config, layout, seed=0, dtype=jnp.bfloat16,

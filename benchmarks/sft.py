@@ -155,7 +155,7 @@ def _timed(step: Callable[[], float], warmup: int, steps: int) -> dict[str, Any]
 def _sftrl_parts(arch: dict[str, Any]) -> tuple[Any, Any, Any]:
     """(ModelConfig, optimizer config, tx) shared by the two JAX methods."""
     from sftrl.models.model_config import ModelConfig
-    from sftrl.train.optim import OptimizerConfig, make_optimizer
+    from sftrl.optim import OptimizerConfig, make_optimizer
 
     config = ModelConfig(
         model_type="llama", vocab_size=arch["vocab_size"], hidden_size=arch["hidden_size"],
@@ -177,8 +177,8 @@ def run_ours(arch: dict[str, Any], batch_np: dict[str, np.ndarray], warmup: int,
 
     from sftrl import sharding
     from sftrl.models.transformer import build_model, param_shardings
+    from sftrl.optim import learning_rate
     from sftrl.train import state as state_lib
-    from sftrl.train.optim import learning_rate
     from sftrl.train.sft_step import jit_sft_step, make_sft_step
 
     config, opt, tx = _sftrl_parts(arch)
@@ -214,8 +214,8 @@ def run_plain_jit(arch: dict[str, Any], batch_np: dict[str, np.ndarray], warmup:
     import jax.numpy as jnp
 
     from sftrl.models.transformer import Transformer
+    from sftrl.optim import learning_rate
     from sftrl.train import state as state_lib
-    from sftrl.train.optim import learning_rate
     from sftrl.train.sft_step import make_sft_step
 
     config, opt, tx = _sftrl_parts(arch)
@@ -249,7 +249,7 @@ def run_torch(arch: dict[str, Any], batch_np: dict[str, np.ndarray], warmup: int
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**arch)).train()
-    # as sftrl.train.optim.decay_mask: matrices decay, norms and the embedding do not
+    # as sftrl.optim.decay_mask: matrices decay, norms and the embedding do not
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed_tokens" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed_tokens" not in n)]
     optimizer = torch.optim.AdamW(

@@ -3,6 +3,11 @@
 Every config file starts from `base_config()` and changes values; `validate` then checks the
 result once at start-up: unknown keys, wrong types, impossible values and a mesh that does not fit
 the devices all fail here with the key named, never later inside XLA.
+
+One concept, the run config, at ~700 lines: a key's default (base_config and the paper/CPU
+scales), its check (validate, check_inputs) and the ':variant' / 'a.b=value' ways to change it
+are read together, and the stages take their typed pieces from here (model_config, mesh_sizes,
+make_layout, policy_loss_config). The optimizer keys are `sftrl.optim`'s (config_defaults).
 """
 
 from __future__ import annotations
@@ -15,14 +20,13 @@ from typing import Any
 import jax
 import ml_collections
 
-from sftrl import sharding
+from sftrl import optim, sharding
+from sftrl.models.attention import ATTENTION_IMPLS
 from sftrl.models.model_config import ModelConfig, ModelConfigError
 
 STAGES = ("model", "sft", "rl", "eval", "predict", "pipeline")
 DTYPES = ("auto", "float32", "bfloat16")
 REMAT = ("none", "full", "dots", "dots_no_batch")
-# sftrl.models.attention.ATTENTION_IMPLS (a copy, tested equal: the model is not imported here)
-ATTENTION = ("auto", "flash", "cudnn", "xla", "reference")
 DATA_SOURCES = ("synthetic", "files")
 # evaluators each trainer runs every eval_every steps (anything else is refused at validation)
 SFT_EVALS = ("heldout",)
@@ -138,17 +142,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft.grad_accum = 1
     c.sft.loss_normalization = "token"  # "token" | "sequence"
     c.sft.loss_chunk = 512  # LM head + NLL in chunks of this many positions (no [B, L, V] kept)
-    c.sft.lr = 1e-3
-    c.sft.warmup_steps = 0
-    c.sft.schedule = "cosine"
-    c.sft.min_lr_ratio = 0.1
-    c.sft.weight_decay = 0.0
-    c.sft.b1 = 0.9
-    c.sft.b2 = 0.95
-    c.sft.eps = 1e-8
-    c.sft.grad_clip = 1.0
-    c.sft.decay_norms = False
-    c.sft.decay_embeddings = False
+    # the optimizer keys (lr, warmup_steps, b2, ...): sftrl.optim.OptimizerConfig defines them
+    c.sft.update(optim.config_defaults())
     c.sft.log_every = 10
     c.sft.eval_every = 100  # 0: only at the end
     c.sft.save_every = 100  # 0: only at the end
@@ -178,17 +173,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.updates_per_rollout = 1  # optimizer steps per rollout batch (mini-batches)
     c.rl.ppo_epochs = 1  # passes over the rollout batch
     c.rl.grad_accum = 1
-    c.rl.lr = 1e-5
-    c.rl.warmup_steps = 0
-    c.rl.schedule = "constant"
-    c.rl.min_lr_ratio = 1.0
-    c.rl.weight_decay = 0.0
-    c.rl.b1 = 0.9
-    c.rl.b2 = 0.999
-    c.rl.eps = 1e-8
-    c.rl.grad_clip = 1.0
-    c.rl.decay_norms = False
-    c.rl.decay_embeddings = False
+    # the optimizer keys of sftrl.optim, as sft's; GRPO: a small constant lr, Adam's usual b2
+    c.rl.update(optim.config_defaults(lr=1e-5, schedule="constant", min_lr_ratio=1.0, b2=0.999))
     c.rl.normalize_std = True  # GRPO; False: Dr. GRPO
     # The group std's ddof: 0 (population std; a single valid sample is all-equal anyway) or 1
     # (the sample std of TRL / verl). 0 keeps earlier runs' numbers (docs/grpo.md).
@@ -397,9 +383,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         raise ConfigError(f"dtype: {config.dtype!r} is not one of {', '.join(DTYPES)}")
     if config.remat not in REMAT:
         raise ConfigError(f"remat: {config.remat!r} is not one of {', '.join(REMAT)}")
-    if config.attention not in ATTENTION:
+    if config.attention not in ATTENTION_IMPLS:
         raise ConfigError(
-            f"attention: {config.attention!r} is not one of {', '.join(ATTENTION)}")
+            f"attention: {config.attention!r} is not one of {', '.join(ATTENTION_IMPLS)}")
     if config.sft.loss_chunk < 1:
         raise ConfigError(f"sft.loss_chunk: must be >= 1, got {config.sft.loss_chunk}")
     arch = model_config(config)
@@ -486,11 +472,9 @@ def _validate_sft(config: ml_collections.ConfigDict, arch: ModelConfig) -> None:
             f"data.max_length: {config.data.max_length} exceeds model.max_position_embeddings "
             f"{arch.max_position_embeddings}"
         )
-    from sftrl.train.optim import OptimizerConfig, OptimizerConfigError
-
     try:
-        OptimizerConfig.from_config(s, total_steps=1)
-    except OptimizerConfigError as e:
+        optim.OptimizerConfig.from_config(s, total_steps=1)
+    except optim.OptimizerConfigError as e:
         raise ConfigError(f"sft.{e}") from e
 
 
@@ -528,11 +512,9 @@ def _validate_rl(config: ml_collections.ConfigDict) -> None:
     unknown = [name for name in r.evals if name not in RL_EVALS]
     if unknown:
         raise ConfigError(f"rl.evals: unknown evaluator(s) {unknown} (known: {RL_EVALS})")
-    from sftrl.train.optim import OptimizerConfig, OptimizerConfigError
-
     try:
-        OptimizerConfig.from_config(r, total_steps=1)
-    except OptimizerConfigError as e:
+        optim.OptimizerConfig.from_config(r, total_steps=1)
+    except optim.OptimizerConfigError as e:
         raise ConfigError(f"rl.{e}") from e
     from sftrl.losses import PolicyLossConfig
 

@@ -30,7 +30,7 @@ _USER_ERRORS: dict[str, tuple[str, ...]] = {
     "sftrl.report": ("ReportError",),
     "sftrl.launch": ("SweepError",),
     "sftrl.study": ("StudyError",),
-    "sftrl.train.optim": ("OptimizerConfigError",),
+    "sftrl.optim": ("OptimizerConfigError",),
     "sftrl.train.state": ("CheckpointError",),
     "sftrl.models.model_config": ("ModelConfigError",),
     "sftrl.models.safetensors_io": ("SafetensorsError",),

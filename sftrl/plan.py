@@ -219,10 +219,10 @@ def build_stages(config: Any, devices: list[Any], prompt_len: int) -> tuple[list
     from sftrl.eval.heldout import make_per_token_nll
     from sftrl.losses import PolicyLossConfig
     from sftrl.models.transformer import Model, abstract_params
+    from sftrl.optim import OptimizerConfig, learning_rate, make_optimizer
     from sftrl.sharding import SAMPLING_RULES, Layout
     from sftrl.train import common
     from sftrl.train.grpo_step import jit_logprobs, make_grpo_update, make_logprob_fn
-    from sftrl.train.optim import OptimizerConfig, learning_rate, make_optimizer
     from sftrl.train.sft_step import batch_shardings, jit_step_for, make_sft_step
 
     arch = config_lib.validate(config, num_devices=len(devices))

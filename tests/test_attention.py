@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sftrl.models import transformer
+from sftrl.models import attention, transformer
 from sftrl.models.attention import (
     AttentionImplError,
     flash_attention,
@@ -75,12 +75,12 @@ def test_flash_equals_reference_forward_and_gradients(kind, block_q):
     mask = _mask(kind, seed=block_q)
     q, k, v = _qkv(block_q)
     rows = mask.any(-1)
-    want = np.asarray(transformer.dot_product_attention(q, k, v, jnp.asarray(mask)))
+    want = np.asarray(attention.dot_product_attention(q, k, v, jnp.asarray(mask)))
     got = np.asarray(flash_attention(q, k, v, jnp.asarray(mask), block_q=block_q))
     np.testing.assert_allclose(got[rows], want[rows], atol=2e-6, rtol=1e-5)
     assert (got[~rows] == 0).all()  # rows with no visible key are exactly 0, not NaN
 
-    ref_grads = jax.grad(_loss(transformer.dot_product_attention, mask, 0), (0, 1, 2))(q, k, v)
+    ref_grads = jax.grad(_loss(attention.dot_product_attention, mask, 0), (0, 1, 2))(q, k, v)
     flash = _loss(lambda *a: flash_attention(*a, block_q=block_q), mask, 0)
     grads = jax.jit(jax.grad(flash, (0, 1, 2)))(q, k, v)
     for name, got_g, want_g in zip("qkv", grads, ref_grads, strict=True):
@@ -118,10 +118,10 @@ def test_jax_nn_xla_path_equals_ours(kind, mask_for):
         return jax.nn.dot_product_attention(q, k, v, mask=fused_mask(m, mask_for), is_causal=True,
                                             implementation="xla")
 
-    want = np.asarray(transformer.dot_product_attention(q, k, v, jnp.asarray(mask)))
+    want = np.asarray(attention.dot_product_attention(q, k, v, jnp.asarray(mask)))
     got = np.asarray(attend(q, k, v, jnp.asarray(mask)))
     np.testing.assert_allclose(got[rows], want[rows], atol=2e-6, rtol=1e-5)
-    ref_grads = jax.grad(_loss(transformer.dot_product_attention, mask, 1), (0, 1, 2))(q, k, v)
+    ref_grads = jax.grad(_loss(attention.dot_product_attention, mask, 1), (0, 1, 2))(q, k, v)
     grads = jax.grad(_loss(attend, mask, 1), (0, 1, 2))(q, k, v)
     for got_g, want_g in zip(grads, ref_grads, strict=True):
         np.testing.assert_allclose(np.asarray(got_g), np.asarray(want_g), atol=5e-6, rtol=1e-4)
@@ -139,7 +139,7 @@ def test_cudnn_equals_reference_on_gpu(kind):
     rows = mask.any(-1)
     q, k, v = (jnp.pad(x[:, :even], ((0, 0), (0, 0), (0, 0), (0, 64 - D))) for x in _qkv(3))
     lo = tuple(x.astype(jnp.bfloat16) for x in (q, k, v))
-    want = np.asarray(transformer.dot_product_attention(q, k, v, jnp.asarray(mask)))
+    want = np.asarray(attention.dot_product_attention(q, k, v, jnp.asarray(mask)))
     got = np.asarray(fused_attention(*lo, jnp.asarray(mask), "cudnn"), np.float32)
     np.testing.assert_allclose(got[rows], want[rows], atol=3e-2, rtol=3e-2)
 
@@ -149,7 +149,7 @@ def test_cudnn_equals_reference_on_gpu(kind):
         return lambda *a: jnp.sum(attend(*(x.astype(dtype) for x in a), jnp.asarray(mask))
                                   .astype(jnp.float32) * w)
 
-    ref = jax.grad(loss(transformer.dot_product_attention, jnp.float32), (0, 1, 2))(q, k, v)
+    ref = jax.grad(loss(attention.dot_product_attention, jnp.float32), (0, 1, 2))(q, k, v)
     got_g = jax.grad(loss(lambda *a: fused_attention(*a, "cudnn"), jnp.bfloat16), (0, 1, 2))(
         q, k, v)
     for g, r in zip(got_g, ref, strict=True):
@@ -160,13 +160,13 @@ def test_cudnn_equals_reference_on_gpu(kind):
 def test_cudnn_odd_length_falls_back_to_flash(monkeypatch):
     """cuDNN refuses odd lengths with a mask in training: such a batch goes through flash."""
     calls = []
-    monkeypatch.setattr(transformer, "fused_attention", lambda *a: calls.append("fused"))
-    monkeypatch.setattr(transformer, "flash_attention",
+    monkeypatch.setattr(attention, "fused_attention", lambda *a: calls.append("fused"))
+    monkeypatch.setattr(attention, "flash_attention",
                         lambda *a, **kw: calls.append("flash"))
     q, k, v = _qkv(0)
     mask = jnp.asarray(_mask("causal"))
-    transformer.causal_attention(q, k, v, mask, impl="cudnn")  # L = 45
-    transformer.causal_attention(q[:, :44], k[:, :44], v[:, :44], mask[:, :44, :44], impl="cudnn")
+    attention.causal_attention(q, k, v, mask, impl="cudnn")  # L = 45
+    attention.causal_attention(q[:, :44], k[:, :44], v[:, :44], mask[:, :44, :44], impl="cudnn")
     assert calls == ["flash", "fused"]
 
 
@@ -196,7 +196,7 @@ CFG = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, num_layers=
 def test_model_attention_impls_agree(monkeypatch):
     """Whole-model logits and parameter gradients against the plain blocked reference: flash on
     a packed batch, jax.nn's xla call on a right-padded one (the shape the GPU's cuDNN takes)."""
-    monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 16)
+    monkeypatch.setattr(attention, "CAUSAL_BLOCK", 16)
     model = transformer.build_model(CFG, single_device_layout(), seed=0)
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.integers(0, 64, (2, 40)), jnp.int32)

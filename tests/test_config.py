@@ -125,11 +125,17 @@ def test_main_invalid_config_value(tmp_path):
     assert "sftrl: error: mesh" in result.stderr
 
 
-def test_attention_names_match_the_model():
-    """config_lib keeps its own copy of the names (it does not import the model): same list."""
-    from sftrl.models.attention import ATTENTION_IMPLS
+def test_stage_sections_carry_the_optimizer_keys():
+    """sftrl.optim defines the optimizer keys; both trainers' sections have each of them, and a
+    bad value fails validation naming the section's key."""
+    from sftrl.optim import OptimizerConfig
 
-    assert config_lib.ATTENTION == ATTENTION_IMPLS
+    config = load("tiny.py")
+    for section in ("sft", "rl"):
+        assert set(OptimizerConfig.config_keys()) <= set(config[section])
+        bad = config_lib.apply_overrides(config, [f"{section}.b2=1.0"])
+        with pytest.raises(config_lib.ConfigError, match=rf"{section}\.b2: invalid value 1\.0"):
+            config_lib.validate(bad, num_devices=8)
 
 
 def test_rl_prompt_difficulty_reaches_the_task():

@@ -1,4 +1,5 @@
-"""The import direction of docs/design.md, and our `kernels` beside transformers."""
+"""The import rule of docs/design.md (every module of sftrl/, kernels/, benchmarks/ and
+configs/, no cycle), and our `kernels` beside transformers."""
 
 from __future__ import annotations
 
@@ -8,39 +9,71 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+SOURCES = ("sftrl", "kernels", "benchmarks", "configs")  # every module of these is checked
+# Leaves every other module may import (besides its rule): the user-error types, atomic writes.
+LEAVES = ("sftrl.errors", "sftrl.atomic")
 
-# module prefix -> prefixes it may import (besides the standard library and third parties)
-ALLOWED = {
-    "kernels": ("kernels",),
-    # the user-error types and the kernels' loader: leaves that every layer may use
+# Module prefix -> the prefixes it may import, besides the standard library, third parties and
+# LEAVES. The longest matching prefix is a module's rule; a module without one fails the test.
+# Read bottom-up: each layer imports only layers listed before it (test_layers_form_no_cycle),
+# lazy imports inside functions included. Nothing imports sftrl.main, benchmarks or configs.
+ALLOWED: dict[str, tuple[str, ...]] = {
+    # leaves: jax, optax and the standard library only
+    "sftrl": (),  # the package's __init__
     "sftrl.errors": (),
     "sftrl.atomic": (),
-    "sftrl.kernels_import": ("sftrl.errors", "kernels"),
     "sftrl.sharding": (),
-    # the platform compiled for (sftrl.plan compiles TPU programs on a CPU host); jax only
-    "sftrl.target": (),
+    "sftrl.target": (),  # the platform compiled for (plan compiles TPU programs on a CPU host)
+    "sftrl.optim": (),  # the optimizer and its config keys (config_lib validates them)
+    "kernels": ("kernels",),
+    "sftrl.kernels_import": ("kernels",),
+    "sftrl.losses": ("sftrl.losses",),
+    "sftrl.rewards": ("sftrl.rewards",),
     "sftrl.models": ("sftrl.models", "sftrl.sharding", "sftrl.target", "sftrl.kernels_import",
                      "kernels"),
     "sftrl.sampling": ("sftrl.sampling", "sftrl.models", "sftrl.sharding", "kernels"),
-    "sftrl.losses": ("sftrl.losses",),
-    "sftrl.rewards": ("sftrl.rewards",),
     "sftrl.data": ("sftrl.data", "sftrl.models", "sftrl.sharding"),
     "sftrl.eval": ("sftrl.eval", "sftrl.models", "sftrl.losses", "sftrl.sampling",
                    "sftrl.rewards", "sftrl.data", "sftrl.sharding", "kernels"),
+    # config_lib validates configs: it describes models, meshes, optimizers, losses and data
+    "sftrl.config_lib": ("sftrl.models", "sftrl.sharding", "sftrl.target", "sftrl.optim",
+                         "sftrl.losses", "sftrl.data"),
+    "sftrl.launch": ("sftrl.launch", "sftrl.config_lib"),
     # train reads the config (config_lib) to build models, optimizers and data
-    "sftrl.train": ("sftrl.train", "sftrl.config_lib", "sftrl.models", "sftrl.losses",
-                    "sftrl.sampling", "sftrl.rewards", "sftrl.data", "sftrl.eval",
-                    "sftrl.sharding", "kernels"),
+    "sftrl.train": ("sftrl.train", "sftrl.config_lib", "sftrl.optim", "sftrl.models",
+                    "sftrl.losses", "sftrl.sampling", "sftrl.rewards", "sftrl.data", "sftrl.eval",
+                    "sftrl.sharding", "sftrl.target", "kernels"),
     # the ranking tool: the eval stage's pieces and the trainers' checkpoint loading
     "sftrl.rank": ("sftrl.rank", "sftrl.config_lib", "sftrl.data", "sftrl.eval", "sftrl.models",
                    "sftrl.train", "sftrl.sharding", "sftrl.sampling", "sftrl.rewards",
                    "sftrl.losses", "kernels"),
-    # config_lib validates configs, so it may describe models, meshes, optimizers and losses
-    "sftrl.config_lib": ("sftrl.models", "sftrl.sharding", "sftrl.train.optim", "sftrl.losses",
-                         "sftrl.data"),
+    # the stages and the tools above them, one rule each
+    "sftrl.model_check": ("sftrl.config_lib", "sftrl.models", "sftrl.sharding", "sftrl.train"),
+    "sftrl.eval_stage": ("sftrl.config_lib", "sftrl.data", "sftrl.eval", "sftrl.models",
+                         "sftrl.sampling", "sftrl.sharding", "sftrl.train"),
+    "sftrl.predict_stage": ("sftrl.config_lib", "sftrl.eval"),
+    "sftrl.report": ("sftrl.eval",),
+    "sftrl.pipeline": ("sftrl.config_lib", "sftrl.data", "sftrl.eval", "sftrl.eval_stage",
+                       "sftrl.predict_stage", "sftrl.report", "sftrl.sharding", "sftrl.train"),
+    "sftrl.plan": ("sftrl.config_lib", "sftrl.eval", "sftrl.launch", "sftrl.losses",
+                   "sftrl.models", "sftrl.optim", "sftrl.sampling", "sftrl.sharding",
+                   "sftrl.target", "sftrl.train"),
+    "sftrl.study": ("sftrl.eval", "sftrl.launch", "sftrl.predict_stage", "sftrl.report",
+                    "sftrl.rewards"),
+    "sftrl.study_v2": ("sftrl.eval", "sftrl.study", "sftrl.launch", "sftrl.report"),
+    "sftrl.main": ("sftrl.config_lib", "sftrl.kernels_import", "sftrl.model_check",
+                   "sftrl.eval_stage", "sftrl.predict_stage", "sftrl.pipeline", "sftrl.train"),
+    # config files build configs; sweep files define sweeps
+    "configs": ("sftrl.config_lib",),
+    "configs.sweeps": ("sftrl.launch", "sftrl.config_lib"),
 }
-TOP = ("sftrl.main", "sftrl.launch", "sftrl.report", "sftrl.model_check", "sftrl.predict_stage",
-       "sftrl.eval_stage", "sftrl.pipeline", "sftrl.study", "sftrl.study_v2", "sftrl.plan")
+# benchmarks measure every layer (not main, whose job is flags and dispatch)
+ALLOWED["benchmarks"] = ("benchmarks", "kernels", *sorted(
+    p for p in ALLOWED if p.startswith("sftrl.") and p != "sftrl.main"))
+
+
+def _files() -> list[pathlib.Path]:
+    return sorted(path for source in SOURCES for path in (ROOT / source).rglob("*.py"))
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -49,47 +82,97 @@ def _module_name(path: pathlib.Path) -> str:
 
 
 def _imports(path: pathlib.Path) -> list[str]:
+    """Our modules `path` imports, anywhere in it (inside functions too)."""
     names = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module in ("sftrl", "kernels"):  # `from sftrl import sharding`
-                names += [f"{node.module}.{a.name}" for a in node.names]
-            else:
-                names.append(node.module)
-    return [n for n in names if n.split(".")[0] in ("sftrl", "kernels")]
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            names.append(f"relative import in {path.name}")
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            # `from sftrl.rewards import verifier` may name a module or an attribute
+            names += [f"{node.module}.{a.name}" for a in node.names]
+    return [n for n in names if n.split(".")[0] in SOURCES or n.startswith("relative")]
+
+
+def _resolve(name: str, modules: set[str]) -> str:
+    """The module an imported name belongs to: the longest known module prefix of it."""
+    while name not in modules and "." in name:
+        name = name.rsplit(".", 1)[0]
+    return name
 
 
 def _rule_for(module: str) -> tuple[str, ...] | None:
     best = max((p for p in ALLOWED if module == p or module.startswith(p + ".")), key=len,
                default=None)
-    if best is None:
-        return None
-    leaves = tuple(leaf for leaf in ("sftrl.errors", "sftrl.atomic") if leaf != best)
-    return ALLOWED[best] + leaves
+    return None if best is None else ALLOWED[best] + _leaves(best)
+
+
+def _leaves(rule: str) -> tuple[str, ...]:
+    return () if rule in LEAVES else LEAVES
+
+
+def _graph() -> dict[str, set[str]]:
+    """module -> the modules it imports (self-imports left out)."""
+    paths = {_module_name(path): path for path in _files()}
+    modules = set(paths)
+    return {m: {_resolve(n, modules) for n in _imports(p)} - {m} for m, p in paths.items()}
 
 
 def test_import_direction():
     violations = []
-    files = list((ROOT / "sftrl").rglob("*.py")) + list((ROOT / "kernels").rglob("*.py"))
-    for path in files:
-        module = _module_name(path)
-        for imported in _imports(path):
-            if imported.startswith("sftrl.main"):
-                violations.append(f"{module} imports sftrl.main (nothing imports main)")
-                continue
-            if module in TOP or module == "sftrl":
-                continue
-            allowed = _rule_for(module)
-            if allowed is None:
-                violations.append(f"{module}: no import rule; add it to ALLOWED or TOP")
-                continue
-            if imported == "sftrl" or not any(
-                imported == a or imported.startswith(a + ".") for a in allowed
-            ):
-                violations.append(f"{module} imports {imported}")
+    for module, imported in sorted(_graph().items()):
+        allowed = _rule_for(module)
+        if allowed is None:
+            violations.append(f"{module}: no import rule; add one to ALLOWED")
+            continue
+        for name in sorted(imported):
+            if name.startswith("relative") or not any(
+                    name == a or name.startswith(a + ".") for a in allowed):
+                violations.append(f"{module} imports {name}")
     assert not violations, "\n".join(violations)
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle of `graph` as a path [a, b, ..., a], or [] when it has none."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return []
+
+
+def test_layers_form_no_cycle():
+    """The rules themselves are layered: no prefix may reach itself through other prefixes."""
+    graph = {p: {_resolve(a, set(ALLOWED)) for a in (*allowed, *_leaves(p))} - {p}
+             for p, allowed in ALLOWED.items()}
+    assert not _cycle(graph), " -> ".join(_cycle(graph))
+
+
+def test_modules_import_no_cycle():
+    """No module reaches itself through its imports, lazy ones included (a package's
+    __init__ re-exporting its submodules is not a cycle: a submodule never imports it)."""
+    cycle = _cycle(_graph())
+    assert not cycle, " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
 
 
 def test_kernels_is_ours_even_beside_transformers():

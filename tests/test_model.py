@@ -188,7 +188,7 @@ _LONG_CFG = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, num_l
 
 def test_block_causal_attention_equals_full(monkeypatch):
     """Long sequences take the blocked causal path; valid positions match the one-block path."""
-    from sftrl.models import transformer
+    from sftrl.models import attention, transformer
     from sftrl.sharding import single_device_layout
 
     model = transformer.build_model(_LONG_CFG, single_device_layout(), seed=0)
@@ -197,9 +197,9 @@ def test_block_causal_attention_equals_full(monkeypatch):
     segments = np.ones((2, 600), np.int32)
     segments[0, 300:] = 2  # packed: two examples in row 0
     segments[1, 550:] = 0  # padding at the end of row 1
-    monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 128)
+    monkeypatch.setattr(attention, "CAUSAL_BLOCK", 128)
     blocked = np.asarray(model(tokens, segment_ids=segments))
-    monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 4096)
+    monkeypatch.setattr(attention, "CAUSAL_BLOCK", 4096)
     model = transformer.Model(model.module, model.params)  # a fresh jit cache
     full = np.asarray(model(tokens, segment_ids=segments))
     valid = segments != 0
@@ -209,7 +209,7 @@ def test_block_causal_attention_equals_full(monkeypatch):
 def test_cached_prefill_in_query_blocks_and_last_logits_only(monkeypatch):
     """A long prefill into a cache takes the query-blocked path and matches the cache-free
     forward; logit_positions_B returns exactly those positions' logits."""
-    from sftrl.models import transformer
+    from sftrl.models import attention, transformer
     from sftrl.sharding import single_device_layout
 
     model = transformer.build_model(_LONG_CFG, single_device_layout(), seed=0)
@@ -217,7 +217,7 @@ def test_cached_prefill_in_query_blocks_and_last_logits_only(monkeypatch):
     tokens = rng.integers(0, 64, (2, 300)).astype(np.int32)
     mask = np.ones((2, 300), bool)
     mask[1, 250:] = False  # right padding in row 1
-    monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 64)
+    monkeypatch.setattr(attention, "CAUSAL_BLOCK", 64)
     full = np.asarray(model(tokens, attention_mask=mask))
     cache = model.init_cache(2, 300)
     cached, _ = model.module.apply({"params": model.params}, jnp.asarray(tokens),

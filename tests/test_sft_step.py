@@ -12,9 +12,9 @@ import pytest
 from sftrl.losses import head_weighted_nll, token_nll
 from sftrl.models.model_config import ModelConfig
 from sftrl.models.transformer import build_model, lm_head_kernel, param_shardings
+from sftrl.optim import OptimizerConfig, OptimizerConfigError, decay_mask, make_optimizer
 from sftrl.sharding import Layout, make_mesh, shard_batch, single_device_layout
 from sftrl.train import state as state_lib
-from sftrl.train.optim import OptimizerConfig, OptimizerConfigError, decay_mask, make_optimizer
 from sftrl.train.sft_step import jit_sft_step, make_sft_step, token_weights
 
 CFG = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
@@ -142,7 +142,7 @@ def _run_steps(layout: Layout, batches, seed=3):
     shardings = state_lib.state_shardings(shape, param_shardings(model.module, layout),
                                           layout.sharding(()))
     state = jax.jit(create, out_shardings=shardings)(model.params)
-    from sftrl.train.optim import learning_rate
+    from sftrl.optim import learning_rate
 
     step = jit_sft_step(make_sft_step(model.module, tx, learning_rate(opt)), shardings, layout)
     losses = []

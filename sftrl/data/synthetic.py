@@ -48,6 +48,11 @@ keyed by the seed, the split and the example index, never from global state or `
 Command line
     python -m sftrl.data.synthetic --out=DIR [--seed=0] [--variants=long_cot-diverse-2000,...]
     python -m sftrl.data.synthetic --write-tokenizer [--tokenizer-out=DIR]
+
+One concept, task v1, at ~750 lines: its sections (configs, problem structures and their story,
+the independent `solve`, solutions, splits and records, the tokenizer trained on the task's own
+text, the command line) share the seeded streams and the record shapes: a change to one changes
+the data every other section (and the shipped tokenizer) is built from. Task v2: `synthetic_v2`.
 """
 
 from __future__ import annotations

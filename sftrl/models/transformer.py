@@ -21,14 +21,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec
 
-from sftrl import target
 from sftrl.models.attention import (
     RESIDUAL_NAMES,
-    flash_attention,
-    fused_attention,
+    causal_attention,
+    query_blocked_attention,
     resolve_impl,
+    shared_prefix_attention,
 )
 from sftrl.models.kv_cache import KVCache, SharedPrefixCache
 from sftrl.models.model_config import ModelConfig
@@ -46,7 +45,6 @@ REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {
         jax.checkpoint_policies.save_only_these_names(*RESIDUAL_NAMES),
     ),
 }
-_MASKED = float(np.finfo(np.float32).min)  # finite: a fully masked row gives uniform, not NaN
 
 
 def _init_normal(stddev: float = 0.02):
@@ -109,185 +107,6 @@ def apply_rope(x_BxLxHxD: jax.Array, cos_BxLxD: jax.Array, sin_BxLxD: jax.Array)
     return x_BxLxHxD * cos + rotated * sin
 
 
-def dot_product_attention(
-    q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array, mask_BxLxS: jax.Array
-) -> jax.Array:
-    """Grouped-query attention, scores and softmax in float32."""
-    b, l, h, d = q_BxLxHxD.shape
-    k = k_BxSxKxD.shape[2]
-    q_BxLxKxGxD = q_BxLxHxD.reshape(b, l, k, h // k, d)
-    scores_BxKxGxLxS = jnp.einsum(
-        "blkgd,bskd->bkgls", q_BxLxKxGxD, k_BxSxKxD, preferred_element_type=jnp.float32
-    ) * (d**-0.5)
-    scores_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], scores_BxKxGxLxS, _MASKED)
-    probs = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(v_BxSxKxD.dtype)
-    out_BxLxKxGxD = jnp.einsum("bkgls,bskd->blkgd", probs, v_BxSxKxD)
-    return out_BxLxKxGxD.reshape(b, l, h, d)
-
-
-# 128: on CPU (125M model, L = 2048) 20% less attention work than 256 (less of the masked
-# upper triangle computed, tiles nearer the caches), and no slower at L = 512.
-CAUSAL_BLOCK = 128
-
-
-def causal_attention(
-    q_BxLxHxD: jax.Array, k_BxLxKxD: jax.Array, v_BxLxKxD: jax.Array, mask_BxLxS: jax.Array,
-    *, impl: str = "flash",
-) -> jax.Array:
-    """Self-attention over one sequence whose mask is causal (no cache).
-
-    impl (see `attention.ATTENTION_IMPLS`; "auto" is resolved by the Transformer, here it means
-    "flash"): "flash" = `attention.flash_attention` in query blocks of CAUSAL_BLOCK (custom VJP,
-    no probabilities kept); "cudnn"/"xla" = `jax.nn.dot_product_attention` (unpacked, unwindowed
-    batches only); "reference" = plain softmax attention, queries in blocks of CAUSAL_BLOCK,
-    each against the keys up to the end of its block only.
-
-    Exact (every key a block skips is masked anyway) and it skips the upper triangle's scores:
-    at L = 2048 and blocks of 128 it computes ~53% of the L x L scores.
-    """
-    if impl == "cudnn" and (q_BxLxHxD.shape[1] % 2 or k_BxLxKxD.shape[1] % 2):
-        impl = "flash"  # cuDNN's backward with a mask (bias) needs even lengths; ours does not
-    if impl in ("flash", "auto"):
-        return flash_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, mask_BxLxS, block_q=CAUSAL_BLOCK)
-    if impl in ("cudnn", "xla"):
-        return fused_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, mask_BxLxS, impl)
-    if impl != "reference":
-        raise ValueError(f"unknown attention implementation {impl!r}")
-    l = q_BxLxHxD.shape[1]
-    if l < 2 * CAUSAL_BLOCK:
-        return dot_product_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, mask_BxLxS)
-    outs = []
-    for start in range(0, l, CAUSAL_BLOCK):
-        end = min(start + CAUSAL_BLOCK, l)
-        outs.append(dot_product_attention(
-            q_BxLxHxD[:, start:end], k_BxLxKxD[:, :end], v_BxLxKxD[:, :end],
-            mask_BxLxS[:, start:end, :end],
-        ))
-    return jnp.concatenate(outs, axis=1)
-
-
-def query_blocked_attention(
-    q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array, mask_BxLxS: jax.Array
-) -> jax.Array:
-    """Attention of L queries against a cache of S keys, queries in blocks of CAUSAL_BLOCK.
-
-    Exact; it bounds the float32 scores to CAUSAL_BLOCK x S per block: a prefill of 64 prompts
-    of 2048 tokens into a cache would otherwise form 69 GB of scores with Llama-3-8B's heads.
-    The blocks run in a loop (`lax.map`), not as separate ops: XLA merges dots that share an
-    operand, which on CPU fused the blocks of a 64 x 2048 prefill back into one 27 GB buffer.
-    """
-    b, l, h, d = q_BxLxHxD.shape
-    if l < 2 * CAUSAL_BLOCK:
-        return dot_product_attention(q_BxLxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxLxS)
-    blocks = -(-l // CAUSAL_BLOCK)
-    pad = blocks * CAUSAL_BLOCK - l  # padded query rows see no key; they are cut off below
-    q_NxBxCxHxD = jnp.pad(q_BxLxHxD, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(
-        b, blocks, CAUSAL_BLOCK, h, d).swapaxes(0, 1)
-    mask_NxBxCxS = jnp.pad(mask_BxLxS, ((0, 0), (0, pad), (0, 0))).reshape(
-        b, blocks, CAUSAL_BLOCK, mask_BxLxS.shape[-1]).swapaxes(0, 1)
-    out_NxBxCxHxD = jax.lax.map(
-        lambda block: dot_product_attention(block[0], k_BxSxKxD, v_BxSxKxD, block[1]),
-        (q_NxBxCxHxD, mask_NxBxCxS),
-    )
-    return out_NxBxCxHxD.swapaxes(0, 1).reshape(b, blocks * CAUSAL_BLOCK, h, d)[:, :l]
-
-
-def _shared_prefix_attention(
-    q_BxLxHxD: jax.Array,
-    k_BxLxKxD: jax.Array,
-    v_BxLxKxD: jax.Array,
-    layer_cache: tuple[jax.Array, ...],
-    cache_meta: tuple[jax.Array, jax.Array, int | None, jax.Array],
-    layout: Layout | None = None,
-) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    """One decode step for B = P*N rows: prefix part (read once per prompt) + own suffix part,
-    merged by log-sum-exp.
-
-    layer_cache is (this layer's prefix k, v [P, K, S, D], the suffix k, v of ALL layers
-    [L, P, N, K, T, D]); cache_meta is (prefix lengths [P], suffix slot, the static suffix
-    window (see SharedPrefixCache.suffix_window), this layer's index).
-    The new token's k/v is written into the stacked suffix in place and the stacked suffix is
-    returned: it travels through the layer scan as carry, never copied whole.
-    """
-    # Loaded here: `kernels` lives at the repo root (never published under that name), and
-    # only decoding needs it.
-    from sftrl import kernels_import
-
-    kernels = kernels_import.load("decode_attention")
-    merge_attention, prefix_decode_attention = (kernels.merge_attention,
-                                                kernels.prefix_decode_attention)
-
-    prefix_k, prefix_v, suffix_k_all, suffix_v_all = layer_cache
-    prefix_lengths_P, suffix_end, window, layer = cache_meta
-    p, kv_heads, _, d = prefix_k.shape[0], prefix_k.shape[1], prefix_k.shape[2], prefix_k.shape[3]
-    n, t = suffix_k_all.shape[2], suffix_k_all.shape[4]
-    if window is not None:
-        if not 1 <= window <= t:
-            raise ValueError(f"suffix_window {window} is outside [1, {t}]")
-        t = window
-    h = q_BxLxHxD.shape[2]
-    g = h // kv_heads
-    if q_BxLxHxD.shape[1] != 1:
-        raise ValueError("the shared-prefix cache decodes one token per sample at a time")
-    zero = jnp.zeros((), jnp.int32)
-    start = (layer, zero, zero, zero, suffix_end, zero)
-    suffix_k_all = jax.lax.dynamic_update_slice(
-        suffix_k_all,
-        k_BxLxKxD.reshape(1, p, n, kv_heads, 1, d).astype(suffix_k_all.dtype), start,
-    )
-    suffix_v_all = jax.lax.dynamic_update_slice(
-        suffix_v_all,
-        v_BxLxKxD.reshape(1, p, n, kv_heads, 1, d).astype(suffix_v_all.dtype), start,
-    )
-    # This layer's suffix, first t slots only: one slice, so only they are read.
-    window_shape = (1, p, n, kv_heads, t, d)
-    suffix_k = jax.lax.dynamic_slice(suffix_k_all, (layer, *[zero] * 5), window_shape)[0]
-    suffix_v = jax.lax.dynamic_slice(suffix_v_all, (layer, *[zero] * 5), window_shape)[0]
-    q_PxNxKxGxD = q_BxLxHxD.reshape(p, n, kv_heads, g, d)
-    # The N samples x G heads of one kv head are the query rows of one prefix stream.
-    q_PxKxRxD = jnp.transpose(q_PxNxKxGxD, (0, 2, 1, 3, 4)).reshape(p, kv_heads, n * g, d)
-    attend = functools.partial(prefix_decode_attention, backend=target.platform())
-    if layout is not None and layout.mesh.size > 1:
-        attend = _per_shard(attend, layout, q_PxKxRxD.shape)
-    out_pre, lse_pre = attend(
-        q_PxKxRxD, prefix_k.astype(q_PxKxRxD.dtype), prefix_v.astype(q_PxKxRxD.dtype),
-        prefix_lengths_P,
-    )
-    scores_PxNxKxGxT = jnp.einsum(
-        "pnkgd,pnktd->pnkgt", q_PxNxKxGxD, suffix_k.astype(q_PxNxKxGxD.dtype),
-        preferred_element_type=jnp.float32,
-    ) * (d**-0.5)
-    valid_T = jnp.arange(t) <= suffix_end
-    scores_PxNxKxGxT = jnp.where(valid_T, scores_PxNxKxGxT, -jnp.inf)
-    lse_suf = jax.nn.logsumexp(scores_PxNxKxGxT, axis=-1)
-    probs = jnp.exp(scores_PxNxKxGxT - lse_suf[..., None])
-    out_suf = jnp.einsum("pnkgt,pnktd->pnkgd", probs, suffix_v.astype(jnp.float32))
-
-    def rows(x: jax.Array) -> jax.Array:  # [P, N, K, G, ...] -> [P, K, N*G, ...]
-        x = jnp.moveaxis(x, 2, 1)
-        return x.reshape(p, kv_heads, n * g, *x.shape[4:])
-
-    out, _ = merge_attention(out_pre.astype(jnp.float32), lse_pre, rows(out_suf), rows(lse_suf))
-    out_PxNxKxGxD = jnp.moveaxis(out.reshape(p, kv_heads, n, g, d), 1, 2)
-    return out_PxNxKxGxD.reshape(p * n, 1, h, d), (prefix_k, prefix_v, suffix_k_all, suffix_v_all)
-
-
-def _per_shard(attend: Callable, layout: Layout, q_shape: tuple[int, ...]) -> Callable:
-    """`attend(q, k, v, lengths)` run per device on its prompts and kv heads (a shard_map).
-
-    Prompts and kv heads are independent in the prefix attention, and XLA cannot partition a
-    Pallas (Mosaic) kernel itself: under a multi-device mesh it refuses to compile it. The split
-    is the activations' (prompts over the batch axes, kv heads over 'tensor'); a dimension the
-    mesh does not divide stays whole (every device then computes it, as the rest of the step).
-    """
-    spec = tuple(layout.spec(("activation_batch", "activation_kv_heads", None, None), q_shape))
-    spec = spec + (None,) * (4 - len(spec))
-    q_spec = PartitionSpec(*spec)
-    return jax.shard_map(
-        attend, mesh=layout.mesh, in_specs=(q_spec, q_spec, q_spec, PartitionSpec(spec[0])),
-        out_specs=(q_spec, PartitionSpec(*spec[:3])), check_vma=False)
-
-
 class Attention(_Sharded):
     @nn.compact
     def __call__(
@@ -319,7 +138,7 @@ class Attention(_Sharded):
             ("activation_batch", "activation_length", "activation_heads", None),
         )
         if layer_cache is not None and len(layer_cache) == 4:
-            out_BxLxHxD, new_cache = _shared_prefix_attention(
+            out_BxLxHxD, new_cache = shared_prefix_attention(
                 q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, layer_cache, cache_end, self.layout
             )
             out = out_BxLxHxD.astype(self.dtype).reshape(b, l, c.num_heads * c.head_dim)

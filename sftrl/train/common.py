@@ -122,7 +122,7 @@ def restore_params(
     The run's optimizer is rebuilt from `config.<section>` ("sft" or "rl") only to give orbax
     the state's structure; its moments are read and dropped. No weights are initialised first.
     """
-    from sftrl.train.optim import OptimizerConfig, make_optimizer
+    from sftrl.optim import OptimizerConfig, make_optimizer
 
     directory = Path(workdir) / "checkpoints"
     shapes, _ = abstract_params(module)

@@ -39,6 +39,7 @@ from sftrl.losses import (
     overlong_penalty,
 )
 from sftrl.models.transformer import Model
+from sftrl.optim import OptimizerConfig, learning_rate, make_optimizer
 from sftrl.sampling import Samples, generate, make_sampler_params
 from sftrl.sharding import SAMPLING_RULES, Layout, shard_batch
 from sftrl.train import common
@@ -51,7 +52,6 @@ from sftrl.train.grpo_step import (
     rollout_arrays,
 )
 from sftrl.train.metrics_log import MetricsWriter
-from sftrl.train.optim import OptimizerConfig, learning_rate, make_optimizer
 from sftrl.train.progress import ProgressLog
 from sftrl.train.sft import CheckpointIndex
 from sftrl.train.sft_step import jit_step_for

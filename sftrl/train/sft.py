@@ -33,11 +33,11 @@ from sftrl.data.shards import resolve_num_shards
 from sftrl.data.tokenizer import Tokenizer, load_tokenizer
 from sftrl.eval.heldout import HeldoutEvaluator
 from sftrl.models.transformer import Model
+from sftrl.optim import OptimizerConfig, learning_rate, make_optimizer
 from sftrl.sharding import Layout, shard_batch
 from sftrl.train import common
 from sftrl.train import state as state_lib
 from sftrl.train.metrics_log import MetricsWriter, peak_flops_per_device, training_flops_per_token
-from sftrl.train.optim import OptimizerConfig, learning_rate, make_optimizer
 from sftrl.train.progress import ProgressLog
 from sftrl.train.sft_step import BATCH_FIELDS, jit_sft_step, make_sft_step
 

@@ -2,6 +2,11 @@
 
 The optimizer state follows the parameters' dtype, so float32 master weights (``param_dtype``)
 give float32 Adam moments while the forward pass computes in bfloat16 (``dtype``).
+
+The optimizer's config keys (each trainer's section: ``sft.lr``, ``rl.b2``, ...) are the fields of
+`OptimizerConfig`, written here only: `config_lib` builds the sections from `config_defaults`.
+A leaf below the trainers (jax and optax only), so that `config_lib` can validate the keys
+without importing `sftrl.train`.
 """
 
 from __future__ import annotations
@@ -53,9 +58,19 @@ class OptimizerConfig:
                 raise OptimizerConfigError(f"{name}: invalid value {getattr(self, name)!r}{extra}")
 
     @classmethod
+    def config_keys(cls) -> tuple[str, ...]:
+        """The fields a config section sets; total_steps is the trainer's, from its run length."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "total_steps")
+
+    @classmethod
     def from_config(cls, section: Any, total_steps: int) -> OptimizerConfig:
-        fields = {f.name for f in dataclasses.fields(cls)} - {"total_steps"}
-        return cls(total_steps=max(1, total_steps), **{k: section[k] for k in fields})
+        return cls(total_steps=max(1, total_steps), **{k: section[k] for k in cls.config_keys()})
+
+
+def config_defaults(**overrides: Any) -> dict[str, Any]:
+    """A trainer section's optimizer keys with their defaults, `overrides` changed (validated)."""
+    config = OptimizerConfig(**overrides)
+    return {k: getattr(config, k) for k in OptimizerConfig.config_keys()}
 
 
 def learning_rate(config: OptimizerConfig) -> optax.Schedule:
