@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from sftrl import atomic
 from sftrl.data import sources
 from sftrl.data.sft import SFTDataConfig, SFTPipeline, heldout_batches
 from sftrl.data.tokenizer import Tokenizer, load_tokenizer
@@ -78,7 +78,7 @@ class CheckpointIndex:
     """`checkpoints/index.json`: for each saved step, what it was evaluated with and the result."""
 
     def __init__(self, directory: Path):
-        self.path = Path(directory) / INDEX_FILE
+        self.path = atomic.as_path(directory) / INDEX_FILE
         self.entries: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             try:
@@ -90,9 +90,7 @@ class CheckpointIndex:
         if jax.process_index() != 0:
             return
         self.entries.setdefault(str(step), {}).update(fields)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        atomic.write_json(self.path, self.entries, indent=1)
 
     def forget_after(self, step: int) -> None:
         stale = [k for k in self.entries if int(k) > step]
@@ -107,7 +105,7 @@ def _host_metrics(raw: dict[str, Any]) -> dict[str, float]:
 class SFTTrainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path, layout: Layout):
         self.config = config
-        self.workdir = Path(workdir)
+        self.workdir = atomic.as_path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.layout = layout
         self.tokenizer = load_tokenizer(sources.tokenizer_path(config))
@@ -281,5 +279,5 @@ def _ids_for_message(example_ids: Any) -> list[int]:
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
-    common.claim_run_dir(Path(workdir), "sft")
+    common.claim_run_dir(atomic.as_path(workdir), "sft")
     return SFTTrainer(config, workdir, layout).train()
