@@ -29,6 +29,7 @@ from etils.epath import backend as backend_lib
 from etils.epath import gpath
 
 PREFIX = "gs://"
+WRITES_LOG = "fake_gcs_writes.log"  # beside the root, not inside the bucket
 
 
 class ObjectStoreError(OSError):
@@ -36,9 +37,16 @@ class ObjectStoreError(OSError):
 
 
 class FakeGcsBackend(backend_lib._OsPathBackend):  # the local backend, on mapped paths
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, log: Path | None = None) -> None:
         self.root = Path(root)
-        self.writes: list[str] = []  # every object written, in order
+        self.writes: list[str] = []  # every object written by this process, in order
+        self.log = log  # if set, a line `<pid> <uri>` per object written, shared by processes
+
+    def _written(self, uri: str) -> None:
+        self.writes.append(uri)
+        if self.log is not None:
+            with self.log.open("a") as handle:
+                handle.write(f"{os.getpid()} {uri}\n")
 
     def local(self, path: Any) -> str:
         text = os.fspath(path)
@@ -55,7 +63,7 @@ class FakeGcsBackend(backend_lib._OsPathBackend):  # the local backend, on mappe
         target = Path(self.local(path))
         if "r" in mode:
             return super().open(target, mode)
-        return _Upload(target, mode, on_close=lambda: self.writes.append(os.fspath(path)))
+        return _Upload(target, mode, on_close=lambda: self._written(os.fspath(path)))
 
     def exists(self, path: Any) -> bool:
         return super().exists(self.local(path))
@@ -129,9 +137,9 @@ class _Upload:
 
 
 @contextlib.contextmanager
-def installed(root: Path) -> Iterator[FakeGcsBackend]:
+def installed(root: Path, log: Path | None = None) -> Iterator[FakeGcsBackend]:
     """Within the block, `epath.Path('gs://...')` is the fake rooted at `root`."""
-    fake = FakeGcsBackend(root)
+    fake = FakeGcsBackend(root, log)
     saved = gpath._PREFIX_TO_BACKEND.get("gs")
     gpath._PREFIX_TO_BACKEND["gs"] = fake
     try:
@@ -159,7 +167,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from sftrl import main as sftrl_main
 
-    with installed(root) as fake:
+    with installed(root, log=root.parent / WRITES_LOG) as fake:
         _route_orbax(fake)
         sftrl_main.run()
 
