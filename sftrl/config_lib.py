@@ -19,6 +19,9 @@ from sftrl import accelerators, sharding
 from sftrl.models.model_config import ModelConfig, ModelConfigError
 
 STAGES = ("model", "sft", "rl", "eval", "predict", "pipeline")
+# Stages whose run directory may be an object store (--workdir=gs://...): every write they make
+# goes through sftrl.atomic or orbax. The others append to sample stores in place.
+REMOTE_STAGES = ("sft", "rl")
 DTYPES = ("auto", "float32", "bfloat16")
 REMAT = ("none", "full", "dots", "dots_no_batch")
 # sftrl.models.attention.ATTENTION_IMPLS (a copy, tested equal: the model is not imported here)

@@ -2,6 +2,7 @@
 
 python -m sftrl.launch --sweep=configs/sweeps/sft_variants_tiny.py[:arg] --workdir=SWEEPDIR
                        [--launcher=local|xm] [--max_parallel=N] [--dry_run] [--only=a,b]
+                       [--xm_executor=local|vertex|kubernetes] [--xm_image=IMAGE]
 
 A sweep file defines `get_sweep(arg=None) -> Sweep`: a base config ("configs/tiny.py[:variant]")
 and a list of `Run`s, each a name and config overrides. Every run's config is built and
@@ -13,6 +14,11 @@ same command line under both launchers:
 With `Sweep.predict`, a last job runs the predict stage in `SWEEPDIR/predict` over all runs'
 directories, once every run is done. The local launcher keeps `SWEEPDIR/sweep.json` (per run:
 command, state, return code, times) so a re-launch skips runs that are already done.
+
+The xm launcher makes the sweep one XManager experiment: one work unit per run, on the
+accelerator its `config.accelerator` names, and the predict unit added once the runs it needs
+have completed. SWEEPDIR may then be any epath URI (gs://...), and must be one for the cloud
+executors.
 """
 
 from __future__ import annotations
@@ -321,6 +327,10 @@ def plan(sweep: Sweep, sweep_dir: Path | epath.Path, where: str = "sweep",
                 accelerator = _accelerator(config.accelerator)
                 devices = accelerator.num_devices if accelerator else None
             config_lib.validate(config, devices)
+            if atomic.is_remote(sweep_dir) and config.stage not in config_lib.REMOTE_STAGES:
+                raise SweepError(f"stage {config.stage!r} writes its run directory on a local "
+                                 f"disk only, not under {sweep_dir}; give a local or mounted "
+                                 "(/gcs/<bucket>/...) --workdir")
         except (SweepError, config_lib.ConfigError) as e:
             raise SweepError(f"{context}: {e}") from e
         workdir = sweep_dir / run.name
@@ -748,10 +758,11 @@ def _sweep_dir(args: Any) -> Path | epath.Path:
                              "each run's launch.log on a local disk; use a local --workdir "
                              "(or --launcher=xm)")
         return Path(args.workdir).absolute()
-    if args.xm_executor != "local" and not remote:
+    mounted = Path(args.workdir).is_absolute() and Path(args.workdir).parts[1:2] == ("gcs",)
+    if args.xm_executor != "local" and not (remote or mounted):
         raise SweepError(f"--workdir={args.workdir}: --xm_executor={args.xm_executor} runs jobs "
                          "on other machines, which cannot see this one's disk; give a gs:// "
-                         "--workdir")
+                         "--workdir or a bucket mounted at /gcs/<bucket>/ (Cloud Storage FUSE)")
     return atomic.as_path(args.workdir)
 
 

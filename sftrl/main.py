@@ -158,23 +158,17 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
-# Stages whose every write to the run directory goes through sftrl.atomic (whole-file writes,
-# rewritten logs) or orbax, so that an object store (gs://...) holds their run directory. The
-# others append to sample stores in place or export Hugging Face folders: local disk only.
-REMOTE_STAGES = ("sft", "rl")
-
-
 def run_dir(text: str, config) -> epath.Path:
     """The --workdir as an epath (a URI stays a URI), created; a remote one is checked at
     start-up against what the stage writes, and reached once, so that a missing GCS client or
     bucket is one line naming the path rather than a traceback hours into the run."""
     workdir = atomic.as_path(text)
     if atomic.is_remote(workdir):
-        if config.stage not in REMOTE_STAGES:
+        if config.stage not in config_lib.REMOTE_STAGES:
             raise errors.UserError(
                 f"--workdir={text}: the {config.stage} stage writes its run directory on a "
-                f"local disk only (stages {', '.join(REMOTE_STAGES)} accept a remote one); use a "
-                "local --workdir or a mounted bucket (gcsfuse)")
+                f"local disk only (stages {', '.join(config_lib.REMOTE_STAGES)} accept a remote "
+                "one); use a local --workdir or a mounted bucket (gcsfuse)")
         if config[config.stage].tensorboard:
             raise config_lib.ConfigError(
                 f"{config.stage}.tensorboard: TensorBoard event files cannot be written to "

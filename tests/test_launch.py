@@ -6,6 +6,7 @@ concurrency, logs, the status file, resume and failure handling are tested in se
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -405,7 +406,7 @@ XM_SWEEP = """
 """
 
 
-def _xm_experiment(tmp_path, accelerator, executor, sweep_dir="gs://bucket/sweep"):
+def _xm_experiment(tmp_path, accelerator, executor, sweep_dir="/gcs/bucket/sweep"):
     sweep, _ = launch.load_sweep(f"{write_sweep(tmp_path, XM_SWEEP)}:{accelerator}")
     jobs = launch.plan(sweep, launch.atomic.as_path(sweep_dir))
     return jobs, launch.build_xm_experiment(jobs, sweep.name, executor=executor)
@@ -445,12 +446,22 @@ def test_xm_tpu_sweep_is_one_experiment_with_slices_and_predict_after_the_runs(t
         assert unit.needs == ()
         assert unit.env_vars == {"SFTRL_COORDINATOR_ADDRESS": "auto"}  # 8 hosts
         assert _argv(unit) == list(job.args)
-        assert f"--workdir=gs://bucket/sweep/{unit.name}" in _argv(unit)
-    # predict: after every run, on no accelerator, over the runs' gs:// directories
+        assert f"--workdir=/gcs/bucket/sweep/{unit.name}" in _argv(unit)
+    # predict: after every run, on no accelerator, over the runs' directories
     assert predict.needs == tuple(NAMES)
     assert predict.executor.requirements.accelerator is None
     assert _argv(predict)[-1] == "--config.predict.workdirs=" + repr(
-        tuple(f"gs://bucket/sweep/{n}" for n in NAMES))
+        tuple(f"/gcs/bucket/sweep/{n}" for n in NAMES))
+
+
+def test_a_gs_sweep_takes_only_stages_that_write_remotely(tmp_path):
+    sweep = Sweep("s", TINY, [Run("a", {"accelerator": "v5p-8"}, stage="sft")])
+    [job] = launch.plan(sweep, launch.atomic.as_path("gs://bucket/s"))
+    assert str(job.workdir) == "gs://bucket/s/a" and "--workdir=gs://bucket/s/a" in job.args
+    with pytest.raises(SweepError, match=r"run 'predict': stage 'predict' writes its run "
+                                         r"directory on a local disk only, not under gs://"):
+        launch.plan(dataclasses.replace(sweep, predict=True),
+                    launch.atomic.as_path("gs://bucket/s"))
 
 
 @pytest.mark.parametrize("accelerator, count, hosts", [("h100:8", 8, 1), ("h200:8x2", 16, 2)])
@@ -496,7 +507,7 @@ def test_xm_refusals_name_the_run_the_key_or_the_flag(tmp_path, capsys):
 
 def test_xm_dry_run_lists_units_requirements_and_dependencies(tmp_path, capsys):
     sweep_file = write_sweep(tmp_path, XM_SWEEP)
-    assert launch.main([f"--sweep={sweep_file}:v5e-16", "--workdir=gs://b/s", "--launcher=xm",
+    assert launch.main([f"--sweep={sweep_file}:v5e-16", "--workdir=/gcs/b/s", "--launcher=xm",
                         "--xm_executor=kubernetes", "--dry_run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "experiment 't': PythonContainer for KubernetesSpec"
