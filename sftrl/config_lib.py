@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from sftrl import accelerators, sharding
+from sftrl import sharding
 from sftrl.models.model_config import ModelConfig, ModelConfigError
 
 STAGES = ("model", "sft", "rl", "eval", "predict", "pipeline")
@@ -90,7 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     # What the run asks a scheduler for (sftrl.launch --launcher=xm): "" (the host it starts
     # on), a TPU slice "v5p-64" / "v5p:2x4x4", or GPUs "h100:8" ("h100:8x2": 2 hosts).
-    # The launcher validates the mesh against its device count (sftrl.accelerators).
+    # sftrl.accelerators parses it; the launcher validates the mesh against its devices.
     c.accelerator = ""
 
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
@@ -392,10 +392,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             f"attention: {config.attention!r} is not one of {', '.join(ATTENTION)}")
     if config.sft.loss_chunk < 1:
         raise ConfigError(f"sft.loss_chunk: must be >= 1, got {config.sft.loss_chunk}")
-    try:
-        accelerators.parse(config.accelerator)
-    except accelerators.AcceleratorError as e:
-        raise ConfigError(f"accelerator: {e}") from e
     arch = model_config(config)
     mesh_sizes(config, jax.device_count() if num_devices is None else num_devices)
     if config.checkpoint.max_to_keep < 1:

@@ -322,10 +322,10 @@ def plan(sweep: Sweep, sweep_dir: Path | epath.Path, where: str = "sweep",
                     raise SweepError(f"stage: {run.stage!r} is not one of "
                                      f"{', '.join(config_lib.STAGES)}")
                 config.stage = run.stage
+            accelerator = _accelerator(config.accelerator)
             devices = num_devices
-            if devices is None and config.accelerator:
-                accelerator = _accelerator(config.accelerator)
-                devices = accelerator.num_devices if accelerator else None
+            if devices is None and accelerator is not None:
+                devices = accelerator.num_devices
             config_lib.validate(config, devices)
             if atomic.is_remote(sweep_dir) and config.stage not in config_lib.REMOTE_STAGES:
                 raise SweepError(f"stage {config.stage!r} writes its run directory on a local "

@@ -18,7 +18,7 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from sftrl import atomic, config_lib, errors
+from sftrl import accelerators, atomic, config_lib, errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; everything a run writes goes here.")
@@ -137,6 +137,10 @@ def _main(argv: list[str]) -> int:
         config.stage = _STAGE.value
     _init_distributed()
     config_lib.validate(config)
+    try:
+        accelerators.parse(config.accelerator)
+    except accelerators.AcceleratorError as e:
+        raise config_lib.ConfigError(f"accelerator: {e}") from e
     config_lib.check_full_size_run(config)
     config_lib.check_inputs(config)
     if config.stage in ("rl", "eval", "pipeline"):

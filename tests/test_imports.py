@@ -19,6 +19,8 @@ ALLOWED = {
     "sftrl.sharding": (),
     # the platform compiled for (sftrl.plan compiles TPU programs on a CPU host); jax only
     "sftrl.target": (),
+    # config.accelerator -> devices and an xm resource; Cloud TPU slice names are sftrl.plan's
+    "sftrl.accelerators": ("sftrl.plan",),
     "sftrl.models": ("sftrl.models", "sftrl.sharding", "sftrl.target", "sftrl.kernels_import",
                      "kernels"),
     "sftrl.sampling": ("sftrl.sampling", "sftrl.models", "sftrl.sharding", "kernels"),

@@ -87,6 +87,8 @@ def _main(*args: str) -> subprocess.CompletedProcess:
     # no GCS client here: reaching the bucket fails at start-up, naming the path
     (["--stage=sft", "--config.sft.tensorboard=False"], "--workdir=gs://bucket/x: cannot be "
                                                          "reached"),
+    # checked before the workdir: what a launcher would ask a scheduler for
+    (["--stage=sft", "--config.accelerator=h100"], "accelerator: 'h100' is not a TPU slice"),
 ])
 def test_a_remote_workdir_fails_at_start_up_in_one_line(tmp_path, args, message):
     result = _main("--workdir=gs://bucket/x", *args)
