@@ -25,6 +25,9 @@ from sftrl.models.attention import ATTENTION_IMPLS
 from sftrl.models.model_config import ModelConfig, ModelConfigError
 
 STAGES = ("model", "sft", "rl", "eval", "predict", "pipeline")
+# Stages whose run directory may be an object store (--workdir=gs://...): every write they make
+# goes through sftrl.atomic or orbax. The others append to sample stores in place.
+REMOTE_STAGES = ("sft", "rl")
 DTYPES = ("auto", "float32", "bfloat16")
 REMAT = ("none", "full", "dots", "dots_no_batch")
 DATA_SOURCES = ("synthetic", "files")
@@ -89,6 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.hf_path = ""
 
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    # What the run asks a scheduler for (sftrl.launch --launcher=xm): "" (the host it starts
+    # on), a TPU slice "v5p-64" / "v5p:2x4x4", or GPUs "h100:8" ("h100:8x2": 2 hosts).
+    # sftrl.accelerators parses it; the launcher validates the mesh against its devices.
+    c.accelerator = ""
 
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
 

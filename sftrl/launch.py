@@ -2,6 +2,7 @@
 
 python -m sftrl.launch --sweep=configs/sweeps/sft_variants_tiny.py[:arg] --workdir=SWEEPDIR
                        [--launcher=local|xm] [--max_parallel=N] [--dry_run] [--only=a,b]
+                       [--xm_executor=local|vertex|kubernetes] [--xm_image=IMAGE]
 
 A sweep file defines `get_sweep(arg=None) -> Sweep`: a base config ("configs/tiny.py[:variant]")
 and a list of `Run`s, each a name and config overrides. Every run's config is built and
@@ -13,6 +14,11 @@ same command line under both launchers:
 With `Sweep.predict`, a last job runs the predict stage in `SWEEPDIR/predict` over all runs'
 directories, once every run is done. The local launcher keeps `SWEEPDIR/sweep.json` (per run:
 command, state, return code, times) so a re-launch skips runs that are already done.
+
+The xm launcher makes the sweep one XManager experiment: one work unit per run, on the
+accelerator its `config.accelerator` names, and the predict unit added once the runs it needs
+have completed. SWEEPDIR may then be any epath URI (gs://...), and must be one for the cloud
+executors.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
+from etils import epath
 
-from sftrl import atomic, config_lib
+from sftrl import accelerators, atomic, config_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PREFIX = (sys.executable, "-m", "sftrl.main")
@@ -246,11 +253,13 @@ def load_config(base: str) -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """A run made concrete: its workdir and the arguments after the command prefix."""
+    """A run made concrete: its workdir, the arguments after the command prefix and the
+    accelerator its config asks for (`config.accelerator`, "" for none)."""
 
     name: str
-    workdir: Path
+    workdir: Path | epath.Path
     args: tuple[str, ...]
+    accelerator: str = ""
 
     def command(self, prefix: Sequence[str]) -> list[str]:
         return [*prefix, *self.args]
@@ -275,10 +284,13 @@ def check_names(sweep: Sweep, where: str) -> None:
         seen.add(run.name)
 
 
-def plan(sweep: Sweep, sweep_dir: Path, where: str = "sweep",
+def plan(sweep: Sweep, sweep_dir: Path | epath.Path, where: str = "sweep",
          num_devices: int | None = None) -> list[Job]:
     """Validates every run's config (base + overrides + stage) and returns the jobs, the
-    predict job last when the sweep asks for it. Fails naming the run and the key."""
+    predict job last when the sweep asks for it. Fails naming the run and the key.
+
+    Each run's mesh is checked against `num_devices`, else the device count of the run's
+    `config.accelerator`, else this host's."""
     check_names(sweep, where)
     base = load_config(sweep.base_config)
     # An absolute path, so the command works from any directory (xm_local keeps our cwd).
@@ -310,15 +322,30 @@ def plan(sweep: Sweep, sweep_dir: Path, where: str = "sweep",
                     raise SweepError(f"stage: {run.stage!r} is not one of "
                                      f"{', '.join(config_lib.STAGES)}")
                 config.stage = run.stage
-            config_lib.validate(config, num_devices)
+            accelerator = _accelerator(config.accelerator)
+            devices = num_devices
+            if devices is None and accelerator is not None:
+                devices = accelerator.num_devices
+            config_lib.validate(config, devices)
+            if atomic.is_remote(sweep_dir) and config.stage not in config_lib.REMOTE_STAGES:
+                raise SweepError(f"stage {config.stage!r} writes its run directory on a local "
+                                 f"disk only, not under {sweep_dir}; give a local or mounted "
+                                 "(/gcs/<bucket>/...) --workdir")
         except (SweepError, config_lib.ConfigError) as e:
             raise SweepError(f"{context}: {e}") from e
         workdir = sweep_dir / run.name
         head = [f"--config={config_arg}", f"--workdir={workdir}"]
         if run.stage is not None:
             head.append(f"--stage={run.stage}")
-        jobs.append(Job(run.name, workdir, tuple(head + args)))
+        jobs.append(Job(run.name, workdir, tuple(head + args), config.accelerator))
     return jobs
+
+
+def _accelerator(text: str) -> accelerators.Accelerator | None:
+    try:
+        return accelerators.parse(text)
+    except accelerators.AcceleratorError as e:
+        raise config_lib.ConfigError(f"accelerator: {e}") from e
 
 
 def _get(config: ml_collections.ConfigDict, key: str) -> Any:
@@ -517,44 +544,185 @@ def summary_table(jobs: Sequence[Job], status: Status) -> str:
 
 
 # ------------------------------------------------------------------ XManager launcher
+#
+# Two parts: `build_xm_experiment` turns the validated jobs into xmanager's own objects (the
+# packageable executable, one executor with its resource requirements per work unit, the
+# predict unit's dependencies) and starts nothing, so a test inspects exactly what would be
+# launched; `launch_xm` hands them to an experiment and waits where a unit needs others.
 
 
 XM_MISSING = "the xm launcher needs XManager: pip install sftrl[xm]"
+XM_EXECUTORS = ("local", "vertex", "kubernetes")
+DEFAULT_IMAGE = "python:3.11-slim"
+# xmanager's Vertex AI backend (xmanager/cloud/vertex.py) maps only these TPUs to machines.
+_VERTEX_TPUS = ("tpu_v2", "tpu_v3")
 
 
-def run_xm(jobs: Sequence[Job], prefix: Sequence[str], title: str) -> None:
-    """One xm_local experiment, one job per run (a local process, no credentials needed); the
-    predict job is added once every other job has completed."""
+def _xm() -> tuple[Any, Any]:
     try:
-        import asyncio
-
         from xmanager import xm, xm_local
     except ImportError as e:
         raise SweepError(XM_MISSING) from e
+    return xm, xm_local
 
-    async def launch() -> None:
-        async with xm_local.create_experiment(experiment_title=title) as experiment:
-            [executable] = experiment.package([xm.Packageable(
-                executable_spec=xm.Binary(path=prefix[0]),
-                executor_spec=xm_local.Local.Spec(),
-                # xm_local replaces the environment wholesale, so pass ours on.
-                env_vars=child_env(),
-            )])
 
-            def job(j: Job) -> Any:
-                # Arguments are exec'd, not shell-parsed: ShellSafeArg stops xm from
-                # shell-quoting them, which would change values like ('a', 'b').
-                return xm.Job(executable=executable, executor=xm_local.Local(), name=j.name,
-                              args=[xm.ShellSafeArg(a) for a in j.command(prefix)[1:]])
+@dataclasses.dataclass(frozen=True)
+class XmUnit:
+    """One work unit: a run, or the predict job with the runs it needs."""
 
-            units = [await experiment.add(job(j)) for j in jobs if j.name != PREDICT_RUN]
-            predict = [j for j in jobs if j.name == PREDICT_RUN]
-            if predict:
-                for unit in units:
-                    await unit.wait_until_complete()
-                await experiment.add(job(predict[0]))
+    name: str
+    executor: Any  # xm_local.Local / Vertex / Kubernetes, with the run's JobRequirements
+    args: Any  # xm.SequentialArgs: the arguments after the entry point
+    env_vars: dict[str, str]
+    needs: tuple[str, ...] = ()  # units that must have completed before this one is added
 
-    asyncio.run(launch())
+    def job(self, executable: Any) -> Any:
+        xm, _ = _xm()
+        return xm.Job(executable=executable, executor=self.executor, name=self.name,
+                      args=self.args, env_vars=self.env_vars)
+
+
+@dataclasses.dataclass(frozen=True)
+class XmExperiment:
+    """One XManager experiment for one sweep."""
+
+    title: str
+    packageable: Any  # xm.Packageable: the entry point and where it is packaged for
+    units: tuple[XmUnit, ...]  # in launch order: a unit's needs come before it
+
+
+def requirements(accelerator: accelerators.Accelerator | None) -> Any:
+    """xm.JobRequirements for a run: a TPU slice by its chip grid, GPUs by count (x hosts), or
+    none (the scheduler's default machine: the predict job, CPU-only runs)."""
+    xm, _ = _xm()
+    if accelerator is None:
+        return xm.JobRequirements()
+    if accelerator.kind == "tpu":
+        return xm.JobRequirements({accelerator.resource: xm.Topology(accelerator.topology)})
+    return xm.JobRequirements({accelerator.resource: accelerator.topology})
+
+
+def build_xm_experiment(jobs: Sequence[Job], title: str, *, executor: str = "local",
+                        image: str = DEFAULT_IMAGE,
+                        prefix: Sequence[str] = DEFAULT_PREFIX) -> XmExperiment:
+    """The experiment for `jobs` as xmanager objects, launching nothing.
+
+    executor "local": this host runs each job as a process (`prefix` + the job's arguments);
+    requirements are not asked for, the host has what it has. "vertex" / "kubernetes": each job
+    runs in a container built from this repository (`image` + `pip install .[tpu|gpu]`) on the
+    accelerator its config names; a multi-host one gets SFTRL_COORDINATOR_ADDRESS=auto so that
+    jax.distributed finds its peers. The predict job needs every run of the sweep.
+    """
+    xm, xm_local = _xm()
+    if executor not in XM_EXECUTORS:
+        raise SweepError(f"--xm_executor: {executor!r} is not one of {', '.join(XM_EXECUTORS)}")
+    parsed = {job.name: _accelerator(job.accelerator) for job in jobs}
+    if executor == "local":
+        packageable = xm.binary(executor_spec=xm_local.Local.Spec(), path=prefix[0],
+                                args=list(prefix[1:]),
+                                # xm_local adds the launcher's environment; make sftrl importable
+                                env_vars={"PYTHONPATH": child_env()["PYTHONPATH"]})
+    else:
+        kinds = sorted({a.kind for a in parsed.values() if a is not None})
+        if len(kinds) > 1:
+            raise SweepError(f"sweep {title!r}: runs ask for both {' and '.join(kinds)}; one "
+                             "experiment builds one image, so launch them as two sweeps")
+        spec_class = xm_local.Vertex.Spec if executor == "vertex" else xm_local.Kubernetes.Spec
+        packageable = xm.python_container(
+            executor_spec=spec_class(), path=str(ROOT), base_image=image,
+            entrypoint=xm.ModuleName("sftrl.main"),
+            docker_instructions=_docker_instructions(ROOT.name, kinds[0] if kinds else ""))
+    units = []
+    for job in jobs:
+        accelerator = parsed[job.name]
+        if executor == "local":
+            job_executor = xm_local.Local()
+        elif executor == "vertex":
+            if accelerator is not None and accelerator.resource.startswith("tpu") and (
+                    accelerator.resource not in _VERTEX_TPUS):
+                raise SweepError(
+                    f"run {job.name!r}: accelerator {job.accelerator!r}: xmanager's Vertex "
+                    f"executor offers TPU v2/v3 only; use --xm_executor=kubernetes (GKE)")
+            job_executor = xm_local.Vertex(requirements=requirements(accelerator))
+        else:
+            job_executor = xm_local.Kubernetes(requirements=requirements(accelerator))
+        multi_host = accelerator is not None and accelerator.num_hosts > 1
+        env = {"SFTRL_COORDINATOR_ADDRESS": "auto"} if multi_host else {}
+        needs = tuple(j.name for j in jobs if j.name != PREDICT_RUN) if (
+            job.name == PREDICT_RUN) else ()
+        # Plain strings: xm_local quotes each for its shell, the cloud backends pass argv.
+        units.append(XmUnit(job.name, job_executor, xm.merge_args(list(job.args)), env, needs))
+    return XmExperiment(title, packageable, tuple(units))
+
+
+def _docker_instructions(folder: str, kind: str) -> list[str]:
+    extra = {"tpu": "[tpu]", "gpu": "[gpu]"}.get(kind, "")
+    return ["ENV LANG=C.UTF-8", f"COPY {folder}/ /sftrl/", "WORKDIR /sftrl",
+            f'RUN python -m pip install --no-cache-dir ".{extra}"']
+
+
+def describe_xm(experiment: XmExperiment) -> list[str]:
+    """One line per work unit: name, executor, requirements, dependencies (for --dry_run)."""
+    lines = [f"experiment {experiment.title!r}: "
+             f"{type(experiment.packageable.executable_spec).__name__} for "
+             f"{type(experiment.packageable.executor_spec).__name__}"]
+    for unit in experiment.units:
+        wants = getattr(unit.executor, "requirements", None)
+        lines.append(f"  {unit.name}: {type(unit.executor).__name__} {wants!r}"
+                     + (f" after {', '.join(unit.needs)}" if unit.needs else ""))
+    return lines
+
+
+def launch_xm(experiment: XmExperiment, create_experiment: Callable[[str], Any] | None = None,
+              echo: Callable[[str], None] = print) -> dict[str, str]:
+    """Launches `experiment` (default: an xm_local experiment); each unit is added once the
+    units it needs have completed, and skipped if one failed. Returns each unit's state:
+    'done', 'failed', 'skipped', or 'launched' (added, not waited for)."""
+    import asyncio
+
+    xm, xm_local = _xm()
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # xm_local reads its --xm_* flags: their defaults
+    create = create_experiment or xm_local.create_experiment
+    states: dict[str, str] = {}
+
+    async def finished(name: str, unit: Any) -> str:
+        if states[name] == "launched":
+            try:
+                await unit.wait_until_complete()
+                states[name] = "done"
+            except xm.ExperimentUnitError as e:
+                states[name] = "failed"
+                echo(f"[failed] {name}: {e}")
+        return states[name]
+
+    async def run() -> None:
+        async with create(experiment.title) as xp:
+            [executable] = xp.package([experiment.packageable])
+            added: dict[str, Any] = {}
+            for unit in experiment.units:
+                needed = [(n, await finished(n, added[n])) for n in unit.needs]
+                bad = [n for n, state in needed if state != "done"]
+                if bad:
+                    states[unit.name] = "skipped"
+                    echo(f"[skip] {unit.name}: runs not done: {', '.join(bad)}")
+                    continue
+                added[unit.name] = await xp.add(unit.job(executable))
+                states[unit.name] = "launched"
+                echo(f"[add] {unit.name}")
+            if all(isinstance(u.executor, xm_local.Local) for u in experiment.units):
+                for name, handle in added.items():
+                    await finished(name, handle)
+
+    try:
+        asyncio.run(run())
+    except (RuntimeError, xm.ExperimentUnitError):
+        # xm_local re-raises a failed local job when the experiment closes; it is recorded
+        if "failed" not in states.values():
+            raise
+    return states
 
 
 # ------------------------------------------------------------------ CLI
@@ -567,6 +735,10 @@ def _parse_args(argv: Sequence[str]) -> Any:
     p.add_argument("--sweep", required=True, help="sweep file, path[:arg]")
     p.add_argument("--workdir", required=True, help="sweep directory; run <name> -> <dir>/<name>")
     p.add_argument("--launcher", choices=("local", "xm"), default="local")
+    p.add_argument("--xm_executor", choices=XM_EXECUTORS, default="local",
+                   help="xm: where jobs run (local processes, Vertex AI, GKE)")
+    p.add_argument("--xm_image", default=DEFAULT_IMAGE,
+                   help="xm vertex/kubernetes: the base image the repository is installed in")
     p.add_argument("--max_parallel", type=int, default=1, help="local: runs at once")
     p.add_argument("--dry_run", action="store_true", help="validate, print commands, exit")
     p.add_argument("--only", default="", help="comma-separated run names to launch")
@@ -577,11 +749,28 @@ def _parse_args(argv: Sequence[str]) -> Any:
     return p.parse_args(list(argv))
 
 
+def _sweep_dir(args: Any) -> Path | epath.Path:
+    """The sweep directory: a local path, or (xm launcher) any epath URI such as gs://..."""
+    remote = atomic.is_remote(args.workdir)
+    if args.launcher == "local":
+        if remote:
+            raise SweepError(f"--workdir={args.workdir}: the local launcher keeps sweep.json and "
+                             "each run's launch.log on a local disk; use a local --workdir "
+                             "(or --launcher=xm)")
+        return Path(args.workdir).absolute()
+    mounted = Path(args.workdir).is_absolute() and Path(args.workdir).parts[1:2] == ("gcs",)
+    if args.xm_executor != "local" and not (remote or mounted):
+        raise SweepError(f"--workdir={args.workdir}: --xm_executor={args.xm_executor} runs jobs "
+                         "on other machines, which cannot see this one's disk; give a gs:// "
+                         "--workdir or a bucket mounted at /gcs/<bucket>/ (Cloud Storage FUSE)")
+    return atomic.as_path(args.workdir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     prefix = shlex.split(args.command_prefix) or list(DEFAULT_PREFIX)
-    sweep_dir = Path(args.workdir).absolute()
     try:
+        sweep_dir = _sweep_dir(args)
         sweep, path = load_sweep(args.sweep)
         jobs = plan(sweep, sweep_dir, where=str(path), num_devices=args.num_devices)
         if args.only:
@@ -591,12 +780,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             if unknown:
                 raise SweepError(f"--only: unknown run(s) {unknown} (known: {sorted(known)})")
             jobs = [j for j in jobs if j.name in wanted]
+        if args.launcher == "xm":
+            experiment = build_xm_experiment(jobs, sweep.name, executor=args.xm_executor,
+                                             image=args.xm_image, prefix=prefix)
+            if args.dry_run:
+                print("\n".join(describe_xm(experiment)))
+                return 0
+            states = launch_xm(experiment)
+            bad = sorted(name for name, state in states.items() if state in ("failed", "skipped"))
+            if bad:
+                print(f"{len(bad)} unit(s) failed or skipped: {', '.join(bad)}", file=sys.stderr)
+            return 1 if bad else 0
         if args.dry_run:
             for job in jobs:
                 print(shlex.join(job.command(prefix)))
-            return 0
-        if args.launcher == "xm":
-            run_xm(jobs, prefix, title=sweep.name)
             return 0
         status = Status(sweep_dir / STATUS_FILE, sweep.name)
         for job in jobs:

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
-from sftrl import config_lib, errors
+from sftrl import accelerators, atomic, config_lib, errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; everything a run writes goes here.")
@@ -136,6 +137,10 @@ def _main(argv: list[str]) -> int:
         config.stage = _STAGE.value
     _init_distributed()
     config_lib.validate(config)
+    try:
+        accelerators.parse(config.accelerator)
+    except accelerators.AcceleratorError as e:
+        raise config_lib.ConfigError(f"accelerator: {e}") from e
     config_lib.check_full_size_run(config)
     config_lib.check_inputs(config)
     if config.stage in ("rl", "eval", "pipeline"):
@@ -143,19 +148,42 @@ def _main(argv: list[str]) -> int:
 
         kernels_import.load("decode_attention")  # sampling needs it: fail now, not at step 1
     stage = STAGE_FUNCTIONS[config.stage]  # validate() admits only config_lib.STAGES
-    workdir = Path(_WORKDIR.value).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = run_dir(_WORKDIR.value, config)
     import jax
 
     if jax.process_index() == 0:
-        (workdir / "config.json").write_text(
-            config.to_json_best_effort(indent=2, sort_keys=True))
+        atomic.write_text(workdir / "config.json",
+                          config.to_json_best_effort(indent=2, sort_keys=True))
     layout = config_lib.make_layout(config)
     log.info("mesh %s on %d %s devices", dict(layout.mesh.shape), layout.mesh.size,
              layout.mesh.devices.flat[0].platform)
     result = stage(config, workdir, layout)
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
+
+
+def run_dir(text: str, config) -> epath.Path:
+    """The --workdir as an epath (a URI stays a URI), created; a remote one is checked at
+    start-up against what the stage writes, and reached once, so that a missing GCS client or
+    bucket is one line naming the path rather than a traceback hours into the run."""
+    workdir = atomic.as_path(text)
+    if atomic.is_remote(workdir):
+        if config.stage not in config_lib.REMOTE_STAGES:
+            raise errors.UserError(
+                f"--workdir={text}: the {config.stage} stage writes its run directory on a "
+                f"local disk only (stages {', '.join(config_lib.REMOTE_STAGES)} accept a remote "
+                "one); use a local --workdir or a mounted bucket (gcsfuse)")
+        if config[config.stage].tensorboard:
+            raise config_lib.ConfigError(
+                f"{config.stage}.tensorboard: TensorBoard event files cannot be written to "
+                f"{text}; set --config.{config.stage}.tensorboard=False")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        workdir.exists()
+    except (ImportError, OSError) as error:
+        cause = " ".join(str(error).split()) or type(error).__name__
+        raise errors.UserError(f"--workdir={text}: cannot be reached: {cause}") from error
+    return workdir
 
 
 def _flag_error_line(error: BaseException, argv: list[str]) -> str:

@@ -29,6 +29,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "sftrl.kernels_import": ("kernels",),
     "sftrl.losses": ("sftrl.losses",),
     "sftrl.rewards": ("sftrl.rewards",),
+    # config.accelerator -> devices and an xm resource; Cloud TPU slice names are sftrl.plan's
+    "sftrl.accelerators": ("sftrl.plan",),
     "sftrl.models": ("sftrl.models", "sftrl.sharding", "sftrl.target", "sftrl.kernels_import",
                      "kernels"),
     "sftrl.sampling": ("sftrl.sampling", "sftrl.models", "sftrl.sharding", "kernels"),

@@ -6,6 +6,7 @@ concurrency, logs, the status file, resume and failure handling are tested in se
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -13,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,7 @@ FAKE_MAIN = textwrap.dedent("""
     from pathlib import Path
     args = sys.argv[1:]
     workdir = Path(next(a for a in args if a.startswith("--workdir=")).split("=", 1)[1])
+    workdir.mkdir(parents=True, exist_ok=True)  # as sftrl.main does
     start = time.time()
     print("hello from", workdir.name, flush=True)
     time.sleep(0.4)
@@ -394,96 +395,152 @@ def test_shipped_sweeps_validate(tmp_path):
 
 
 # ------------------------------------------------------------------ XManager launcher
+# Against the installed xmanager package's own objects: the experiment is built (not launched)
+# and inspected; the one launch is xm_local's, running this host's processes.
+
+XM_SWEEP = """
+    def get_sweep(arg=None):
+        runs = [Run(name_for(p), {**p, "accelerator": arg or ""})
+                for p in grid(**{"sft.num_epochs": [1, 2, 3]})]
+        return Sweep(name="t", base_config="configs/tiny.py", runs=runs, predict=True)
+"""
 
 
-def _fake_xmanager(calls: list) -> types.ModuleType:
-    """`xmanager.xm` / `xmanager.xm_local` stand-ins that record what the launcher asks for."""
-    xm = types.ModuleType("xmanager.xm")
-    xm_local = types.ModuleType("xmanager.xm_local")
-
-    def record(kind):
-        def make(**kwargs):  # the launcher passes keywords only, as xmanager's docs do
-            obj = types.SimpleNamespace(kind=kind, **kwargs)
-            calls.append(("new", kind, obj))
-            return obj
-        return make
-
-    xm.Binary, xm.Packageable, xm.Job = record("Binary"), record("Packageable"), record("Job")
-    xm.ShellSafeArg = lambda arg: types.SimpleNamespace(kind="ShellSafeArg", arg=arg)
-
-    class Local:
-        def __init__(self):
-            calls.append(("new", "Local", self))
-
-        @staticmethod
-        def Spec():
-            return "LocalSpec"
-
-    xm_local.Local = Local
-
-    class Unit:
-        def __init__(self, name):
-            self.name = name
-
-        async def wait_until_complete(self):
-            calls.append(("wait", self.name))
-
-    class Experiment:
-        async def __aenter__(self):
-            return self
-
-        async def __aexit__(self, *exc):
-            calls.append(("exit",))
-
-        def package(self, packageables):
-            calls.append(("package", packageables))
-            return ["EXECUTABLE"]
-
-        async def add(self, job):
-            calls.append(("add", job.name, [a.arg for a in job.args]))
-            return Unit(job.name)
-
-    def create_experiment(experiment_title):
-        calls.append(("create", experiment_title))
-        return Experiment()
-
-    xm_local.create_experiment = create_experiment
-    package = types.ModuleType("xmanager")
-    package.xm, package.xm_local = xm, xm_local
-    return package
+def _xm_experiment(tmp_path, accelerator, executor, sweep_dir="/gcs/bucket/sweep"):
+    sweep, _ = launch.load_sweep(f"{write_sweep(tmp_path, XM_SWEEP)}:{accelerator}")
+    jobs = launch.plan(sweep, launch.atomic.as_path(sweep_dir))
+    return jobs, launch.build_xm_experiment(jobs, sweep.name, executor=executor)
 
 
-def test_xm_launcher_adds_one_job_per_run_then_predict(tmp_path, monkeypatch, capsys):
-    calls: list = []
-    package = _fake_xmanager(calls)
-    monkeypatch.setitem(sys.modules, "xmanager", package)
-    monkeypatch.setitem(sys.modules, "xmanager.xm", package.xm)
-    monkeypatch.setitem(sys.modules, "xmanager.xm_local", package.xm_local)
+def _argv(unit, executable=None):
+    from xmanager import xm
+    from xmanager.xm import utils
+
+    job = unit.job(executable)
+    assert isinstance(job, xm.Job) and job.name == unit.name
+    return job.args.to_list(utils.ARGV_ESCAPER)
+
+
+def test_xm_tpu_sweep_is_one_experiment_with_slices_and_predict_after_the_runs(tmp_path):
+    from xmanager import xm, xm_local
+
+    jobs, experiment = _xm_experiment(tmp_path, "v5p-64", "kubernetes")
+    assert experiment.title == "t"
+    packaged = experiment.packageable
+    assert isinstance(packaged, xm.Packageable)
+    assert isinstance(packaged.executable_spec, xm.PythonContainer)
+    assert packaged.executable_spec.entrypoint == xm.ModuleName("sftrl.main")
+    assert packaged.executable_spec.path == str(ROOT)
+    assert any('pip install --no-cache-dir ".[tpu]"' in line
+               for line in packaged.executable_spec.docker_instructions)
+    assert isinstance(packaged.executor_spec, xm_local.KubernetesSpec)
+
+    runs, [predict] = experiment.units[:-1], experiment.units[-1:]
+    assert [u.name for u in runs] == NAMES and predict.name == "predict"
+    for unit, job in zip(runs, jobs, strict=False):
+        assert isinstance(unit.executor, xm_local.Kubernetes)
+        wants = unit.executor.requirements
+        # Cloud TPU: v5p-64 is 64 TensorCores, 32 chips in a 2x4x4 slice
+        assert wants.accelerator == xm.ResourceType.TPU_V5P
+        assert wants.topology == xm.Topology("2x4x4") and wants.topology.chip_count == 32
+        assert unit.needs == ()
+        assert unit.env_vars == {"SFTRL_COORDINATOR_ADDRESS": "auto"}  # 8 hosts
+        assert _argv(unit) == list(job.args)
+        assert f"--workdir=/gcs/bucket/sweep/{unit.name}" in _argv(unit)
+    # predict: after every run, on no accelerator, over the runs' directories
+    assert predict.needs == tuple(NAMES)
+    assert predict.executor.requirements.accelerator is None
+    assert _argv(predict)[-1] == "--config.predict.workdirs=" + repr(
+        tuple(f"/gcs/bucket/sweep/{n}" for n in NAMES))
+
+
+def test_a_gs_sweep_takes_only_stages_that_write_remotely(tmp_path):
+    sweep = Sweep("s", TINY, [Run("a", {"accelerator": "v5p-8"}, stage="sft")])
+    [job] = launch.plan(sweep, launch.atomic.as_path("gs://bucket/s"))
+    assert str(job.workdir) == "gs://bucket/s/a" and "--workdir=gs://bucket/s/a" in job.args
+    with pytest.raises(SweepError, match=r"run 'predict': stage 'predict' writes its run "
+                                         r"directory on a local disk only, not under gs://"):
+        launch.plan(dataclasses.replace(sweep, predict=True),
+                    launch.atomic.as_path("gs://bucket/s"))
+
+
+@pytest.mark.parametrize("accelerator, count, hosts", [("h100:8", 8, 1), ("h200:8x2", 16, 2)])
+def test_xm_gpu_runs_ask_for_their_gpus(tmp_path, accelerator, count, hosts):
+    from xmanager import xm, xm_local
+
+    _, experiment = _xm_experiment(tmp_path, accelerator, "vertex")
+    assert isinstance(experiment.packageable.executor_spec, xm_local.VertexSpec)
+    wants = experiment.units[0].executor.requirements
+    assert isinstance(experiment.units[0].executor, xm_local.Vertex)
+    gpu = xm.ResourceType[accelerator.split(":")[0]]
+    # xmanager's convention: the topology is <GPUs per host>x<hosts>, one replica a host
+    assert wants.accelerator == gpu and wants.topology.chip_count == count
+    assert wants.topology.dimensions[0] == 8 and wants.replicas == hosts
+
+
+def test_every_gpu_name_is_an_xmanager_gpu():
+    from xmanager import xm
+
+    for name in launch.accelerators.GPU_TYPES:
+        assert xm.ResourceType[name] in xm.GpuType, name
+
+
+def test_xm_refusals_name_the_run_the_key_or_the_flag(tmp_path, capsys):
+    with pytest.raises(SweepError, match=r"run 'num_epochs=1': accelerator 'v5p-64': xmanager's "
+                                         r"Vertex executor offers TPU v2/v3 only"):
+        _xm_experiment(tmp_path, "v5p-64", "vertex")
+    with pytest.raises(SweepError, match=r"run 'num_epochs=1': accelerator: 'h100' is not"):
+        _xm_experiment(tmp_path, "h100", "kubernetes")
+    # the mesh is validated against the slice's devices, not this host's
+    sweep = Sweep("s", TINY, [Run("a", {"accelerator": "v5p-8", "mesh.tensor": 8})])
+    with pytest.raises(SweepError, match=r"run 'a': .*mesh"):
+        launch.plan(sweep, tmp_path)
+    assert launch.plan(Sweep("s", TINY, [Run("a", {"accelerator": "v5p-8", "mesh.tensor": 4})]),
+                       tmp_path)[0].accelerator == "v5p-8"
+    sweep_file = write_sweep(tmp_path, XM_SWEEP)
+    assert launch.main([f"--sweep={sweep_file}", f"--workdir={tmp_path}", "--launcher=xm",
+                        "--xm_executor=vertex"]) == 2
+    assert "--xm_executor=vertex runs jobs on other machines" in capsys.readouterr().err
+    assert launch.main([f"--sweep={sweep_file}", "--workdir=gs://b/s"]) == 2
+    assert "the local launcher keeps sweep.json" in capsys.readouterr().err
+
+
+def test_xm_dry_run_lists_units_requirements_and_dependencies(tmp_path, capsys):
+    sweep_file = write_sweep(tmp_path, XM_SWEEP)
+    assert launch.main([f"--sweep={sweep_file}:v5e-16", "--workdir=/gcs/b/s", "--launcher=xm",
+                        "--xm_executor=kubernetes", "--dry_run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "experiment 't': PythonContainer for KubernetesSpec"
+    assert "tpu_v5e=xm.Topology('4x4')" in lines[1]
+    assert lines[-1].endswith(f"after {', '.join(NAMES)}")
+
+
+def test_xm_local_launch_runs_predict_only_after_its_runs(tmp_path, monkeypatch, capsys):
+    """xm_local for real (this host's processes, its sqlite store under a temporary HOME)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     sweep_file = write_sweep(tmp_path, SWEEP_BODY)
     out = tmp_path / "sweep"
-    common = [f"--sweep={sweep_file}", f"--workdir={out}"]
-    assert launch.main([*common, "--dry_run"]) == 0
-    dry = [line for line in capsys.readouterr().out.splitlines()]
-    assert launch.main([*common, "--launcher=xm"]) == 0
+    out.mkdir()
+    argv = [f"--sweep={sweep_file}", f"--workdir={out}", "--launcher=xm",
+            f"--command_prefix={fake_prefix(tmp_path)}"]
+    assert launch.main([*argv, "--dry_run"]) == 0
+    assert "experiment 't': Binary for LocalSpec" in capsys.readouterr().out
+    assert launch.main(argv) == 0
+    calls = {n: _calls(out / n) for n in [*NAMES, "predict"]}
+    assert all(len(c) == 1 for c in calls.values())
+    assert calls["predict"][0]["start"] >= max(calls[n][0]["end"] for n in NAMES)
+    # the same arguments as the local launcher's
+    assert calls[NAMES[0]][0]["args"] == list(launch.plan(*launch.load_sweep(str(sweep_file))[:1],
+                                                          out)[0].args)
 
-    assert calls[0] == ("create", "t")
-    [packaged] = next(c[1] for c in calls if c[0] == "package")
-    assert packaged.executable_spec.path == sys.executable
-    assert packaged.executor_spec == "LocalSpec"
-    assert str(ROOT) in packaged.env_vars["PYTHONPATH"].split(":")
-    adds = [c for c in calls if c[0] == "add"]
-    assert [a[1] for a in adds] == [*NAMES, "predict"]
-    # The same command line as the local launcher (shown by --dry_run).
-    import shlex
-
-    assert [[sys.executable, *a[2]] for a in adds] == [shlex.split(line) for line in dry]
-    # predict is added only after every run's work unit completed.
-    order = [c[0] if c[0] != "add" else c[1] for c in calls if c[0] in ("add", "wait")]
-    assert order == [*NAMES, "wait", "wait", "wait", "predict"]
-    jobs = [c[2] for c in calls if c[:2] == ("new", "Job")]
-    assert all(j.executable == "EXECUTABLE" and j.executor.__class__.__name__ == "Local"
-               for j in jobs)
-    assert not out.exists()  # xm owns the runs; no local status file
+    # a failed run: predict is not added
+    for name in NAMES:
+        (out / name / "calls.jsonl").unlink()
+    (out / "predict" / "calls.jsonl").unlink()
+    (out / f"FAIL_{NAMES[1]}").touch()
+    assert launch.main(argv) == 1
+    assert not _calls(out / "predict")
+    assert "[skip] predict: runs not done: num_epochs=2" in capsys.readouterr().out
 
 
 def test_xm_launcher_without_xmanager_says_how_to_install(tmp_path, monkeypatch, capsys):

@@ -1,7 +1,11 @@
-"""Two CPU processes (gloo collectives) train and evaluate exactly like one process."""
+"""Two CPU processes (gloo collectives) train and evaluate exactly like one process: with the run
+directory on a local disk or on an object store (the fake GCS of tests/fake_gcs.py: no append,
+no rename, objects appear whole), where each file is written by process 0 only; and with SFT
+files read per process (data.shards=2: one shard each on two processes, both on one)."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
@@ -12,6 +16,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests import fake_gcs
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 OVERRIDES = [
@@ -21,6 +27,8 @@ OVERRIDES = [
     "model.hidden_size=64", "model.num_layers=2", "model.intermediate_size=128",
     "model.head_dim=16",
 ]
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu",
+       "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
 
 def _free_port() -> int:
@@ -29,8 +37,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _command(workdir: pathlib.Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "sftrl.main", "--config=configs/tiny.py", "--stage=sft",
+def _command(workdir: str | pathlib.Path, *extra: str, entry: tuple[str, ...] = ("-m", "sftrl.main")
+             ) -> list[str]:
+    return [sys.executable, *entry, "--config=configs/tiny.py", "--stage=sft",
             f"--workdir={workdir}", *[f"--config.{o}" for o in OVERRIDES], *extra]
 
 
@@ -38,9 +47,55 @@ def _rows(workdir: pathlib.Path) -> list[dict]:
     return [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> pathlib.Path:
+    one = tmp_path_factory.mktemp("one")
+    subprocess.run(_command(one), cwd=ROOT, env=ENV, check=True, capture_output=True,
+                   timeout=600)
+    return one
+
+
+def _two_processes(workdir: str | pathlib.Path, env: dict, entry: tuple[str, ...],
+                   *extra: str) -> list[tuple[str, str]]:
+    address = f"127.0.0.1:{_free_port()}"
+    procs = [
+        subprocess.Popen(
+            _command(workdir, *extra, f"--coordinator_address={address}", "--num_processes=2",
+                     f"--process_id={i}", entry=entry),
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "'data': 1, 'fsdp': 2" in outputs[0][1]  # one mesh over both processes
+    return outputs
+
+
+def _assert_same_run(one: pathlib.Path, two: pathlib.Path) -> None:
+    a, b = _rows(one), _rows(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for key in ("loss", "grad_norm", "heldout/loss", "heldout/num_tokens"):
+        x = [r[key] for r in a if key in r]
+        y = [r[key] for r in b if key in r]
+        assert len(x) == len(y) > 0, key
+        np.testing.assert_allclose(x, y, rtol=2e-5, err_msg=key)
+    steps = sorted(int(p.name) for p in (two / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [2, 4]
+    index = json.loads((two / "checkpoints" / "index.json").read_text())
+    assert sorted(index, key=int) == ["2", "4"]
+    assert json.loads((two / "config.json").read_text())["sft"]["num_steps"] == 4
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path, one_process):
+    two = tmp_path / "two"
+    _two_processes(two, ENV, ("-m", "sftrl.main"))
+    _assert_same_run(one_process, two)
+
+
 def _streamed_files(tmp_path: pathlib.Path) -> list[str]:
-    """The embedded task's records as a JSONL file in OpenMathInstruct-2's shape, read per
-    process (data.shards=2: one shard each on two processes, both on one)."""
+    """The embedded task's records as a JSONL file in OpenMathInstruct-2's shape."""
     from test_sft import _config
 
     from sftrl.data import sources, synthetic
@@ -58,35 +113,35 @@ def _streamed_files(tmp_path: pathlib.Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("data", ["synthetic", "streamed_files"])
-def test_two_processes_equal_one(tmp_path, data):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    extra = _streamed_files(tmp_path) if data == "streamed_files" else []
+def test_two_processes_reading_their_own_shards_equal_one(tmp_path):
+    extra = _streamed_files(tmp_path)
     one = tmp_path / "one"
-    subprocess.run(_command(one, *extra), cwd=ROOT, env=env, check=True, capture_output=True,
+    subprocess.run(_command(one, *extra), cwd=ROOT, env=ENV, check=True, capture_output=True,
                    timeout=600)
-
     two = tmp_path / "two"
-    address = f"127.0.0.1:{_free_port()}"
-    procs = [
-        subprocess.Popen(
-            _command(two, *extra, f"--coordinator_address={address}", "--num_processes=2",
-                     f"--process_id={i}"),
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    assert "'data': 1, 'fsdp': 2" in outputs[0][1]  # one mesh over both processes
+    _two_processes(two, ENV, ("-m", "sftrl.main"), *extra)
+    _assert_same_run(one, two)
 
-    a, b = _rows(one), _rows(two)
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for key in ("loss", "grad_norm", "heldout/loss", "heldout/num_tokens"):
-        x = [r[key] for r in a if key in r]
-        y = [r[key] for r in b if key in r]
-        assert len(x) == len(y) > 0, key
-        np.testing.assert_allclose(x, y, rtol=2e-5, err_msg=key)
-    steps = sorted(int(p.name) for p in (two / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps == [2, 4]
+
+@pytest.mark.slow
+def test_two_processes_on_an_object_store_equal_one(tmp_path, one_process):
+    root = tmp_path / "gcs"
+    env = {**ENV, "SFTRL_FAKE_GCS_ROOT": str(root)}
+    _two_processes("gs://bucket/two", env, (str(ROOT / "tests" / "fake_gcs.py"),))
+    _assert_same_run(one_process, root / "bucket" / "two")
+    assert not (ROOT / "gs:").exists()  # never the local ./gs:/bucket/two
+
+    # Every file of the run directory is written by one process (process 0), whole.
+    writers: dict[str, set[str]] = collections.defaultdict(set)
+    counts: collections.Counter = collections.Counter()
+    for line in (root.parent / fake_gcs.WRITES_LOG).read_text().splitlines():
+        pid, uri = line.split(" ", 1)
+        writers[uri].add(pid)
+        counts[uri] += 1
+    base = "gs://bucket/two/"
+    assert {base + "config.json", base + "metrics.jsonl", base + "checkpoints/index.json",
+            base + "checkpoints/stage.json"} <= set(writers)
+    assert len(set().union(*writers.values())) == 1, dict(writers)
+    assert counts[base + "config.json"] == 1
+    # metrics.jsonl: one whole rewrite per logged row (no append on an object store)
+    assert counts[base + "metrics.jsonl"] == len(_rows(root / "bucket" / "two"))

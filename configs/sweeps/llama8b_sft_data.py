@@ -2,7 +2,7 @@
 after RL?
 
     python -m sftrl.launch --sweep=configs/sweeps/llama8b_sft_data.py:DATA_DIR,HF_PATH \
-        --workdir=runs/llama8b_sft_data --launcher=xm
+        --workdir=/gcs/BUCKET/llama8b_sft_data --launcher=xm --xm_executor=kubernetes
 
 DATA_DIR holds the SFT sets (local JSONL/Parquet files named in DATA_SETS); HF_PATH is a local
 Hugging Face folder of the base model. Both default to the paths below.
@@ -21,6 +21,8 @@ DATA_SETS = {
     "mixed": ("numina_cot.jsonl", "openmathinstruct2.jsonl"),
 }
 EPOCHS = [1, 3]
+# What each run asks the scheduler for (--launcher=xm); its mesh is validated against it.
+ACCELERATOR = "v5p-64"
 MAX_LENGTHS = [4096, 8192]
 SHORT = {"sft.num_epochs": "ep", "data.max_length": "len"}
 
@@ -36,7 +38,7 @@ def get_sweep(arg: str | None = None) -> Sweep:
         for point in grid(**{"sft.num_epochs": EPOCHS, "data.max_length": MAX_LENGTHS}):
             name = f"{set_name}-{name_for(point, short=SHORT)}"
             overrides = {"model.hf_path": hf_path, "data.source": "files",
-                         "data.train_files": paths, **point}
+                         "data.train_files": paths, "accelerator": ACCELERATOR, **point}
             runs.append(Run(name, overrides, stage="pipeline"))
     return Sweep(name="llama8b_sft_data", base_config="configs/llama8b.py", runs=runs,
                  predict=True)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sftrl import config_lib
+from sftrl import atomic, config_lib
 from sftrl.errors import UserError
 from sftrl.models import checkpoint
 from sftrl.models.transformer import (
@@ -124,7 +124,7 @@ def restore_params(
     """
     from sftrl.optim import OptimizerConfig, make_optimizer
 
-    directory = Path(workdir) / "checkpoints"
+    directory = atomic.as_path(workdir) / "checkpoints"
     shapes, _ = abstract_params(module)
     with state_lib.Checkpointer(directory, async_save=False) as ckpt:
         target = step if step is not None else ckpt.latest_step()
@@ -167,7 +167,7 @@ STAGE_MARKER = "stage.json"
 
 def run_stage(workdir: Path) -> str | None:
     """The stage whose checkpoints `workdir` holds ('sft', 'rl'), or None if it holds none."""
-    directory = Path(workdir) / "checkpoints"
+    directory = atomic.as_path(workdir) / "checkpoints"
     marker = directory / STAGE_MARKER
     if marker.is_file():
         try:
@@ -184,11 +184,11 @@ def claim_run_dir(workdir: Path, stage: str) -> None:
     if existing is not None and existing != stage:
         raise UserError(f"{workdir}: holds a {existing} run's checkpoints; give the {stage} "
                         "stage its own --workdir")
-    directory = Path(workdir) / "checkpoints"
+    directory = atomic.as_path(workdir) / "checkpoints"
     directory.mkdir(parents=True, exist_ok=True)
     marker = directory / STAGE_MARKER
-    if not marker.exists():
-        marker.write_text(json.dumps({"stage": stage}) + "\n")
+    if jax.process_index() == 0 and not marker.exists():
+        atomic.write_json(marker, {"stage": stage}, indent=None)
 
 
 def abstract_train_state(

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from sftrl import config_lib, rewards
+from sftrl import atomic, config_lib, rewards
 from sftrl.data import sources
 from sftrl.data.prompts import PromptDataConfig, PromptPipeline
 from sftrl.data.tokenizer import Tokenizer, load_tokenizer
@@ -94,7 +94,7 @@ def load_policy(config: ml_collections.ConfigDict, layout: Layout) -> Model:
         return common.load_model(config, layout, hf_path=path)
     if kind == "workdir":
         module = common.training_module(config, layout)
-        params, _ = common.restore_params(config, Path(path), module, layout,
+        params, _ = common.restore_params(config, atomic.as_path(path), module, layout,
                                           config.rl.init_step or None)
         return Model(module, params)
     model = common.load_model(config, layout)
@@ -108,7 +108,7 @@ class GRPOTrainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path, layout: Layout):
         self.config = config
         self.rl = config.rl
-        self.workdir = Path(workdir)
+        self.workdir = atomic.as_path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.layout = layout
         self.sampling_layout = Layout(layout.mesh, SAMPLING_RULES)
@@ -426,7 +426,7 @@ class GRPOTrainer:
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
-    workdir, config = rl_run_dir(config, Path(workdir))
+    workdir, config = rl_run_dir(config, atomic.as_path(workdir))
     common.claim_run_dir(workdir, "rl")
     return GRPOTrainer(config, workdir, layout).train()
 

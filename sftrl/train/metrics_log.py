@@ -54,7 +54,7 @@ class MetricsWriter:
 
     def __init__(self, workdir: Path, *, resume_step: int | None, tensorboard: bool = True,
                  prefix: str = ""):
-        self.path = Path(workdir) / "metrics.jsonl"
+        self.path = atomic.as_path(workdir) / "metrics.jsonl"
         self.prefix = prefix
         self._only_main = jax.process_index() == 0
         if self._only_main and self.path.exists():
@@ -96,8 +96,7 @@ class MetricsWriter:
             number = isinstance(value, int | float) or (hasattr(value, "dtype")
                                                         and np.ndim(value) == 0)
             row[key] = float(value) if number else value
-        with self.path.open("a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+        atomic.append_text(self.path, json.dumps(row, sort_keys=True) + "\n")
         if self._tb is not None:
             from tensorboard.compat.proto import event_pb2, summary_pb2
 

@@ -80,7 +80,7 @@ class CheckpointIndex:
     """`checkpoints/index.json`: for each saved step, what it was evaluated with and the result."""
 
     def __init__(self, directory: Path):
-        self.path = Path(directory) / INDEX_FILE
+        self.path = atomic.as_path(directory) / INDEX_FILE
         self.entries: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             try:
@@ -107,7 +107,7 @@ def _host_metrics(raw: dict[str, Any]) -> dict[str, float]:
 class SFTTrainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path, layout: Layout):
         self.config = config
-        self.workdir = Path(workdir)
+        self.workdir = atomic.as_path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.layout = layout
         self.tokenizer = load_tokenizer(sources.tokenizer_path(config))
@@ -314,5 +314,5 @@ def _ids_for_message(example_ids: Any) -> list[int]:
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
-    common.claim_run_dir(Path(workdir), "sft")
+    common.claim_run_dir(atomic.as_path(workdir), "sft")
     return SFTTrainer(config, workdir, layout).train()
