@@ -323,6 +323,37 @@ def paper_scale_training(c: ml_collections.ConfigDict) -> None:
                   max_kv_tokens=2**22)
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_config_file(path_text: str) -> Path | None:
+    """A config file as given, else relative to the repo root (commands run from anywhere)."""
+    path = Path(path_text)
+    for candidate in (path, REPO_ROOT / path) if not path.is_absolute() else (path,):
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """The config a `path[:variant]` names, as `--config=` would load it; ConfigError names
+    the spec."""
+    import importlib.util
+
+    path_text, _, arg = spec.partition(":")
+    path = find_config_file(path_text)
+    if path is None:
+        raise ConfigError(f"{spec!r}: no such config file")
+    module_spec = importlib.util.spec_from_file_location(f"_sftrl_config_{path.stem}", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    try:
+        return module.get_config(arg or None)
+    except ConfigError as e:
+        raise ConfigError(f"{spec!r}: {e}") from e
+
+
 def cpu_scale_training(c: ml_collections.ConfigDict) -> None:
     """The embedded task at CPU scale (configs/tiny.py and every ':tiny' variant)."""
     c.data.source = "synthetic"

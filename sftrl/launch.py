@@ -151,11 +151,7 @@ def load_sweep(spec: str) -> tuple[Sweep, Path]:
 
 
 def _find_file(path_text: str) -> Path | None:
-    path = Path(path_text)
-    for candidate in (path, ROOT / path) if not path.is_absolute() else (path,):
-        if candidate.is_file():
-            return candidate.resolve()
-    return None
+    return config_lib.find_config_file(path_text)
 
 
 # ------------------------------------------------------------------ overrides and validation
@@ -237,18 +233,10 @@ def render_overrides(config: ml_collections.ConfigDict,
 
 def load_config(base: str) -> ml_collections.ConfigDict:
     """The config a `path[:variant]` names, as `--config=` would load it."""
-    path_text, _, arg = base.partition(":")
-    path = _find_file(path_text)
-    if path is None:
-        raise SweepError(f"base_config {base!r}: no such config file")
-    module_spec = importlib.util.spec_from_file_location(f"_sftrl_config_{path.stem}", path)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
     try:
-        return module.get_config(arg or None)
+        return config_lib.load_config_file(base)
     except config_lib.ConfigError as e:
-        raise SweepError(f"base_config {base!r}: {e}") from e
+        raise SweepError(f"base_config {e}") from e
 
 
 @dataclasses.dataclass(frozen=True)

@@ -572,12 +572,12 @@ def totals(config: Any, rows: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 
 def load_config(spec: str, overrides: Sequence[str]) -> Any:
-    from sftrl import config_lib, launch
+    from sftrl import config_lib
 
     try:
-        config = launch.load_config(spec)
-    except launch.SweepError as e:
-        raise PlanError(str(e).replace("base_config", "--config")) from e
+        config = config_lib.load_config_file(spec)
+    except config_lib.ConfigError as e:
+        raise PlanError(f"--config {e}") from e
     return config_lib.apply_overrides(config, overrides)
 
 

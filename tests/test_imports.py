@@ -40,7 +40,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # config_lib validates configs: it describes models, meshes, optimizers, losses and data
     "sftrl.config_lib": ("sftrl.models", "sftrl.sharding", "sftrl.target", "sftrl.optim",
                          "sftrl.losses", "sftrl.data"),
-    "sftrl.launch": ("sftrl.launch", "sftrl.config_lib"),
+    "sftrl.launch": ("sftrl.launch", "sftrl.config_lib", "sftrl.accelerators"),
     # train reads the config (config_lib) to build models, optimizers and data
     "sftrl.train": ("sftrl.train", "sftrl.config_lib", "sftrl.optim", "sftrl.models",
                     "sftrl.losses", "sftrl.sampling", "sftrl.rewards", "sftrl.data", "sftrl.eval",
@@ -57,13 +57,17 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "sftrl.report": ("sftrl.eval",),
     "sftrl.pipeline": ("sftrl.config_lib", "sftrl.data", "sftrl.eval", "sftrl.eval_stage",
                        "sftrl.predict_stage", "sftrl.report", "sftrl.sharding", "sftrl.train"),
-    "sftrl.plan": ("sftrl.config_lib", "sftrl.eval", "sftrl.launch", "sftrl.losses",
+    "sftrl.plan": ("sftrl.config_lib", "sftrl.eval", "sftrl.losses",
                    "sftrl.models", "sftrl.optim", "sftrl.sampling", "sftrl.sharding",
                    "sftrl.target", "sftrl.train"),
     "sftrl.study": ("sftrl.eval", "sftrl.launch", "sftrl.predict_stage", "sftrl.report",
                     "sftrl.rewards"),
-    "sftrl.study_v2": ("sftrl.eval", "sftrl.study", "sftrl.launch", "sftrl.report"),
-    "sftrl.main": ("sftrl.config_lib", "sftrl.kernels_import", "sftrl.model_check",
+    # the v2 study's figures: matplotlib only
+    "sftrl.study_v2_plots": (),
+    "sftrl.study_v2": ("sftrl.eval", "sftrl.study", "sftrl.study_v2_plots", "sftrl.launch",
+                       "sftrl.report"),
+    "sftrl.main": ("sftrl.config_lib", "sftrl.accelerators", "sftrl.kernels_import",
+                   "sftrl.model_check",
                    "sftrl.eval_stage", "sftrl.predict_stage", "sftrl.pipeline", "sftrl.train"),
     # config files build configs; sweep files define sweeps
     "configs": ("sftrl.config_lib",),
