@@ -653,6 +653,21 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
                           "seeds >= 0")
 
 
+def parent_of(config: ml_collections.ConfigDict, key: str
+              ) -> tuple[ml_collections.ConfigDict, str]:
+    """(the group holding `key`, its last name) for a dotted key; ConfigError names an unknown
+    key."""
+    *path, name = key.split(".")
+    parent = config
+    for part in path:
+        if part not in parent or not isinstance(parent[part], ml_collections.ConfigDict):
+            raise ConfigError(f"{key}: unknown config key")
+        parent = parent[part]
+    if name not in parent:
+        raise ConfigError(f"{key}: unknown config key")
+    return parent, name
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]
                     ) -> ml_collections.ConfigDict:
     """Applies 'a.b=value' strings (values parsed as Python literals, never evaluated as code)."""
@@ -665,14 +680,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw  # a bare word is a string
-        parent, name = config, key
-        *path, name = key.split(".")
-        for part in path:
-            if part not in parent or not isinstance(parent[part], ml_collections.ConfigDict):
-                raise ConfigError(f"{key}: unknown config key")
-            parent = parent[part]
-        if name not in parent:
-            raise ConfigError(f"{key}: unknown config key")
+        parent, name = parent_of(config, key)
         try:
             setattr(parent, name, value)
         except (TypeError, ValueError) as e:

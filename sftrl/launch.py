@@ -208,14 +208,10 @@ def render_value(key: str, value: Any, field_type: type | None) -> str:
 
 
 def _field_type(config: ml_collections.ConfigDict, key: str) -> type | None:
-    *path, name = key.split(".")
-    node = config
-    for part in path:
-        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-            raise SweepError(f"{key}: unknown config key")
-        node = node[part]
-    if name not in node:
-        raise SweepError(f"{key}: unknown config key")
+    try:
+        node, name = config_lib.parent_of(config, key)
+    except config_lib.ConfigError as e:
+        raise SweepError(str(e)) from None
     return node.get_type(name)
 
 
