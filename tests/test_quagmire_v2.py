@@ -46,6 +46,7 @@ def test_each_axis_differs_from_its_control_only_in_its_own_field(tmp_path):
     assert all(s % base["sft.save_every"] == 0 for s in steps)
     assert base["checkpoint.max_to_keep"] >= base["sft.num_steps"] // base["sft.save_every"]
     assert base["eval.common_heldout"] == "synthetic" and base["data.synthetic.version"] == 2
+    assert base["data.synthetic.counters"] == 2  # the task of PLAN.md's second change
     # pass@64 on >= 128 prompts; the GRPO settings the plan names
     assert base["eval.num_samples"] >= 64 and base["eval.limit"] >= 128
     assert (base["rl.aggregation"], base["rl.grad_accum"], base["rl.filter_truncated"],
