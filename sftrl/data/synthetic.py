@@ -68,6 +68,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sftrl import atomic
+
 __all__ = [
     "CORRECTION_MARKERS",
     "EQUATION_RE",
@@ -612,12 +614,9 @@ test_records.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
 def _write_jsonl(path: Path, records: Iterable[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic.replacing(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def write_task(out_dir: str | Path, task: TaskConfig,
@@ -650,7 +649,7 @@ def write_task(out_dir: str | Path, task: TaskConfig,
                 "files": {k: str(p.relative_to(out)) for k, p in paths.items()},
                 "counts": counts}
     paths["manifest"] = out / "task.json"
-    paths["manifest"].write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(paths["manifest"], manifest, indent=2)
     return paths
 
 
