@@ -60,7 +60,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "sftrl.plan": ("sftrl.config_lib", "sftrl.eval", "sftrl.losses",
                    "sftrl.models", "sftrl.optim", "sftrl.sampling", "sftrl.sharding",
                    "sftrl.target", "sftrl.train"),
-    "sftrl.study": ("sftrl.eval", "sftrl.launch", "sftrl.predict_stage", "sftrl.report",
+    # the v1 study's package: reading, findings as data, the paper's table, rendering
+    "sftrl.study": ("sftrl.study", "sftrl.eval", "sftrl.launch", "sftrl.predict_stage",
                     "sftrl.rewards"),
     # the v2 study's figures: matplotlib only
     "sftrl.study_v2_plots": (),
