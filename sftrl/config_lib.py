@@ -141,7 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
     # count that divides it or is a multiple of it. sft.batch_size must be a multiple of it.
     c.data.shards = 0
 
-    # The 'sft' stage (sftrl.train.sft).
+    # The 'sft' stage (sftrl.stages.sft; the loop: sftrl.train.sft).
     c.sft = ml_collections.ConfigDict()
     c.sft.batch_size = 16  # global, in rows (packed rows when data.packing)
     c.sft.num_epochs = 1
@@ -158,7 +158,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft.heldout_batch_size = 16
     c.sft.tensorboard = True
 
-    # The 'rl' stage (sftrl.train.grpo): GRPO from an SFT checkpoint.
+    # The 'rl' stage (sftrl.stages.rl; the loop: sftrl.train.grpo): GRPO from an SFT checkpoint.
     c.rl = ml_collections.ConfigDict()
     # Where the policy starts: an SFT run directory (its latest checkpoint's params), else a
     # Hugging Face folder; "" with neither: <workdir> itself if it holds an SFT run (GRPO then
@@ -216,7 +216,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.share_prefix = True  # False: each prompt repeated group_size times (for comparison)
     c.rl.tensorboard = True
 
-    # The 'eval' stage (sftrl.eval_stage): held-out loss and pass@k of a run's checkpoints.
+    # The 'eval' stage (sftrl.stages.eval): held-out loss and pass@k of a run's checkpoints.
     c.eval = ml_collections.ConfigDict()
     # "synthetic": the embedded task's (harder) test set; else names in sftrl.data.benchmarks.
     c.eval.benchmarks = ("synthetic",)
@@ -241,7 +241,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.name = ""  # checkpoint name prefix ("": the workdir's name)
     c.eval.sft_checkpoint = ""  # for stage "rl": the SFT checkpoint's eval name
 
-    # The 'pipeline' stage (sftrl.pipeline): SFT -> eval -> GRPO -> eval -> predict -> report.
+    # The 'pipeline' stage (sftrl.stages.pipeline): SFT -> eval -> GRPO -> eval -> predict ->
+    # report.
     c.pipeline = ml_collections.ConfigDict()
     # SFT data variants, each trained separately: synthetic variant names
     # ("<style>-<phrasing>-<size>"); () trains once on the config's data section.
@@ -259,7 +260,8 @@ def base_config() -> ml_collections.ConfigDict:
     # it cannot change the verdict, so its compute is saved)
     c.pipeline.min_sft_pass_at_1 = 0.0
 
-    # The 'predict' stage (sftrl.eval.predict): proxies vs post-RL outcomes, and a ranking.
+    # The 'predict' stage (sftrl.stages.predict; statistics in sftrl.eval.predict): proxies vs
+    # post-RL outcomes, and a ranking.
     c.predict = ml_collections.ConfigDict()
     c.predict.k = ml_collections.config_dict.placeholder(int)  # None: largest k all share
     c.predict.proxies = ()  # extra metric names used as proxies beside the defaults
@@ -276,7 +278,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Other run directories of the sweep (glob patterns allowed) whose eval/*.json are read too.
     c.predict.workdirs = ()
 
-    # The 'model' stage: load or init, forward, orbax save/restore, HF export round trip.
+    # The 'model' stage (sftrl.stages.model): load or init, forward, orbax save/restore, HF
+    # export round trip.
     c.model_check = ml_collections.ConfigDict(dict(batch_size=4, seq_len=64, export_hf=True))
     cpu_scale_training(c)
     return c

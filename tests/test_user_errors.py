@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sftrl import config_lib, errors
+from sftrl.stages.rl import rl_run_dir
 from sftrl.train import common
-from sftrl.train.grpo import rl_run_dir
 from sftrl.train.progress import ProgressLog, format_duration
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -311,8 +311,3 @@ def _ids_for_message(example_ids: Any) -> list[int]:
     if example_ids is None:
         return []
     return [i for i in np.asarray(example_ids).reshape(-1).tolist() if i != -1]
-
-
-def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
-    common.claim_run_dir(atomic.as_path(workdir), "sft")
-    return SFTTrainer(config, workdir, layout).train()
