@@ -24,7 +24,7 @@ from sftrl import optim, sharding
 from sftrl.models.attention import ATTENTION_IMPLS
 from sftrl.models.model_config import ModelConfig, ModelConfigError
 
-STAGES = ("model", "sft", "rl", "eval", "predict", "pipeline")
+STAGES = ("model", "sft", "rl", "eval", "predict", "pipeline", "study")
 # Stages whose run directory may be an object store (--workdir=gs://...): every write they make
 # goes through sftrl.atomic or orbax. The others append to sample stores in place.
 REMOTE_STAGES = ("sft", "rl")
@@ -278,6 +278,14 @@ def base_config() -> ml_collections.ConfigDict:
     # Other run directories of the sweep (glob patterns allowed) whose eval/*.json are read too.
     c.predict.workdirs = ()
 
+    # The 'study' stage (sftrl.stages.study; the analysis: sftrl.study): a finished sweep's
+    # report (README.md, study.json, plots) written into --workdir, as `python -m sftrl.study`.
+    c.study = ml_collections.ConfigDict()
+    c.study.sweep_dir = ""  # the sweep's --workdir (required by the stage)
+    c.study.sweep = ""  # the sweep file (path[:arg]): checks the runs, completes the commands
+    c.study.allow_partial = False  # unfinished runs shown as missing instead of refused
+    c.study.paper_numbers = ""  # JSON of the paper's table (sftrl.study.load_paper_numbers)
+
     # The 'model' stage (sftrl.stages.model): load or init, forward, orbax save/restore, HF
     # export round trip.
     c.model_check = ml_collections.ConfigDict(dict(batch_size=4, seq_len=64, export_hf=True))
@@ -437,6 +445,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _validate_sft(config, arch)
     _validate_rl(config)
     _validate_eval(config)
+    if config.stage == "study" and not config.study.sweep_dir:
+        raise ConfigError("study.sweep_dir: the study stage needs the sweep's --workdir")
     for key in ("batch_size", "seq_len"):
         if config.model_check[key] < 1:
             raise ConfigError(f"model_check.{key}: must be positive")
@@ -775,6 +785,10 @@ def check_inputs(config: ml_collections.ConfigDict) -> None:
             config.eval.prompt_template not in PROMPT_TEMPLATES):
         raise ConfigError(f"eval.prompt_template: {config.eval.prompt_template!r} is not one of "
                           f"{', '.join(sorted(PROMPT_TEMPLATES))}")
+    if stage == "study":
+        paths.append(("study.sweep_dir", config.study.sweep_dir, "dir"))
+        if config.study.paper_numbers:
+            paths.append(("study.paper_numbers", config.study.paper_numbers, "file"))
     for key, path, kind in paths:
         if not _is_local(path):
             continue

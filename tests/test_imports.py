@@ -72,6 +72,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "sftrl.study_v2_plots": (),
     "sftrl.study_v2": ("sftrl.eval", "sftrl.study", "sftrl.study_v2_plots", "sftrl.launch",
                        "sftrl.report"),
+    "sftrl.stages.study": ("sftrl.study", "sftrl.eval"),
     # main imports the stage it runs by name (sftrl.stages.<stage>)
     "sftrl.main": ("sftrl.config_lib", "sftrl.accelerators", "sftrl.kernels_import",
                    "sftrl.stages"),
