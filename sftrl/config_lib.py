@@ -184,7 +184,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.update(optim.config_defaults(lr=1e-5, schedule="constant", min_lr_ratio=1.0, b2=0.999))
     c.rl.normalize_std = True  # GRPO; False: Dr. GRPO
     # The group std's ddof: 0 (population std; a single valid sample is all-equal anyway) or 1
-    # (the sample std of TRL / verl). 0 keeps earlier runs' numbers (docs/grpo.md).
+    # (the sample std of TRL / verl). 0 keeps earlier runs' numbers (docs/design.md, "GRPO
+    # variants": each rl.* loss option's paper, formula and default).
     c.rl.std_ddof = 0
     c.rl.clip_low = 0.2
     c.rl.clip_high = 0.28
