@@ -150,8 +150,8 @@ def _read_rows(workdir: Path, ckpt_name: str) -> list[dict[str, Any]]:
 
 def run(config, workdir: Path, sft_workdir: Path | None = None) -> dict[str, Any]:
     """SFT (unless given) -> GRPO -> eval of every checkpoint -> the curve (json + markdown)."""
-    from sftrl import eval_stage
-    from sftrl.train import grpo, sft
+    from sftrl.stages import eval as eval_stage
+    from sftrl.stages import rl, sft
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,7 @@ def run(config, workdir: Path, sft_workdir: Path | None = None) -> dict[str, Any
     rl_config = config.copy_and_resolve_references()
     rl_config.rl.init_workdir = str(sft_dir)
     rl_dir = workdir / "rl"
-    timed("rl_s", grpo.run, rl_config, rl_dir, layout)
+    timed("rl_s", rl.run, rl_config, rl_dir, layout)
     eval_config = rl_config.copy_and_resolve_references()
     eval_config.eval.checkpoints = "all"
     timed("eval_rl_s", eval_stage.evaluate_run, eval_config, rl_dir, layout, out_dir=workdir,

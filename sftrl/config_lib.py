@@ -24,7 +24,7 @@ from sftrl import optim, sharding
 from sftrl.models.attention import ATTENTION_IMPLS
 from sftrl.models.model_config import ModelConfig, ModelConfigError
 
-STAGES = ("model", "sft", "rl", "eval", "predict", "pipeline")
+STAGES = ("model", "sft", "rl", "eval", "predict", "pipeline", "study")
 # Stages whose run directory may be an object store (--workdir=gs://...): every write they make
 # goes through sftrl.atomic or orbax. The others append to sample stores in place.
 REMOTE_STAGES = ("sft", "rl")
@@ -141,7 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
     # count that divides it or is a multiple of it. sft.batch_size must be a multiple of it.
     c.data.shards = 0
 
-    # The 'sft' stage (sftrl.train.sft).
+    # The 'sft' stage (sftrl.stages.sft; the loop: sftrl.train.sft).
     c.sft = ml_collections.ConfigDict()
     c.sft.batch_size = 16  # global, in rows (packed rows when data.packing)
     c.sft.num_epochs = 1
@@ -158,7 +158,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft.heldout_batch_size = 16
     c.sft.tensorboard = True
 
-    # The 'rl' stage (sftrl.train.grpo): GRPO from an SFT checkpoint.
+    # The 'rl' stage (sftrl.stages.rl; the loop: sftrl.train.grpo): GRPO from an SFT checkpoint.
     c.rl = ml_collections.ConfigDict()
     # Where the policy starts: an SFT run directory (its latest checkpoint's params), else a
     # Hugging Face folder; "" with neither: <workdir> itself if it holds an SFT run (GRPO then
@@ -184,7 +184,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.update(optim.config_defaults(lr=1e-5, schedule="constant", min_lr_ratio=1.0, b2=0.999))
     c.rl.normalize_std = True  # GRPO; False: Dr. GRPO
     # The group std's ddof: 0 (population std; a single valid sample is all-equal anyway) or 1
-    # (the sample std of TRL / verl). 0 keeps earlier runs' numbers (docs/grpo.md).
+    # (the sample std of TRL / verl). 0 keeps earlier runs' numbers (docs/design.md, "GRPO
+    # variants": each rl.* loss option's paper, formula and default).
     c.rl.std_ddof = 0
     c.rl.clip_low = 0.2
     c.rl.clip_high = 0.28
@@ -216,7 +217,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.share_prefix = True  # False: each prompt repeated group_size times (for comparison)
     c.rl.tensorboard = True
 
-    # The 'eval' stage (sftrl.eval_stage): held-out loss and pass@k of a run's checkpoints.
+    # The 'eval' stage (sftrl.stages.eval): held-out loss and pass@k of a run's checkpoints.
     c.eval = ml_collections.ConfigDict()
     # "synthetic": the embedded task's (harder) test set; else names in sftrl.data.benchmarks.
     c.eval.benchmarks = ("synthetic",)
@@ -241,7 +242,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.name = ""  # checkpoint name prefix ("": the workdir's name)
     c.eval.sft_checkpoint = ""  # for stage "rl": the SFT checkpoint's eval name
 
-    # The 'pipeline' stage (sftrl.pipeline): SFT -> eval -> GRPO -> eval -> predict -> report.
+    # The 'pipeline' stage (sftrl.stages.pipeline): SFT -> eval -> GRPO -> eval -> predict ->
+    # report.
     c.pipeline = ml_collections.ConfigDict()
     # SFT data variants, each trained separately: synthetic variant names
     # ("<style>-<phrasing>-<size>"); () trains once on the config's data section.
@@ -259,7 +261,8 @@ def base_config() -> ml_collections.ConfigDict:
     # it cannot change the verdict, so its compute is saved)
     c.pipeline.min_sft_pass_at_1 = 0.0
 
-    # The 'predict' stage (sftrl.eval.predict): proxies vs post-RL outcomes, and a ranking.
+    # The 'predict' stage (sftrl.stages.predict; statistics in sftrl.eval.predict): proxies vs
+    # post-RL outcomes, and a ranking.
     c.predict = ml_collections.ConfigDict()
     c.predict.k = ml_collections.config_dict.placeholder(int)  # None: largest k all share
     c.predict.proxies = ()  # extra metric names used as proxies beside the defaults
@@ -276,7 +279,16 @@ def base_config() -> ml_collections.ConfigDict:
     # Other run directories of the sweep (glob patterns allowed) whose eval/*.json are read too.
     c.predict.workdirs = ()
 
-    # The 'model' stage: load or init, forward, orbax save/restore, HF export round trip.
+    # The 'study' stage (sftrl.stages.study; the analysis: sftrl.study): a finished sweep's
+    # report (README.md, study.json, plots) written into --workdir, as `python -m sftrl.study`.
+    c.study = ml_collections.ConfigDict()
+    c.study.sweep_dir = ""  # the sweep's --workdir (required by the stage)
+    c.study.sweep = ""  # the sweep file (path[:arg]): checks the runs, completes the commands
+    c.study.allow_partial = False  # unfinished runs shown as missing instead of refused
+    c.study.paper_numbers = ""  # JSON of the paper's table (sftrl.study.load_paper_numbers)
+
+    # The 'model' stage (sftrl.stages.model): load or init, forward, orbax save/restore, HF
+    # export round trip.
     c.model_check = ml_collections.ConfigDict(dict(batch_size=4, seq_len=64, export_hf=True))
     cpu_scale_training(c)
     return c
@@ -434,6 +446,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _validate_sft(config, arch)
     _validate_rl(config)
     _validate_eval(config)
+    if config.stage == "study" and not config.study.sweep_dir:
+        raise ConfigError("study.sweep_dir: the study stage needs the sweep's --workdir")
     for key in ("batch_size", "seq_len"):
         if config.model_check[key] < 1:
             raise ConfigError(f"model_check.{key}: must be positive")
@@ -780,6 +794,10 @@ def check_inputs(config: ml_collections.ConfigDict) -> None:
             config.eval.prompt_template not in PROMPT_TEMPLATES):
         raise ConfigError(f"eval.prompt_template: {config.eval.prompt_template!r} is not one of "
                           f"{', '.join(sorted(PROMPT_TEMPLATES))}")
+    if stage == "study":
+        paths.append(("study.sweep_dir", config.study.sweep_dir, "dir"))
+        if config.study.paper_numbers:
+            paths.append(("study.paper_numbers", config.study.paper_numbers, "file"))
     for key, path, kind in paths:
         if not _is_local(path):
             continue

@@ -1,4 +1,5 @@
 """Token-level losses shared by SFT, evaluation and GRPO (NLL, GRPO policy loss, KL estimators).
+Each GRPO option's paper and formula: docs/design.md, "GRPO variants".
 
 Alignment convention (the data pipeline's): `loss_mask_BxL[b, t] = 1` when token t is trained on.
 The logits at position t predict token t + 1, so token t is scored by the logits at t - 1 and the

@@ -7,12 +7,12 @@ python -m sftrl.main --config=configs/tiny.py --workdir=runs/tiny [--stage=model
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from absl import app, flags
 from etils import epath
@@ -62,46 +62,10 @@ def _init_distributed() -> None:
 log = logging.getLogger("sftrl")
 
 
-def _model_stage(config, workdir: Path, layout) -> dict:
-    from sftrl import model_check
-
-    return model_check.run(config, workdir, layout)
-
-
-def _predict_stage(config, workdir: Path, layout) -> dict:
-    from sftrl import predict_stage
-
-    return predict_stage.run(config, workdir, layout)
-
-
-def _sft_stage(config, workdir: Path, layout) -> dict:
-    from sftrl.train import sft
-
-    return sft.run(config, workdir, layout)
-
-
-def _rl_stage(config, workdir: Path, layout) -> dict:
-    from sftrl.train import grpo
-
-    return grpo.run(config, workdir, layout)
-
-
-def _eval_stage(config, workdir: Path, layout) -> dict:
-    from sftrl import eval_stage
-
-    return eval_stage.run(config, workdir, layout)
-
-
-def _pipeline_stage(config, workdir: Path, layout) -> dict:
-    from sftrl import pipeline
-
-    return pipeline.run(config, workdir, layout)
-
-
-STAGE_FUNCTIONS: dict[str, Callable] = {
-    "model": _model_stage, "sft": _sft_stage, "rl": _rl_stage, "eval": _eval_stage,
-    "predict": _predict_stage, "pipeline": _pipeline_stage,
-}
+def stage_run(name: str) -> Callable:
+    """`run(config, workdir, layout)` of stage `name`: `sftrl.stages.<name>` for every name in
+    config_lib.STAGES, imported only now (each stage pulls in JAX and its own layers)."""
+    return importlib.import_module(f"sftrl.stages.{name}").run
 
 
 def main(argv: list[str]) -> int:
@@ -147,7 +111,7 @@ def _main(argv: list[str]) -> int:
         from sftrl import kernels_import
 
         kernels_import.load("decode_attention")  # sampling needs it: fail now, not at step 1
-    stage = STAGE_FUNCTIONS[config.stage]  # validate() admits only config_lib.STAGES
+    stage = stage_run(config.stage)  # validate() admits only config_lib.STAGES
     workdir = run_dir(_WORKDIR.value, config)
     import jax
 

@@ -12,7 +12,7 @@ Reads `<workdir>/eval/*.json` (the eval records of `sftrl.eval.record`) and
   passk_bench_<bench>.png     the same curves per benchmark, one line per checkpoint
   heldout_loss.png            held-out loss vs step, one line per training stage
 
-The predictor's own outputs (`predictor.json`, its plots) come from `sftrl.predict_stage`; this
+The predictor's own outputs (`predictor.json`, its plots) come from `sftrl.stages.predict`; this
 module only links them and renders `predictor.json` with the predictor's own renderer.
 Each file is written atomically (temp file + rename).
 """

@@ -305,7 +305,7 @@ def test_heldout_loss_evaluator_wraps_heldout(model):
     heldout = HeldoutEvaluator(model, lambda: [{"tokens": tokens, "loss_mask": mask}])
     metrics = evaluators.run_evaluators(
         {"heldout": evaluators.HeldoutLossEvaluator(heldout)}, _State(model.params))
-    assert metrics["heldout/loss"] == pytest.approx(heldout.run(model.params)["heldout/loss"])
+    assert metrics["heldout/loss"] == pytest.approx(heldout.evaluate(model.params).loss)
     assert metrics["heldout/num_tokens"] == 8.0  # 4 scored positions per row
 
 

@@ -77,6 +77,26 @@ def test_first_update_is_on_policy_and_logs_everything(tmp_path, token_reward):
     assert summary["checkpoints"] == [1]
 
 
+def test_every_rl_evaluator_the_config_admits_is_built():
+    """rl.evals names exactly what the trainer builds: nothing validates and then does nothing."""
+    assert set(grpo_lib.EVALUATORS) == set(config_lib.RL_EVALS)
+
+
+def test_passk_runs_through_the_evaluator_runner_and_is_logged(tmp_path):
+    config = _config("rl.num_steps=1", "rl.updates_per_rollout=1", "rl.evals=('passk',)",
+                     "rl.eval_prompts=2", "rl.eval_samples=2", "rl.max_new_tokens=4")
+    summary = GRPOTrainer(config, tmp_path, single_device_layout()).train()
+    evals = [r for r in _rows(tmp_path) if "passk/test/pass@1" in r]
+    assert [r["step"] for r in evals] == [0, 1]  # the starting point, then the last step
+    for row in evals:
+        assert {"passk/test/pass@2", "time/eval_passk_s"} <= set(row)
+        assert row["passk/mean/pass@1"] == row["passk/test/pass@1"]  # one benchmark
+        assert 0.0 <= row["passk/test/pass@1"] <= row["passk/test/pass@2"] <= 1.0
+    assert summary["passk/test/pass@1"] == evals[-1]["passk/test/pass@1"]
+    index = json.loads((tmp_path / "checkpoints" / "index.json").read_text())
+    assert index["1"]["evaluated_with"] == ["passk"]
+
+
 def test_resume_equals_uninterrupted(tmp_path, token_reward, monkeypatch):
     GRPOTrainer(_config(), tmp_path / "full", single_device_layout()).train()
 

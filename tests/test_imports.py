@@ -49,14 +49,20 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "sftrl.rank": ("sftrl.rank", "sftrl.config_lib", "sftrl.data", "sftrl.eval", "sftrl.models",
                    "sftrl.train", "sftrl.sharding", "sftrl.sampling", "sftrl.rewards",
                    "sftrl.losses", "kernels"),
-    # the stages and the tools above them, one rule each
-    "sftrl.model_check": ("sftrl.config_lib", "sftrl.models", "sftrl.sharding", "sftrl.train"),
-    "sftrl.eval_stage": ("sftrl.config_lib", "sftrl.data", "sftrl.eval", "sftrl.models",
-                         "sftrl.sampling", "sftrl.sharding", "sftrl.train"),
-    "sftrl.predict_stage": ("sftrl.config_lib", "sftrl.eval"),
+    # the stages (sftrl/stages/, one module each) and the tools above them, one rule each
+    "sftrl.stages": (),  # the package's __init__: the list of stages
+    "sftrl.stages.model": ("sftrl.config_lib", "sftrl.models", "sftrl.sharding", "sftrl.train"),
+    "sftrl.stages.sft": ("sftrl.sharding", "sftrl.train"),
+    "sftrl.stages.rl": ("sftrl.sharding", "sftrl.train"),
+    "sftrl.stages.eval": ("sftrl.config_lib", "sftrl.data", "sftrl.eval", "sftrl.models",
+                          "sftrl.sampling", "sftrl.sharding", "sftrl.train"),
+    "sftrl.stages.predict": ("sftrl.config_lib", "sftrl.eval"),
+    # the old name of sftrl.stages.predict, kept for sftrl.study
+    "sftrl.predict_stage": ("sftrl.stages.predict",),
     "sftrl.report": ("sftrl.eval",),
-    "sftrl.pipeline": ("sftrl.config_lib", "sftrl.data", "sftrl.eval", "sftrl.eval_stage",
-                       "sftrl.predict_stage", "sftrl.report", "sftrl.sharding", "sftrl.train"),
+    "sftrl.stages.pipeline": ("sftrl.config_lib", "sftrl.data", "sftrl.eval", "sftrl.report",
+                              "sftrl.sharding", "sftrl.stages.eval", "sftrl.stages.predict",
+                              "sftrl.stages.rl", "sftrl.stages.sft", "sftrl.train"),
     "sftrl.plan": ("sftrl.config_lib", "sftrl.eval", "sftrl.losses",
                    "sftrl.models", "sftrl.optim", "sftrl.sampling", "sftrl.sharding",
                    "sftrl.target", "sftrl.train"),
@@ -67,9 +73,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "sftrl.study_v2_plots": (),
     "sftrl.study_v2": ("sftrl.eval", "sftrl.study", "sftrl.study_v2_plots", "sftrl.launch",
                        "sftrl.report"),
+    "sftrl.stages.study": ("sftrl.study", "sftrl.eval"),
+    # main imports the stage it runs by name (sftrl.stages.<stage>)
     "sftrl.main": ("sftrl.config_lib", "sftrl.accelerators", "sftrl.kernels_import",
-                   "sftrl.model_check",
-                   "sftrl.eval_stage", "sftrl.predict_stage", "sftrl.pipeline", "sftrl.train"),
+                   "sftrl.stages"),
     # config files build configs; sweep files define sweeps
     "configs": ("sftrl.config_lib",),
     "configs.sweeps": ("sftrl.launch", "sftrl.config_lib"),

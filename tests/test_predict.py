@@ -12,9 +12,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sftrl import predict_stage
 from sftrl.eval import predict
 from sftrl.eval.record import EvalRecordError
+from sftrl.stages import predict as predict_stage
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -90,7 +90,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 def ranked(files, tmp_path_factory) -> dict:
     """0, 40 and 200 SFT steps: the untrained HF folder, a run directory at step 40 and the
     final step exported to a HF folder; ranked once."""
-    from sftrl.train import sft
+    from sftrl.stages import sft
 
     root = tmp_path_factory.mktemp("rank_run")
     config = _tiny_config()

@@ -66,6 +66,13 @@ def test_sft_learns_and_writes_the_run_directory(tmp_path):
     assert again["final_step"] == 12 and _metrics(tmp_path) == rows
 
 
+def test_every_sft_evaluator_the_config_admits_is_built():
+    """sft.evals names exactly what the trainer builds: nothing validates and then does nothing."""
+    from sftrl.train import sft
+
+    assert set(sft.EVALUATORS) == set(config_lib.SFT_EVALS)
+
+
 def test_non_finite_loss_stops_before_any_save(tmp_path):
     trainer = SFTTrainer(_config("sft.save_every=1"), tmp_path, single_device_layout())
     params = trainer.setup.state.params

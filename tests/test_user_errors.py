@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sftrl import config_lib, errors
+from sftrl.stages.rl import rl_run_dir
 from sftrl.train import common
-from sftrl.train.grpo import rl_run_dir
 from sftrl.train.progress import ProgressLog, format_duration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +51,16 @@ def test_a_missing_config_file(tmp_path: Path) -> None:
     line = _the_error_line(_main("--config=configs/nope.py", f"--workdir={tmp_path}"))
     assert "configs/nope.py" in line
 
+
+@pytest.mark.parametrize(("override", "message"), [
+    ((), "study.sweep_dir: the study stage needs the sweep's --workdir"),
+    (("--config.study.sweep_dir=no/such/sweep",), "study.sweep_dir: no/such/sweep: no such folder"),
+])
+def test_the_study_stage_needs_its_sweep(tmp_path: Path, override: tuple[str, ...],
+                                         message: str) -> None:
+    line = _the_error_line(_main("--config=configs/tiny.py", f"--workdir={tmp_path}",
+                                 "--stage=study", *override))
+    assert line == f"sftrl: error: {message}"
 
 def test_a_value_of_the_wrong_type(tmp_path: Path) -> None:
     line = _the_error_line(_main("--config=configs/tiny.py", f"--workdir={tmp_path}",

@@ -1,8 +1,9 @@
-"""The evaluator interface training calls every N steps: `run(state) -> dict[str, float]`.
+"""The evaluators training runs every `eval_every` steps: `run(state) -> dict[str, float]`.
 
-docs/design.md: evaluators are named in the config's `evals` dict; `run_evaluators` runs each and
-prefixes its metrics with its name, so `{"heldout": HeldoutLossEvaluator(...), "passk":
-PassAtKEvaluator(...)}` logs `heldout/loss` and `passk/<benchmark>/pass@1`.
+A trainer builds one evaluator per name in its config's `evals` (`sft.evals`: heldout,
+`rl.evals`: passk; validation refuses any other name) and runs them all through
+`run_evaluators`, which prefixes each one's metrics with its name: `heldout/loss`,
+`passk/<benchmark>/pass@1`, `passk/mean/pass@1`.
 
 `state` is a train state (anything with `.params`) or a params tree itself. The evaluators keep
 one `Model` and swap the state's params into it for the duration of a run: the sampler's and the

@@ -182,6 +182,3 @@ class HeldoutEvaluator:
                 for name in ordered if name in buckets
             },
         )
-
-    def run(self, params: Any) -> dict[str, float]:
-        return self.evaluate(params).metrics()

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import optax
 
 from sftrl import atomic, config_lib
 from sftrl.errors import UserError
+from sftrl.eval import evaluators as eval_runner
+from sftrl.eval.evaluators import Evaluator
 from sftrl.models import checkpoint
 from sftrl.models.transformer import (
     Model,
@@ -144,13 +147,14 @@ def restore_params(
     return state.params, target
 
 
-def run_evaluators(evaluators: dict[str, Any], state: Any, step: int, writer: Any
+def run_evaluators(evaluators: Mapping[str, Evaluator], state: Any, step: int, writer: Any
                    ) -> dict[str, float]:
-    """Every evaluator on the live state; results (and each one's time) go to the writer."""
+    """Every evaluator on the live state through the evaluator runner (metrics named
+    `<evaluator>/<metric>`); results (and each one's time) go to the writer."""
     results: dict[str, float] = {}
     for name, evaluator in evaluators.items():
         start = time.perf_counter()
-        results.update(evaluator.run(state.params))
+        results.update(eval_runner.run_evaluators({name: evaluator}, state))
         results[f"time/eval_{name}_s"] = time.perf_counter() - start
     if results:
         writer.write(step, results)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,10 @@ import tqdm
 
 from sftrl import atomic, config_lib, rewards
 from sftrl.data import sources
-from sftrl.data.prompts import PromptDataConfig, PromptPipeline
+from sftrl.data.prompts import PromptDataConfig, PromptPipeline, format_prompt
 from sftrl.data.tokenizer import Tokenizer, load_tokenizer
+from sftrl.eval.benchmarks import SamplingSpec
+from sftrl.eval.evaluators import Evaluator, PassAtKEvaluator
 from sftrl.losses import (
     PolicyLossConfig,
     dynamic_sampling_keep,
@@ -57,6 +60,23 @@ from sftrl.train.sft import CheckpointIndex
 from sftrl.train.sft_step import jit_step_for
 
 log = logging.getLogger(__name__)
+
+
+def _passk_evaluator(config: ml_collections.ConfigDict, model: Model, tokenizer: Tokenizer
+                     ) -> Evaluator:
+    """pass@k of the policy on the first rl.eval_prompts synthetic test prompts."""
+    rl = config.rl
+    test = sources.synthetic_test_records(config.data)
+    return PassAtKEvaluator(
+        model, tokenizer, {"test": test[: rl.eval_prompts]},
+        spec=SamplingSpec(num_samples=rl.eval_samples, max_new_tokens=rl.max_new_tokens,
+                          temperature=rl.temperature, seed=config.seed),
+        format_prompt=lambda record: format_prompt(record["problem"], rl.prompt_template),
+    )
+
+
+# rl.evals name -> its builder; exactly config_lib.RL_EVALS (tests/test_grpo.py checks)
+EVALUATORS: dict[str, Callable[..., Evaluator]] = {"passk": _passk_evaluator}
 
 
 def rollout_seed(seed: int, step: int, round_: int = 0) -> int:
@@ -168,24 +188,9 @@ class GRPOTrainer:
         self._logprob_fn = make_logprob_fn(self.model.module, self.rl.temperature,
                                            self.rl.logprob_chunk)
         self._logprob_jits: dict[tuple[int, ...], Any] = {}
-        self.evaluators = self._build_evaluators()
-
-    def _build_evaluators(self) -> dict[str, Any]:
-        if "passk" not in self.rl.evals:
-            return {}
-        from sftrl.data.prompts import format_prompt
-        from sftrl.eval.benchmarks import SamplingSpec
-        from sftrl.eval.evaluators import PassAtKEvaluator
-
-        test = sources.synthetic_test_records(self.config.data)
-        template = self.rl.prompt_template
-        return {"passk": PassAtKEvaluator(
-            self.model, self.tokenizer, {"test": test[: self.rl.eval_prompts]},
-            spec=SamplingSpec(num_samples=self.rl.eval_samples,
-                              max_new_tokens=self.rl.max_new_tokens,
-                              temperature=self.rl.temperature, seed=self.config.seed),
-            format_prompt=lambda record: format_prompt(record["problem"], template),
-        )}
+        # one evaluator per name in rl.evals (validation admits only EVALUATORS' names)
+        self.evaluators = {name: EVALUATORS[name](config, self.model, self.tokenizer)
+                           for name in self.rl.evals}
 
     # --- one rollout ----------------------------------------------------------------------------
 
@@ -423,31 +428,3 @@ class GRPOTrainer:
         self.writer.close()
         self.checkpointer.close()
         return summary
-
-
-def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
-    workdir, config = rl_run_dir(config, atomic.as_path(workdir))
-    common.claim_run_dir(workdir, "rl")
-    return GRPOTrainer(config, workdir, layout).train()
-
-
-def rl_run_dir(config: ml_collections.ConfigDict, workdir: Path
-               ) -> tuple[Path, ml_collections.ConfigDict]:
-    """Where GRPO writes, and where it starts when no rl.init_* is given.
-
-    `--stage=sft` then `--stage=rl` with one --workdir: GRPO starts from that SFT run and writes
-    into `<workdir>/rl/`, beside (not into) the SFT checkpoints. Otherwise, with no start given,
-    a sibling SFT run `<workdir>/../sft` is the start if there is one.
-    """
-    no_start = not (config.rl.init_workdir or config.rl.init_hf_path)
-    config = config.copy_and_resolve_references()
-    if common.run_stage(workdir) == "sft":
-        if no_start:
-            config.rl.init_workdir = str(workdir)
-        log.info("rl: %s holds an SFT run; GRPO writes to %s", workdir, workdir / "rl")
-        return workdir / "rl", config
-    sibling = workdir.parent / "sft"
-    if no_start and common.run_stage(sibling) == "sft":
-        config.rl.init_workdir = str(sibling)
-        log.info("rl: starting from the SFT run in %s", sibling)
-    return workdir, config

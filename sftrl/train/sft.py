@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from sftrl.data.sft import SFTDataConfig, SFTPipeline, heldout_batches
 from sftrl.data.sft_stream import StreamingSFTPipeline, merge_states
 from sftrl.data.shards import resolve_num_shards
 from sftrl.data.tokenizer import Tokenizer, load_tokenizer
+from sftrl.eval.evaluators import Evaluator, HeldoutLossEvaluator
 from sftrl.eval.heldout import HeldoutEvaluator
 from sftrl.models.transformer import Model
 from sftrl.optim import OptimizerConfig, learning_rate, make_optimizer
@@ -61,19 +63,27 @@ def data_config(config: ml_collections.ConfigDict) -> SFTDataConfig:
     )
 
 
+def _heldout_evaluator(config: ml_collections.ConfigDict, model: Model, tokenizer: Tokenizer,
+                       heldout: list[dict[str, Any]]) -> Evaluator:
+    return HeldoutLossEvaluator(HeldoutEvaluator(
+        model,
+        heldout_batches(heldout, tokenizer, batch_size=config.sft.heldout_batch_size,
+                        max_length=config.data.max_length,
+                        shard_index=jax.process_index(), shard_count=jax.process_count()),
+    ))
+
+
+# sft.evals name -> its builder; exactly config_lib.SFT_EVALS (tests/test_sft.py checks)
+EVALUATORS: dict[str, Callable[..., Evaluator]] = {"heldout": _heldout_evaluator}
+
+
 def build_evaluators(
     config: ml_collections.ConfigDict, model: Model, tokenizer: Tokenizer,
     heldout: list[dict[str, Any]],
-) -> dict[str, Any]:
-    evaluators: dict[str, Any] = {}
-    if "heldout" in config.sft.evals:
-        evaluators["heldout"] = HeldoutEvaluator(
-            model,
-            heldout_batches(heldout, tokenizer, batch_size=config.sft.heldout_batch_size,
-                            max_length=config.data.max_length,
-                            shard_index=jax.process_index(), shard_count=jax.process_count()),
-        )
-    return evaluators
+) -> dict[str, Evaluator]:
+    """One evaluator per name in sft.evals (validation admits only EVALUATORS' names)."""
+    return {name: EVALUATORS[name](config, model, tokenizer, heldout)
+            for name in config.sft.evals}
 
 
 class CheckpointIndex:
@@ -311,8 +321,3 @@ def _ids_for_message(example_ids: Any) -> list[int]:
     if example_ids is None:
         return []
     return [i for i in np.asarray(example_ids).reshape(-1).tolist() if i != -1]
-
-
-def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
-    common.claim_run_dir(atomic.as_path(workdir), "sft")
-    return SFTTrainer(config, workdir, layout).train()

@@ -23,10 +23,12 @@ from typing import Any
 
 import ml_collections
 
-from sftrl import atomic, eval_stage, report
+from sftrl import atomic, report
 from sftrl.data import sources
 from sftrl.eval import record as eval_record
 from sftrl.sharding import Layout
+from sftrl.stages import eval as eval_stage
+from sftrl.stages import predict as predict_stage
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ class Progress:
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
-    from sftrl.train import sft
+    from sftrl.stages import sft as sft_stage
 
     workdir = Path(workdir)
     progress = Progress(workdir)
@@ -76,7 +78,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dic
     for name, vconfig in variants.items():
         sft_dir = workdir / "sft" / name
         log.info("[%s] SFT -> %s", name, sft_dir)
-        sft_summary = sft.run(vconfig, sft_dir, layout)
+        sft_summary = sft_stage.run(vconfig, sft_dir, layout)
         progress.done(f"{name}/sft", final_step=sft_summary["final_step"])
 
         # eval.name (e.g. a sweep's run name) keeps checkpoint names unique across a sweep
@@ -100,7 +102,7 @@ def _branch(config: ml_collections.ConfigDict, vconfig: ml_collections.ConfigDic
             sft_dir: Path, step: int | None) -> dict[str, Any]:
     """Eval of one SFT checkpoint (`step`, None: the last), then GRPO from it once per RL seed,
     each followed by its eval. Names: <base>[-step<N>]-sft, <base>[-step<N>]-rl[-seed<S>]."""
-    from sftrl.train import grpo
+    from sftrl.stages import rl as rl_stage
 
     tag = f"-step{step}" if step else ""
     sft_ckpt = f"{base}{tag}-sft"
@@ -130,7 +132,7 @@ def _branch(config: ml_collections.ConfigDict, vconfig: ml_collections.ConfigDic
         if seed is not None:
             rl_config.seed = seed
         log.info("[%s] GRPO%s%s -> %s", name, tag, seed_tag, rl_dir)
-        grpo.run(rl_config, rl_dir, layout)
+        rl_stage.run(rl_config, rl_dir, layout)
         progress.done(f"{name}{tag}{seed_tag}/rl")
         rl_ckpt = f"{base}{tag}-rl{seed_tag}"
         # The eval samples with the SFT eval's seed (paired sampling keys; only the policy
@@ -150,7 +152,6 @@ def _branch(config: ml_collections.ConfigDict, vconfig: ml_collections.ConfigDic
 
 def _predict(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     """The predictor over this run's checkpoints; too few of them is reported, not fatal."""
-    from sftrl import predict_stage
     from sftrl.eval.predict import PredictError
 
     try:
