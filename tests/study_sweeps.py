@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sftrl import predict_stage
+from sftrl.stages import predict as predict_stage
 from sftrl.eval import predict
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -57,8 +57,6 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "sftrl.stages.eval": ("sftrl.config_lib", "sftrl.data", "sftrl.eval", "sftrl.models",
                           "sftrl.sampling", "sftrl.sharding", "sftrl.train"),
     "sftrl.stages.predict": ("sftrl.config_lib", "sftrl.eval"),
-    # the old name of sftrl.stages.predict, kept for sftrl.study
-    "sftrl.predict_stage": ("sftrl.stages.predict",),
     "sftrl.report": ("sftrl.eval",),
     "sftrl.stages.pipeline": ("sftrl.config_lib", "sftrl.data", "sftrl.eval", "sftrl.report",
                               "sftrl.sharding", "sftrl.stages.eval", "sftrl.stages.predict",
@@ -67,7 +65,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                    "sftrl.models", "sftrl.optim", "sftrl.sampling", "sftrl.sharding",
                    "sftrl.target", "sftrl.train"),
     # the v1 study's package: reading, findings as data, the paper's table, rendering
-    "sftrl.study": ("sftrl.study", "sftrl.eval", "sftrl.launch", "sftrl.predict_stage",
+    "sftrl.study": ("sftrl.study", "sftrl.eval", "sftrl.launch", "sftrl.stages.predict",
                     "sftrl.rewards"),
     # the v2 study's figures: matplotlib only
     "sftrl.study_v2_plots": (),

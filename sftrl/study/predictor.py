@@ -70,7 +70,7 @@ def predictor_report(sweep_dir: Path, rows: Sequence[Row], statuses: Mapping[str
     config_dir = sweep_dir / PREDICT_RUN
     if not (config_dir / "config.json").is_file():
         config_dir = sweep_dir / done[0].run
-    from sftrl import predict_stage
+    from sftrl.stages import predict as predict_stage
 
     options = predict_stage.options_from_config(run_config(config_dir))
     candidates = _candidates(done, options.benchmarks)
