@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sftrl.stages import predict as predict_stage
 from sftrl.eval import predict
+from sftrl.stages import predict as predict_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = [("answer_only", "diverse"), ("short_cot", "homogeneous"), ("short_cot", "diverse"),
