@@ -19,6 +19,9 @@ The xm launcher makes the sweep one XManager experiment: one work unit per run, 
 accelerator its `config.accelerator` names, and the predict unit added once the runs it needs
 have completed. SWEEPDIR may then be any epath URI (gs://...), and must be one for the cloud
 executors.
+
+One concept, hence one module over 700 lines: the sweep launcher (a sweep made into validated
+jobs, then run by one of two backends that share the jobs, the status file and the CLI).
 """
 
 from __future__ import annotations
