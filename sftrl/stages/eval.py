@@ -100,7 +100,7 @@ def heldout_metrics(config: ml_collections.ConfigDict, model: Model, tokenizer: 
             records, tokenizer, batch_size=config.sft.heldout_batch_size,
             max_length=config.data.max_length, shard_index=jax.process_index(),
             shard_count=jax.process_count()))
-        return evaluator.run(model.params)
+        return evaluator.evaluate(model.params).metrics()
 
     own = loss_on(sources.sft_splits(config.data).heldout)
     common = sources.common_heldout(config)
