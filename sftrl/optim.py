@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import optax
 
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
 
 
 class OptimizerConfigError(ValueError):
@@ -31,6 +31,11 @@ class OptimizerConfig:
     total_steps: int = 1
     schedule: str = "cosine"
     min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
+    # "wsd" (warmup-stable-decay): constant lr, then a linear decay over the LAST decay_steps
+    # steps. Stable up to any step s, so a run that resumes a stable checkpoint at s with
+    # total_steps = s + decay_steps is a short decay branch of the same trajectory (a valid end
+    # point of SFT at every branch).
+    decay_steps: int = 0
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.95
@@ -51,6 +56,8 @@ class OptimizerConfig:
             "b2": 0 <= self.b2 < 1,
             "eps": self.eps > 0,
             "grad_clip": self.grad_clip >= 0,
+            "decay_steps": self.decay_steps > 0 if self.schedule == "wsd"
+            else self.decay_steps >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -77,7 +84,17 @@ def learning_rate(config: OptimizerConfig) -> optax.Schedule:
     """Linear warmup from 0 to ``lr``, then the configured decay to ``lr * min_lr_ratio``."""
     peak, end = config.lr, config.lr * config.min_lr_ratio
     decay_steps = max(1, config.total_steps - config.warmup_steps)
-    if config.schedule == "cosine":
+    if config.schedule == "wsd":
+        # checked here, where the run length is known (config validation runs before it is)
+        if config.decay_steps > decay_steps:
+            raise OptimizerConfigError(
+                f"decay_steps: {config.decay_steps} is more than the {decay_steps} steps after "
+                "warmup")
+        stable = decay_steps - config.decay_steps
+        decay = optax.join_schedules(
+            [optax.constant_schedule(peak), optax.linear_schedule(peak, end, config.decay_steps)],
+            [stable])
+    elif config.schedule == "cosine":
         decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=config.min_lr_ratio)
     elif config.schedule == "linear":
         decay = optax.linear_schedule(peak, end, decay_steps)

@@ -1,0 +1,40 @@
+"""The learning-rate schedules of sftrl.optim against their written-out definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sftrl import optim
+
+
+def _wsd_reference(t: int, peak: float, end: float, warmup: int, total: int, decay: int) -> float:
+    # warmup 0 -> peak, constant, then a straight line from peak (at total - decay) to end (at
+    # total): the warmup-stable-decay schedule as written in its papers
+    if t < warmup:
+        return peak * t / warmup
+    if t < total - decay:
+        return peak
+    return peak + (end - peak) * min(1.0, (t - (total - decay)) / decay)
+
+
+def test_wsd_is_stable_then_a_linear_decay_over_the_last_steps():
+    config = optim.OptimizerConfig(lr=3e-3, warmup_steps=20, total_steps=1350, schedule="wsd",
+                                   decay_steps=150, min_lr_ratio=0.0)
+    schedule = optim.learning_rate(config)
+    steps = [0, 10, 20, 500, 1199, 1200, 1275, 1349, 1350]
+    np.testing.assert_allclose([float(schedule(t)) for t in steps],
+                               [_wsd_reference(t, 3e-3, 0.0, 20, 1350, 150) for t in steps],
+                               rtol=1e-6, atol=1e-12)
+    # a decay branch at step s equals the stable run up to s (the property the studies use)
+    longer = optim.learning_rate(optim.OptimizerConfig(
+        lr=3e-3, warmup_steps=20, total_steps=2150, schedule="wsd", decay_steps=150))
+    assert all(float(schedule(t)) == float(longer(t)) for t in range(0, 1200, 37))
+
+
+def test_wsd_needs_decay_steps_that_fit():
+    with pytest.raises(optim.OptimizerConfigError, match="decay_steps"):
+        optim.OptimizerConfig(schedule="wsd", total_steps=100)
+    with pytest.raises(optim.OptimizerConfigError, match="decay_steps: 200"):
+        optim.learning_rate(optim.OptimizerConfig(schedule="wsd", total_steps=100,
+                                                  decay_steps=200))
