@@ -21,10 +21,9 @@ It counts, per device, what each program holds (the same stages as `sftrl.plan`)
 * our flash attention's backward (TPU, and packed rows on GPU): one layer's causal score tiles
   for all heads (rows x heads x L^2/2 pairs); cuDNN (GPU, unpacked) holds only its dense
   [rows, L, L] boolean mask;
-* terms the counts above miss, fitted once to the compiled Llama-3-8B plan on v5p-64 and named
-  as such: bytes per score pair (ATTENTION_BYTES), the backward's and a forward's per-token
-  working set (WORKSPACE, FORWARD) and the decode step's copy of one stacked suffix K or V
-  (DECODE_COPY).
+* terms the counts above miss, fitted to five compiled stages (FITTED) and named as such:
+  bytes per score pair (ATTENTION_BYTES), the backward's and a forward's per-token working set
+  (WORKSPACE, FORWARD) and the decode step's copy of the stacked suffix cache (DECODE_COPY).
 
 It is a model: it ignores layout padding, fusion and the compiler's buffer reuse; its error
 against the TPU compile is measured per stage by `python -m sftrl.memory_model PLAN.json`.
@@ -43,8 +42,8 @@ from typing import Any
 
 GIB = 2**30
 F32, I32 = 4, 4
-# Four constants fitted to the compiled Llama-3-8B plans on v5p-64 (docs/paper_scale/
-# llama8b_v5p-64*); other models, topologies and stages are out of sample (calibration.md there).
+# Four constants fitted to five compiled stages (FITTED, docs/paper_scale/); the other models,
+# topologies and stages are out of sample (docs/paper_scale/calibration.md).
 # Our flash attention (sftrl.models.attention) unrolls its query blocks; in the backward XLA keeps
 # every block's causal score tile live: bytes per (head, query, visible key) pair, from the SFT step
 # (8192-token rows) and the GRPO update (4608-token rows) together.
@@ -52,12 +51,16 @@ ATTENTION_BYTES = 11.0
 # float32 values per token of (hidden + mlp / tensor) that the backward of one layer keeps live
 # beyond the saved activations (the same two stages).
 WORKSPACE = 2.2
-# The same for a forward without gradients (held-out NLL and old log-probs).
-FORWARD = 0.5
-# docs/paper_scale/llama8b_v5p-64_rl_decode: 6.0 GiB of temporaries for a 12 GiB suffix cache
-# (the in-place update of the layer-stacked cache copies one of K or V).
-DECODE_COPY = 0.5
-FIT_PLANS = ("llama8b_v5p-64", "llama8b_v5p-64_fixed", "llama8b_v5p-64_rl_decode")
+# The same for a forward without gradients (held-out NLL and old log-probs): from GRPO's
+# old-log-prob pass of Qwen3-4B on v5p-64 and of Llama-3-8B (tensor=2) on v4-32.
+FORWARD = 1.2
+# A decode step's temporaries hold a copy of the layer-stacked suffix cache (the in-place update;
+# Qwen3-4B's RL decode on v5p-64: 13.5 GiB for a 13.5 GiB cache; Llama-3-8B's held half).
+DECODE_COPY = 1.0
+# (plan folder, stage) pairs the constants above were fitted to; the rest are out of sample
+FITTED = {("llama8b_v5p-64", "sft"), ("llama8b_v5p-64_fixed", "grpo_update"),
+          ("qwen3_4b_v5p-64", "grpo_logprobs"), ("llama8b_v4-32", "grpo_logprobs"),
+          ("qwen3_4b_v5p-64", "rl_decode")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -419,6 +422,8 @@ def calibrate(plan_json: Path) -> list[dict[str, Any]]:
     from sftrl import plan, target
 
     report = json.loads(Path(plan_json).read_text())
+    if report.get("source") == "model":  # the model's own report: nothing to compare
+        return []
     spec, overrides = _split_config(report["config"])
     config = plan.load_config(spec, overrides)
     topology = plan.parse_topology(report["topology"]["name"])
@@ -436,7 +441,7 @@ def calibrate(plan_json: Path) -> list[dict[str, Any]]:
         plan.finish_row(row, topology, topology.num_chips, 0.4, 0)
         name = Path(plan_json).parent.name
         entry = dict(plan=str(plan_json), stage=compiled["stage"], shapes=compiled["shapes"],
-                     oom=bool(compiled.get("oom")), fitted=name in FIT_PLANS)
+                     oom=bool(compiled.get("oom")), fitted=(name, compiled["stage"]) in FITTED)
         for key in ("args_gib", "temp_gib", "program_gib", "need_gib"):
             entry[key] = (compiled.get(key), row[key])
         c, m = entry["need_gib"]

@@ -56,9 +56,10 @@ class PlanError(ValueError):
 class Chip:
     """One TPU generation. Figures are per chip (one JAX device; megacore chips are one device).
 
-    hbm_gib: what libtpu's compiler reports available (v5p: 95.74 GiB in its out-of-memory
-    message); the others are the public HBM sizes. peak_tflops: dense bf16 peak from the public
-    spec sheets; hbm_gbps: HBM bandwidth, same source. Both are assumptions of the time columns.
+    hbm_gib: what libtpu's compiler reports available (v5p: 95.74 GiB, v4: 30.75 GiB in its
+    out-of-memory messages); the others are the public HBM sizes. peak_tflops: dense bf16 peak
+    from the public spec sheets; hbm_gbps: HBM bandwidth, same source. Both are assumptions of
+    the time columns.
     """
 
     name: str
@@ -71,7 +72,7 @@ class Chip:
 
 
 CHIPS = {
-    "v4": Chip("v4", 32.0, 275.0, 1228.0, 2, "megacore", 3),
+    "v4": Chip("v4", 30.75, 275.0, 1228.0, 2, "megacore", 3),
     "v5e": Chip("v5e", 16.0, 197.0, 819.0, 1, "default", 2),
     "v5p": Chip("v5p", 95.74, 459.0, 2765.0, 2, "megacore", 3),
     "v6e": Chip("v6e", 32.0, 918.0, 1640.0, 1, "default", 2),
@@ -700,7 +701,7 @@ def _plan_analytic(args: argparse.Namespace, overrides: list[str], config: Any, 
     report["assumptions"].insert(0, (
         "memory from sftrl.memory_model, an analytic model (no compile): weights, optimizer "
         "state, gradients, activations saved under the remat policy, logits chunks and KV "
-        "counted per device; four constants fitted to the compiled Llama-3-8B plan on v5p-64; "
+        "counted per device; four constants fitted to five compiled TPU stages; "
         "its error against compiled plans: docs/paper_scale/calibration.md")
         + ("; GPU: XLA preallocates 75% of the HBM unless XLA_PYTHON_CLIENT_MEM_FRACTION=.95"
            if gpu else ""))
