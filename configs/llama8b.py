@@ -18,4 +18,9 @@ def get_config(arg: str | None = None):
         num_kv_heads=8, head_dim=128, intermediate_size=14336, rope_theta=500000.0,
         rms_norm_eps=1e-5, tie_embeddings=False, max_position_embeddings=8192,
     )
-    return config_lib.apply_variant(c, arg, {"llama3.1": _llama31})
+    c = config_lib.apply_variant(c, arg, {"llama3.1": _llama31})
+    if c.full_size:  # not the ':tiny' variant
+        # Fits v5p-64 (docs/paper_scale/llama8b_v5p-64_fixed): the 256-row GRPO mini-batch of
+        # 4608-token rows in 4 micro-batches (143 GiB a chip in one).
+        c.rl.grad_accum = 4
+    return c

@@ -12,4 +12,11 @@ def get_config(arg: str | None = None):
         num_kv_heads=8, head_dim=128, intermediate_size=14336, rope_theta=1000000.0,
         rms_norm_eps=1e-5, tie_embeddings=False, max_position_embeddings=1024000,
     )
-    return config_lib.apply_variant(c, arg)
+    c = config_lib.apply_variant(c, arg)
+    if c.full_size:  # not the ':tiny' variant
+        # Fits v5p-64 (docs/paper_scale/mistral_nemo12b_v5p-64): SFT 64 x 8192 in 2
+        # micro-batches, the 256-row GRPO mini-batch in 8 (the bf16 sampler weights, 23 GiB a
+        # chip, stay resident meanwhile).
+        c.sft.grad_accum = 2
+        c.rl.grad_accum = 8
+    return c

@@ -12,4 +12,9 @@ def get_config(arg: str | None = None):
         num_kv_heads=8, head_dim=128, intermediate_size=9728, rope_theta=1000000.0,
         rms_norm_eps=1e-6, qk_norm=True, tie_embeddings=True, max_position_embeddings=32768,
     )
-    return config_lib.apply_variant(c, arg)
+    c = config_lib.apply_variant(c, arg)
+    if c.full_size:  # not the ':tiny' variant
+        # Fits v5p-64 (docs/paper_scale/qwen3_4b_v5p-64): a 256-row GRPO mini-batch of 4608-token
+        # rows in 4 micro-batches.
+        c.rl.grad_accum = 4
+    return c

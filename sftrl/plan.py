@@ -56,9 +56,10 @@ class PlanError(ValueError):
 class Chip:
     """One TPU generation. Figures are per chip (one JAX device; megacore chips are one device).
 
-    hbm_gib: what libtpu's compiler reports available (v5p: 95.74 GiB in its out-of-memory
-    message); the others are the public HBM sizes. peak_tflops: dense bf16 peak from the public
-    spec sheets; hbm_gbps: HBM bandwidth, same source. Both are assumptions of the time columns.
+    hbm_gib: what libtpu's compiler reports available (v5p: 95.74 GiB, v4: 30.75 GiB in its
+    out-of-memory messages); the others are the public HBM sizes. peak_tflops: dense bf16 peak
+    from the public spec sheets; hbm_gbps: HBM bandwidth, same source. Both are assumptions of
+    the time columns.
     """
 
     name: str
@@ -71,7 +72,7 @@ class Chip:
 
 
 CHIPS = {
-    "v4": Chip("v4", 32.0, 275.0, 1228.0, 2, "megacore", 3),
+    "v4": Chip("v4", 30.75, 275.0, 1228.0, 2, "megacore", 3),
     "v5e": Chip("v5e", 16.0, 197.0, 819.0, 1, "default", 2),
     "v5p": Chip("v5p", 95.74, 459.0, 2765.0, 2, "megacore", 3),
     "v6e": Chip("v6e", 32.0, 918.0, 1640.0, 1, "default", 2),
@@ -505,16 +506,20 @@ def _seconds(x: float | None) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     t, info = report["topology"], report["model"]
+    modelled = report.get("source") == "model"
+    unit = "chips" if "chip_config" in t["chip"] else "GPUs"
     lines = [
-        f"# Plan: {report['config']} on {t['cloud_name']} ({t['libtpu_name']}, "
-        f"{t['devices']} chips)",
+        f"# Plan{' (analytic model, not compiled)' if modelled else ''}: {report['config']} on "
+        f"{t['cloud_name']} ({t['libtpu_name']}, {t['devices']} {unit})",
         "",
         f"Model: {info['params'] / 1e9:.2f}B parameters, compute {info['compute_dtype']}, "
         f"float32 master weights + optimizer; mesh {info['mesh']}; sampler weights "
         f"{info['sampler_param_dtype']} ({info['sampler_params_gib_per_device']:.2f} GiB/chip); "
         f"train state {info['train_state_gib_per_device']:.2f} GiB/chip.",
         "",
-        "Memory per chip (GiB), from libtpu's compiler: args / outputs / temporaries of the "
+        ("Memory per device (GiB) from the ANALYTIC MODEL (sftrl.memory_model; no compiler was "
+         "run, see its calibration in docs/paper_scale/calibration.md)" if modelled else
+         "Memory per chip (GiB), from libtpu's compiler") + ": args / outputs / temporaries of the "
         "program (aliased donations counted once), plus what the run keeps on the chip meanwhile "
         f"(resident), against {t['hbm_gib']:.2f} GiB HBM.",
         "",
@@ -534,6 +539,11 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_seconds(r.get('cost_model_s'))} |")
     lines += ["", "Errors:" if any("error" in r for r in report["stages"]) else ""]
     lines += [f"- {r['stage']}: {r['error']}" for r in report["stages"] if "error" in r]
+    if modelled:
+        lines += ["", "## What the model counts (GiB per device)", ""]
+        for r in report["stages"]:
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in r.get("parts", {}).items() if v >= 0.005)
+            lines.append(f"- {r['stage']}: {parts}")
     lines += ["", "## Run time (estimates)", ""]
     lines += [f"- {k}: {v}" for k, v in report["totals"].items()]
     lines += ["", "## Assumptions", ""] + [f"- {a}" for a in report["assumptions"]]
@@ -585,7 +595,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sftrl.plan", description=__doc__.split(
         "\n")[0], epilog="Config overrides: --config.KEY=VALUE (as sftrl.main).")
     parser.add_argument("--config", required=True, help="config file[:variant]")
-    parser.add_argument("--topology", required=True, help="v5p-64, v5e-16, v4-32, v5p:4x4x4, ...")
+    parser.add_argument("--topology", default="", help="v5p-64, v5e-16, v4-32, v5p:4x4x4, ...")
+    parser.add_argument("--target", default="",
+                        help="a GPU host (8xh100, 8xh200, 4xa100): the analytic memory model "
+                        "(compiling for a GPU needs one); a TPU topology as --topology")
+    parser.add_argument("--analytic", action="store_true",
+                        help="the analytic memory model instead of compiling (TPU topologies)")
     parser.add_argument("--out", default="", help="write plan.md and plan.json here")
     parser.add_argument("--stages", default="", help="comma-separated subset (default: all)")
     parser.add_argument("--prompt_len", type=int, default=512,
@@ -610,15 +625,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _plan(args: argparse.Namespace, overrides: list[str]) -> int:
-    from sftrl import config_lib, target
+    from sftrl import config_lib, memory_model, target
 
-    topology = parse_topology(args.topology)
+    if bool(args.topology) == bool(args.target):
+        raise PlanError("give one of --topology (a TPU slice) or --target (8xh100, or a TPU "
+                        "slice)")
+    name = args.topology or args.target
+    gpu = memory_model.parse_gpu_target(name)
+    topology: Any = gpu if gpu is not None else parse_topology(name)
     try:
         config = load_config(args.config, overrides)
     except config_lib.ConfigError as e:
         raise PlanError(str(e)) from e
     if args.prompt_len < 1 or not 0 < args.mfu <= 1:
         raise PlanError("--prompt_len must be positive and --mfu in (0, 1]")
+    if gpu is not None or args.analytic:
+        return _plan_analytic(args, overrides, config, topology, gpu is not None)
     devices = topology_devices(topology)
     wall = time.perf_counter()
     with target.compiling_for("tpu"):
@@ -646,11 +668,55 @@ def _plan(args: argparse.Namespace, overrides: list[str]) -> int:
                   file=sys.stderr, flush=True)
             if not wanted or stage.name in wanted:
                 rows.append(row)
+    report = _report(args, overrides, config, topology, len(devices), info, rows, wall)
+    return _finish(args, report, rows, topology)
+
+
+def _plan_analytic(args: argparse.Namespace, overrides: list[str], config: Any, topology: Any,
+                   gpu: bool) -> int:
+    """The analytic memory model's table (sftrl.memory_model), for a GPU host or a TPU slice."""
+    from sftrl import config_lib, memory_model, target
+
+    wall = time.perf_counter()
+    with target.compiling_for("gpu" if gpu else "tpu"):
+        try:
+            stages, info = memory_model.model_stages(config, topology.num_chips,
+                                                     args.prompt_len)
+        except config_lib.ConfigError as e:
+            raise PlanError(str(e)) from e
+    wanted = [x for x in args.stages.split(",") if x]
+    unknown = sorted(set(wanted) - {st.name for st in stages})
+    if unknown:
+        raise PlanError(f"--stages: unknown {unknown} (known: "
+                        f"{', '.join(st.name for st in stages)})")
+    rows = []
+    for stage in stages:
+        if wanted and stage.name not in wanted:
+            continue
+        row = stage.row()
+        finish_row(row, topology, topology.num_chips, args.mfu, int(stage.hbm_read_bytes))
+        rows.append(row)
+    report = _report(args, overrides, config, topology, topology.num_chips, info, rows, wall)
+    report["source"] = "model"
+    report["assumptions"].insert(0, (
+        "memory from sftrl.memory_model, an analytic model (no compile): weights, optimizer "
+        "state, gradients, activations saved under the remat policy, logits chunks and KV "
+        "counted per device; four constants fitted to five compiled TPU stages; "
+        "its error against compiled plans: docs/paper_scale/calibration.md")
+        + ("; GPU: XLA preallocates 75% of the HBM unless XLA_PYTHON_CLIENT_MEM_FRACTION=.95"
+           if gpu else ""))
+    return _finish(args, report, rows, topology)
+
+
+def _report(args: argparse.Namespace, overrides: list[str], config: Any, topology: Any,
+            devices: int, info: dict[str, Any], rows: list[dict[str, Any]], wall: float
+            ) -> dict[str, Any]:
     by_name = {r["stage"]: r for r in rows}
-    report = dict(
+    return dict(
         config=args.config + "".join(f" --config.{o}" for o in overrides),
-        topology=dict(name=args.topology, libtpu_name=topology.libtpu_name,
-                      cloud_name=topology.cloud_name, devices=len(devices),
+        source="compile",
+        topology=dict(name=args.topology or args.target, libtpu_name=topology.libtpu_name,
+                      cloud_name=topology.cloud_name, devices=devices,
                       chip=dataclasses.asdict(topology.chip), hbm_gib=topology.chip.hbm_gib),
         model=info, stages=rows, totals=totals(config, by_name),
         plan_wall_s=time.perf_counter() - wall,
@@ -670,6 +736,10 @@ def _plan(args: argparse.Namespace, overrides: list[str]) -> int:
             "resident: arrays the run keeps on the chip while the stage runs (train state "
             "during sampling, the sampler's weights during GRPO updates), per device, unpadded",
         ])
+
+
+def _finish(args: argparse.Namespace, report: dict[str, Any], rows: list[dict[str, Any]],
+            topology: Any) -> int:
     print(markdown(report))
     if args.out:
         out = Path(args.out)
