@@ -41,8 +41,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sftrl.memory_model import PROMPT_BUCKET, forward_flops
+
 GIB = 2**30
-PROMPT_BUCKET = 32  # sftrl.train.grpo_step.PROMPT_BUCKET / sftrl.sampling.PREFIX_BUCKET
 
 
 class PlanError(ValueError):
@@ -151,25 +152,6 @@ def topology_devices(topology: Topology) -> list[Any]:
 
 
 # --- analytic counts ----------------------------------------------------------------------------
-
-
-def matmul_params(arch: Any) -> tuple[int, int]:
-    """(matmul weights in the layers, LM head weights): what a token's forward multiplies by."""
-    e, d = arch.hidden_size, arch.head_dim
-    attention = e * d * (2 * arch.num_heads + 2 * arch.num_kv_heads)
-    per_layer = attention + 3 * e * arch.intermediate_size
-    return arch.num_layers * per_layer, arch.vocab_size * e
-
-
-def forward_flops(arch: Any, tokens: int, context: float, *, head_tokens: int | None = None
-                  ) -> float:
-    """2 FLOPs per multiply-add: the matmuls, and attention's QK and PV over `context` keys per
-    query (the mean visible context: L/2 for a causal length-L row). head_tokens: positions that
-    go through the LM head (default all)."""
-    layers, head = matmul_params(arch)
-    attention = 4 * arch.num_layers * arch.num_heads * arch.head_dim * context
-    return tokens * (2 * layers + attention) + 2 * head * (tokens if head_tokens is None
-                                                            else head_tokens)
 
 
 def device_bytes(tree: Any) -> int:

@@ -61,9 +61,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "sftrl.stages.pipeline": ("sftrl.config_lib", "sftrl.data", "sftrl.eval", "sftrl.report",
                               "sftrl.sharding", "sftrl.stages.eval", "sftrl.stages.predict",
                               "sftrl.stages.rl", "sftrl.stages.sft", "sftrl.train"),
-    "sftrl.plan": ("sftrl.config_lib", "sftrl.eval", "sftrl.losses",
+    # the analytic per-device memory and FLOP counts (GPU targets; plan's --analytic)
+    "sftrl.memory_model": ("sftrl.config_lib", "sftrl.models", "sftrl.sampling",
+                           "sftrl.sharding", "sftrl.target"),
+    "sftrl.plan": ("sftrl.config_lib", "sftrl.memory_model", "sftrl.eval", "sftrl.losses",
                    "sftrl.models", "sftrl.optim", "sftrl.sampling", "sftrl.sharding",
                    "sftrl.target", "sftrl.train"),
+    # the memory model against the compiled plans and the H200 figures
+    "sftrl.calibration": ("sftrl.memory_model", "sftrl.plan", "sftrl.config_lib", "sftrl.target"),
     # the v1 study's package: reading, findings as data, the paper's table, rendering
     "sftrl.study": ("sftrl.study", "sftrl.eval", "sftrl.launch", "sftrl.stages.predict",
                     "sftrl.rewards"),

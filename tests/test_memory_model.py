@@ -10,7 +10,7 @@ import pathlib
 
 import pytest
 
-from sftrl import memory_model, plan, target
+from sftrl import calibration, memory_model, plan, target
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -132,7 +132,7 @@ def test_calibration_against_committed_compiled_plans():
     constants were fitted, 25% for the other models."""
     paths = sorted(ROOT.glob("docs/paper_scale/*/plan.json"))
     rows = [r for p in paths if json.loads(p.read_text()).get("source", "compile") == "compile"
-            for r in memory_model.calibrate(p)]
+            for r in calibration.calibrate(p)]
     fitted = [r for r in rows if r["fitted"] and not r["oom"]]
     other = [r for r in rows if not r["fitted"] and not r["oom"]]
     assert len(fitted) >= 4
