@@ -528,6 +528,9 @@ def _validate_sft(config: ml_collections.ConfigDict, arch: ModelConfig) -> None:
         optim.OptimizerConfig.from_config(s, total_steps=1)
     except optim.OptimizerConfigError as e:
         raise ConfigError(f"sft.{e}") from e
+    if s.schedule == "wsd" and s.num_steps and s.decay_steps > s.num_steps - s.warmup_steps:
+        raise ConfigError(f"sft.decay_steps: {s.decay_steps} is more than the "
+                          f"{s.num_steps - s.warmup_steps} steps after warmup")
 
 
 def _validate_rl(config: ml_collections.ConfigDict) -> None:

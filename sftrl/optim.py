@@ -85,15 +85,13 @@ def learning_rate(config: OptimizerConfig) -> optax.Schedule:
     peak, end = config.lr, config.lr * config.min_lr_ratio
     decay_steps = max(1, config.total_steps - config.warmup_steps)
     if config.schedule == "wsd":
-        # checked here, where the run length is known (config validation runs before it is)
-        if config.decay_steps > decay_steps:
-            raise OptimizerConfigError(
-                f"decay_steps: {config.decay_steps} is more than the {decay_steps} steps after "
-                "warmup")
-        stable = decay_steps - config.decay_steps
+        # A run shorter than warmup + decay_steps decays over what is left (config validation
+        # refuses that for a training run whose length it knows; a restore for evaluation
+        # builds the optimizer with a placeholder length and never steps it).
+        span = min(config.decay_steps, decay_steps)
         decay = optax.join_schedules(
-            [optax.constant_schedule(peak), optax.linear_schedule(peak, end, config.decay_steps)],
-            [stable])
+            [optax.constant_schedule(peak), optax.linear_schedule(peak, end, span)],
+            [decay_steps - span])
     elif config.schedule == "cosine":
         decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=config.min_lr_ratio)
     elif config.schedule == "linear":

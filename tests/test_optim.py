@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sftrl import optim
+from sftrl import config_lib, optim
 
 
 def _wsd_reference(t: int, peak: float, end: float, warmup: int, total: int, decay: int) -> float:
@@ -35,6 +35,12 @@ def test_wsd_is_stable_then_a_linear_decay_over_the_last_steps():
 def test_wsd_needs_decay_steps_that_fit():
     with pytest.raises(optim.OptimizerConfigError, match="decay_steps"):
         optim.OptimizerConfig(schedule="wsd", total_steps=100)
-    with pytest.raises(optim.OptimizerConfigError, match="decay_steps: 200"):
-        optim.learning_rate(optim.OptimizerConfig(schedule="wsd", total_steps=100,
-                                                  decay_steps=200))
+    # a run shorter than the decay (an evaluation's placeholder optimizer) decays over all of it
+    short = optim.learning_rate(optim.OptimizerConfig(lr=1.0, schedule="wsd", total_steps=100,
+                                                      decay_steps=200, min_lr_ratio=0.0))
+    assert float(short(0)) == 1.0 and float(short(50)) == pytest.approx(0.5)
+    # a training run whose length is known is refused at validation, naming the key
+    c = config_lib.base_config()
+    c.sft.update(schedule="wsd", num_steps=100, warmup_steps=20, decay_steps=90)
+    with pytest.raises(config_lib.ConfigError, match="sft.decay_steps: 90"):
+        config_lib.validate(c, num_devices=1)
