@@ -42,5 +42,5 @@ def test_wsd_needs_decay_steps_that_fit():
     # a training run whose length is known is refused at validation, naming the key
     c = config_lib.base_config()
     c.sft.update(schedule="wsd", num_steps=100, warmup_steps=20, decay_steps=90)
-    with pytest.raises(config_lib.ConfigError, match="sft.decay_steps: 90"):
+    with pytest.raises(config_lib.ConfigError, match=r"sft\.decay_steps: 90"):
         config_lib.validate(c, num_devices=1)
