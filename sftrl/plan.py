@@ -630,11 +630,7 @@ def _plan(args: argparse.Namespace, overrides: list[str]) -> int:
             stages, info = build_stages(config, devices, args.prompt_len)
         except config_lib.ConfigError as e:
             raise PlanError(str(e)) from e
-        wanted = [x for x in args.stages.split(",") if x]
-        unknown = sorted(set(wanted) - {st.name for st in stages})
-        if unknown:
-            raise PlanError(f"--stages: unknown {unknown} (known: "
-                            f"{', '.join(st.name for st in stages)})")
+        wanted = _wanted_stages(args.stages, [st.name for st in stages])
         rows = []
         for stage in stages:
             if wanted and stage.name not in wanted and not (
@@ -654,6 +650,15 @@ def _plan(args: argparse.Namespace, overrides: list[str]) -> int:
     return _finish(args, report, rows, topology)
 
 
+def _wanted_stages(flag: str, known: list[str]) -> list[str]:
+    """--stages as a list ([]: all); PlanError names an unknown stage."""
+    wanted = [x for x in flag.split(",") if x]
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        raise PlanError(f"--stages: unknown {unknown} (known: {', '.join(known)})")
+    return wanted
+
+
 def _plan_analytic(args: argparse.Namespace, overrides: list[str], config: Any, topology: Any,
                    gpu: bool) -> int:
     """The analytic memory model's table (sftrl.memory_model), for a GPU host or a TPU slice."""
@@ -666,11 +671,7 @@ def _plan_analytic(args: argparse.Namespace, overrides: list[str], config: Any, 
                                                      args.prompt_len)
         except config_lib.ConfigError as e:
             raise PlanError(str(e)) from e
-    wanted = [x for x in args.stages.split(",") if x]
-    unknown = sorted(set(wanted) - {st.name for st in stages})
-    if unknown:
-        raise PlanError(f"--stages: unknown {unknown} (known: "
-                        f"{', '.join(st.name for st in stages)})")
+    wanted = _wanted_stages(args.stages, [st.name for st in stages])
     rows = []
     for stage in stages:
         if wanted and stage.name not in wanted:
