@@ -214,6 +214,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.max_kv_tokens = 0  # 0: no wave limit on the sampler
     # the trainer's log-probs: LM head in chunks of this many positions, float32 logits per chunk
     c.rl.logprob_chunk = 512
+    # > 0: the old/reference log-prob pass runs this many rollout rows at a time (in one
+    # program; must divide prompts_per_step x group_size); 0: all rows at once
+    c.rl.logprob_rows = 0
     c.rl.share_prefix = True  # False: each prompt repeated group_size times (for comparison)
     c.rl.tensorboard = True
 
@@ -541,9 +544,14 @@ def _validate_rl(config: ml_collections.ConfigDict) -> None:
         if r[key] < 1:
             raise ConfigError(f"rl.{key}: must be positive")
     for key in ("eval_every", "save_every", "overlong_buffer", "max_refill_rounds",
-                "max_kv_tokens", "warmup_steps", "max_tokens_for_norm", "init_step"):
+                "max_kv_tokens", "warmup_steps", "max_tokens_for_norm", "init_step",
+                "logprob_rows"):
         if r[key] < 0:
             raise ConfigError(f"rl.{key}: must be >= 0")
+    if r.logprob_rows and (r.prompts_per_step * r.group_size) % r.logprob_rows:
+        raise ConfigError(f"rl.logprob_rows: {r.logprob_rows} does not divide the "
+                          f"{r.prompts_per_step * r.group_size} rollout rows "
+                          "(prompts_per_step x group_size)")
     if r.prompt_source not in ("synthetic", "files", "math_train"):
         raise ConfigError(f"rl.prompt_source: {r.prompt_source!r} is not 'synthetic', 'files' or "
                           "'math_train'")

@@ -287,7 +287,7 @@ def build_stages(config: Any, devices: list[Any], prompt_len: int) -> tuple[list
     sampler_b = device_bytes(sampler_params)
 
     def build_logprobs():
-        fn = make_logprob_fn(module, rl.temperature, rl.logprob_chunk)
+        fn = make_logprob_fn(module, rl.temperature, rl.logprob_chunk, rl.logprob_rows)
         toks = batch({"tokens": i32, "attention_mask": i32}, rows, width)
         return (jit_logprobs(fn, state_sh.params, layout, (rows, width)),
                 (rl_state_abs.params, toks["tokens"], toks["attention_mask"]), {})
@@ -295,7 +295,8 @@ def build_stages(config: Any, devices: list[Any], prompt_len: int) -> tuple[list
     stages.append(Stage(
         "grpo_logprobs", f"{rows}x{width} tokens ({rl.prompts_per_step} prompts x "
         f"{rl.group_size}; prompt {prompt_width} + {rl.max_new_tokens}), logprob_chunk "
-        f"{rl.logprob_chunk}", "rl.logprob_chunk / rl.prompts_per_step / mesh", build_logprobs,
+        f"{rl.logprob_chunk}, logprob_rows {rl.logprob_rows or rows}",
+        "rl.logprob_rows / rl.logprob_chunk / mesh", build_logprobs,
         forward_flops(arch, rows * width, width / 2),
         resident_bytes=rl_state_b - device_bytes(rl_state_abs.params) + sampler_b,
         resident_what="optimizer state + sampler weights", calls="1 per RL step"))

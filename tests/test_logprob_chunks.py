@@ -92,3 +92,33 @@ def test_bf16_hidden_logits_are_not_rounded_to_bf16():
     err = np.abs(np.asarray(logp) - ref_logp).max()
     assert err < 1e-4, err
     assert err < np.abs(rounded_logp - ref_logp).max() / 10
+
+
+def test_row_micro_batches_equal_the_whole_batch_on_a_sharded_mesh():
+    """rl.logprob_rows: the rollout through the model a few rows at a time (interleaved, in one
+    program, rows split over 8 fake devices) gives the log-probs and entropies of the plain
+    float32 logits of the whole batch at once."""
+    from sftrl.sharding import TRAIN_RULES, Layout, make_mesh, shard_batch
+    from sftrl.train.grpo_step import jit_logprobs
+
+    layout = Layout(make_mesh(1, 8, 1), TRAIN_RULES)
+    model = build_model(TINY, layout, seed=2)
+    rng = np.random.default_rng(2)
+    b, length = 32, 9
+    tokens = rng.integers(0, TINY.vocab_size, size=(b, length)).astype(np.int32)
+    mask = np.ones((b, length), np.int32)
+    mask[::3, :2] = 0  # left padding on some rows, so rows differ in what they see
+    logits, _ = model.module.apply({"params": model.params}, jnp.asarray(tokens),
+                                   attention_mask_BxL=jnp.asarray(mask))
+    want_logp, want_entropy = _reference(np.asarray(logits, np.float32), tokens, 1.0)
+    shardings = jax.tree.map(lambda x: x.sharding, model.params)
+    placed = shard_batch({"tokens": tokens, "attention_mask": mask}, layout)
+    for rows in (0, 8, 16):
+        fn = jit_logprobs(make_logprob_fn(model.module, 1.0, chunk=4, rows=rows), shardings,
+                          layout, (b, length))
+        logp, entropy = fn(model.params, placed["tokens"], placed["attention_mask"])
+        np.testing.assert_allclose(np.asarray(logp), want_logp, atol=2e-5, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(entropy), want_entropy, atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="logprob_rows: 12"):
+        make_logprob_fn(model.module, 1.0, rows=12)(model.params, jnp.asarray(tokens),
+                                                     jnp.asarray(mask))

@@ -186,7 +186,7 @@ class GRPOTrainer:
         self._sampler: Model | None = None
         self._update = update
         self._logprob_fn = make_logprob_fn(self.model.module, self.rl.temperature,
-                                           self.rl.logprob_chunk)
+                                           self.rl.logprob_chunk, self.rl.logprob_rows)
         self._logprob_jits: dict[tuple[int, ...], Any] = {}
         # one evaluator per name in rl.evals (validation admits only EVALUATORS' names)
         self.evaluators = {name: EVALUATORS[name](config, self.model, self.tokenizer)

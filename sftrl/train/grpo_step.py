@@ -72,17 +72,23 @@ def _round_up(width: int) -> int:
     return -(-width // PROMPT_BUCKET) * PROMPT_BUCKET
 
 
-def make_logprob_fn(module: Transformer, temperature: float, chunk: int | None = 512
-                    ) -> Callable:
+def make_logprob_fn(module: Transformer, temperature: float, chunk: int | None = 512,
+                    rows: int = 0) -> Callable:
     """(params, tokens, attention_mask) -> (logp [B, L], entropy [B, L]) at the temperature.
 
     The LM head runs `chunk` positions at a time with float32 logits per chunk
     (`chunked_policy_logprobs`): the whole [B, L, V] float32 logits of a rollout batch are most
     of the old-log-prob pass's memory at paper scale. chunk=None: the unchunked reference.
+
+    rows > 0 (and dividing B): the batch goes through the model `rows` rows at a time, in one
+    program (`lax.map`), so the activations of one micro-batch are live, not the rollout's
+    (at paper scale a 1024 x 4608 rollout's hidden states alone exceed a small slice). The
+    micro-batches interleave rows (micro-batch i holds rows i, i + n, i + 2n, ...), so each one
+    is spread over the batch shards like the whole batch and no row moves between devices.
     """
     scale = 1.0 / temperature if temperature > 0 else 1.0
 
-    def logprobs(params: Any, tokens: jax.Array, attention_mask: jax.Array):
+    def whole(params: Any, tokens: jax.Array, attention_mask: jax.Array):
         if chunk is None:
             logits, _ = module.apply({"params": params}, tokens,
                                      attention_mask_BxL=attention_mask)
@@ -91,6 +97,22 @@ def make_logprob_fn(module: Transformer, temperature: float, chunk: int | None =
                                  return_hidden=True)
         head = lm_head_kernel(module.config, params).astype(module.dtype)
         return chunked_policy_logprobs(hidden, head, tokens, scale=scale, chunk=chunk)
+
+    def logprobs(params: Any, tokens: jax.Array, attention_mask: jax.Array):
+        b, length = tokens.shape
+        if not rows or rows >= b:
+            return whole(params, tokens, attention_mask)
+        if b % rows:
+            raise ValueError(f"rl.logprob_rows: {rows} does not divide the {b} rollout rows")
+        n = b // rows
+
+        def split(x: jax.Array) -> jax.Array:  # [B, L] -> [n, rows, L]; row j*n + i -> [i, j]
+            return x.reshape(rows, n, length).swapaxes(0, 1)
+
+        logp, entropy = jax.lax.map(lambda xs: whole(params, *xs),
+                                    (split(tokens), split(attention_mask)))
+        return (logp.swapaxes(0, 1).reshape(b, length),
+                entropy.swapaxes(0, 1).reshape(b, length))
 
     return logprobs
 
