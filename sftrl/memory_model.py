@@ -338,8 +338,11 @@ def model_stages(config: Any, num_devices: int, prompt_len: int) -> tuple[list[M
     stages.append(ModelStage(
         "grpo_logprobs", f"{rows}x{width} tokens ({rl.prompts_per_step} prompts x "
         f"{rl.group_size}; prompt {prompt_width} + {rl.max_new_tokens}), logprob_chunk "
-        f"{rl.logprob_chunk}", "rl.logprob_chunk / rl.prompts_per_step / mesh",
-        _forward(s, rows, width, rl.logprob_chunk, 2, F32),
+        f"{rl.logprob_chunk}, logprob_rows {rl.logprob_rows or rows}",
+        "rl.logprob_rows / rl.logprob_chunk / mesh",
+        # one micro-batch's activations are live at a time (rl.logprob_rows); the whole
+        # rollout's int32 inputs and float32 outputs are a few hundred MB, not counted
+        _forward(s, rl.logprob_rows or rows, width, rl.logprob_chunk, 2, F32),
         forward_flops(arch, rows * width, width / 2),
         resident_bytes=state - params + sampler,
         resident_what="optimizer state + sampler weights", calls="1 per RL step"))
