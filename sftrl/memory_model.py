@@ -338,7 +338,8 @@ def model_stages(config: Any, num_devices: int, prompt_len: int) -> tuple[list[M
     stages.append(ModelStage(
         "grpo_logprobs", f"{rows}x{width} tokens ({rl.prompts_per_step} prompts x "
         f"{rl.group_size}; prompt {prompt_width} + {rl.max_new_tokens}), logprob_chunk "
-        f"{rl.logprob_chunk}, logprob_rows {rl.logprob_rows or rows}",
+        f"{rl.logprob_chunk}"
+        + (f", logprob_rows {rl.logprob_rows}" if rl.logprob_rows else ""),
         "rl.logprob_rows / rl.logprob_chunk / mesh",
         # one micro-batch's activations are live at a time (rl.logprob_rows); the whole
         # rollout's int32 inputs and float32 outputs are a few hundred MB, not counted

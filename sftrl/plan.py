@@ -295,7 +295,8 @@ def build_stages(config: Any, devices: list[Any], prompt_len: int) -> tuple[list
     stages.append(Stage(
         "grpo_logprobs", f"{rows}x{width} tokens ({rl.prompts_per_step} prompts x "
         f"{rl.group_size}; prompt {prompt_width} + {rl.max_new_tokens}), logprob_chunk "
-        f"{rl.logprob_chunk}, logprob_rows {rl.logprob_rows or rows}",
+        f"{rl.logprob_chunk}"
+        + (f", logprob_rows {rl.logprob_rows}" if rl.logprob_rows else ""),
         "rl.logprob_rows / rl.logprob_chunk / mesh", build_logprobs,
         forward_flops(arch, rows * width, width / 2),
         resident_bytes=rl_state_b - device_bytes(rl_state_abs.params) + sampler_b,
