@@ -120,7 +120,7 @@ def test_length_buckets_and_metrics(setup):
     assert sum(b["tokens"] for b in result.by_length.values()) == tokens
     assert sum(b["examples"] for b in result.by_length.values()) == len(examples)
     assert set(result.by_length) <= {"<=4", "<=8", ">8"}
-    metrics = evaluator.run(model.params)
+    metrics = evaluator.evaluate(model.params).metrics()
     assert metrics["heldout/loss"] == pytest.approx(loss, abs=1e-6)
 
 
