@@ -4,7 +4,7 @@ Every config file starts from `base_config()` and changes values; `validate` the
 result once at start-up: unknown keys, wrong types, impossible values and a mesh that does not fit
 the devices all fail here with the key named, never later inside XLA.
 
-One concept, the run config, at ~700 lines: a key's default (base_config and the paper/CPU
+One concept, the run config, at ~800 lines: a key's default (base_config and the paper/CPU
 scales), its check (validate, check_inputs) and the ':variant' / 'a.b=value' ways to change it
 are read together, and the stages take their typed pieces from here (model_config, mesh_sizes,
 make_layout, policy_loss_config). The optimizer keys are `sftrl.optim`'s (config_defaults).
