@@ -531,9 +531,11 @@ def _validate_sft(config: ml_collections.ConfigDict, arch: ModelConfig) -> None:
         optim.OptimizerConfig.from_config(s, total_steps=1)
     except optim.OptimizerConfigError as e:
         raise ConfigError(f"sft.{e}") from e
-    if s.schedule == "wsd" and s.num_steps and s.decay_steps > s.num_steps - s.warmup_steps:
-        raise ConfigError(f"sft.decay_steps: {s.decay_steps} is more than the "
-                          f"{s.num_steps - s.warmup_steps} steps after warmup")
+    if s.num_steps:  # else the epochs decide the length: the trainer checks it then
+        try:
+            optim.check_run_length(optim.OptimizerConfig.from_config(s, s.num_steps))
+        except optim.OptimizerConfigError as e:
+            raise ConfigError(f"sft.{e}") from e
 
 
 def _validate_rl(config: ml_collections.ConfigDict) -> None:

@@ -80,6 +80,16 @@ def config_defaults(**overrides: Any) -> dict[str, Any]:
     return {k: getattr(config, k) for k in OptimizerConfig.config_keys()}
 
 
+def check_run_length(config: OptimizerConfig) -> None:
+    """Refuses a "wsd" decay longer than the run after warmup (OptimizerConfigError naming
+    decay_steps). The trainers call it once the run length is known; `learning_rate` itself
+    accepts the placeholder length a restore-only optimizer is built with."""
+    span = config.total_steps - config.warmup_steps
+    if config.schedule == "wsd" and config.decay_steps > span:
+        raise OptimizerConfigError(f"decay_steps: {config.decay_steps} is more than the "
+                                   f"{span} steps after warmup")
+
+
 def learning_rate(config: OptimizerConfig) -> optax.Schedule:
     """Linear warmup from 0 to ``lr``, then the configured decay to ``lr * min_lr_ratio``."""
     peak, end = config.lr, config.lr * config.min_lr_ratio

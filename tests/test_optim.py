@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -44,3 +46,11 @@ def test_wsd_needs_decay_steps_that_fit():
     c.sft.update(schedule="wsd", num_steps=100, warmup_steps=20, decay_steps=90)
     with pytest.raises(config_lib.ConfigError, match=r"sft\.decay_steps: 90"):
         config_lib.validate(c, num_devices=1)
+
+
+def test_check_run_length_names_a_decay_longer_than_the_run():
+    # what the trainers call once the epochs have set the run length
+    fits = optim.OptimizerConfig(schedule="wsd", total_steps=120, warmup_steps=20, decay_steps=100)
+    optim.check_run_length(fits)
+    with pytest.raises(optim.OptimizerConfigError, match="decay_steps: 101 is more than the 100"):
+        optim.check_run_length(dataclasses.replace(fits, decay_steps=101))

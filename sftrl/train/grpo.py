@@ -42,7 +42,13 @@ from sftrl.losses import (
     overlong_penalty,
 )
 from sftrl.models.transformer import Model
-from sftrl.optim import OptimizerConfig, learning_rate, make_optimizer
+from sftrl.optim import (
+    OptimizerConfig,
+    OptimizerConfigError,
+    check_run_length,
+    learning_rate,
+    make_optimizer,
+)
 from sftrl.sampling import Samples, generate, make_sampler_params
 from sftrl.sharding import SAMPLING_RULES, Layout, shard_batch
 from sftrl.train import common
@@ -155,6 +161,10 @@ class GRPOTrainer:
         opt = OptimizerConfig.from_config(
             self.rl, self.rl.num_steps * self.rl.updates_per_rollout * self.rl.ppo_epochs
         )
+        try:
+            check_run_length(opt)
+        except OptimizerConfigError as e:
+            raise config_lib.ConfigError(f"rl.{e}") from e
         self.tx = make_optimizer(opt)
         self.loss_config = config_lib.policy_loss_config(self.rl, PolicyLossConfig)
         self.checkpointer = state_lib.Checkpointer(

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from sftrl import atomic
+from sftrl import atomic, config_lib
 from sftrl.data import sources
 from sftrl.data.sft import SFTDataConfig, SFTPipeline, heldout_batches
 from sftrl.data.sft_stream import StreamingSFTPipeline, merge_states
@@ -35,7 +35,13 @@ from sftrl.data.tokenizer import Tokenizer, load_tokenizer
 from sftrl.eval.evaluators import Evaluator, HeldoutLossEvaluator
 from sftrl.eval.heldout import HeldoutEvaluator
 from sftrl.models.transformer import Model
-from sftrl.optim import OptimizerConfig, learning_rate, make_optimizer
+from sftrl.optim import (
+    OptimizerConfig,
+    OptimizerConfigError,
+    check_run_length,
+    learning_rate,
+    make_optimizer,
+)
 from sftrl.sharding import Layout, shard_batch
 from sftrl.train import common
 from sftrl.train import state as state_lib
@@ -144,6 +150,10 @@ class SFTTrainer:
         if not self.total_steps:
             raise ValueError("sft.num_steps: the data gives no batch; lower sft.batch_size")
         opt_config = OptimizerConfig.from_config(config.sft, self.total_steps)
+        try:  # before any step: a decay longer than the run the epochs give
+            check_run_length(opt_config)
+        except OptimizerConfigError as e:
+            raise config_lib.ConfigError(f"sft.{e}") from e
         self.tx = make_optimizer(opt_config)
         self.schedule = learning_rate(opt_config)
         self.checkpointer = state_lib.Checkpointer(
