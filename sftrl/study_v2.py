@@ -522,11 +522,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.gates and not args.sweep_dir:
         parser.error("give --gates FILES or --sweep_dir DIR")
-    for path in args.gates or ():
-        result = gates(read_samples(path), args.k)
-        print(json.dumps({"file": str(path), **{key: round(v, 4) for key, v in result.items()}}))
-    if args.sweep_dir:
-        print(f"report written to {write_report(args.sweep_dir, args.out, args.n_bootstrap)}")
+    from sftrl import errors
+
+    try:
+        for path in args.gates or ():
+            result = gates(read_samples(path), args.k)
+            print(json.dumps({"file": str(path),
+                              **{key: round(v, 4) for key, v in result.items()}}))
+        if args.sweep_dir:
+            print(f"report written to {write_report(args.sweep_dir, args.out, args.n_bootstrap)}")
+    except (OSError, ValueError) as error:  # a missing or malformed input file: one line
+        return errors.report(error)
     return 0
 
 

@@ -185,3 +185,13 @@ def test_figures_and_plan_quote_from_the_findings(tmp_path):
     assert [b.splitlines()[-1] for b in parts["deviations"]] == ["steps changed", "task changed"]
     text = study_v2.render_plan(plan)
     assert "> * H1: x." in text and "not quoted" not in text
+
+
+def test_gates_command_names_a_missing_or_malformed_file(tmp_path, capsys):
+    assert study_v2.main(["--gates", str(tmp_path / "absent.jsonl")]) == 2
+    assert "absent.jsonl" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"answer": "1", "extracted": ["1"]}\n')
+    assert study_v2.main(["--gates", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bad.jsonl: line 1 has no field 'correct'" in err
