@@ -49,7 +49,7 @@ from etils import epath
 
 from sftrl import accelerators, atomic, config_lib
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = config_lib.REPO_ROOT  # the source tree (the repo root)
 DEFAULT_PREFIX = (sys.executable, "-m", "sftrl.main")
 STATUS_FILE = "sweep.json"
 PREDICT_RUN = "predict"
@@ -135,7 +135,7 @@ def name_for(overrides: Mapping[str, Any], short: Mapping[str, str] | None = Non
 def load_sweep(spec: str) -> tuple[Sweep, Path]:
     """`path[:arg]` -> (the Sweep its get_sweep(arg) returns, the file)."""
     path_text, _, arg = spec.partition(":")
-    path = _find_file(path_text)
+    path = config_lib.find_config_file(path_text)
     if path is None:
         raise SweepError(f"{path_text}: no such sweep file (looked in {Path.cwd()} and {ROOT})")
     module_name = "_sftrl_sweep_" + re.sub(r"\W", "_", path.stem)
@@ -151,10 +151,6 @@ def load_sweep(spec: str) -> tuple[Sweep, Path]:
     if not isinstance(sweep, Sweep):
         raise SweepError(f"{path}: get_sweep returned {type(sweep).__name__}, not a Sweep")
     return sweep, path
-
-
-def _find_file(path_text: str) -> Path | None:
-    return config_lib.find_config_file(path_text)
 
 
 # ------------------------------------------------------------------ overrides and validation
@@ -282,7 +278,7 @@ def plan(sweep: Sweep, sweep_dir: Path | epath.Path, where: str = "sweep",
     base = load_config(sweep.base_config)
     # An absolute path, so the command works from any directory (xm_local keeps our cwd).
     path_text, sep, variant = sweep.base_config.partition(":")
-    config_arg = f"{_find_file(path_text)}{sep}{variant}"
+    config_arg = f"{config_lib.find_config_file(path_text)}{sep}{variant}"
     runs = list(sweep.runs)
     if sweep.predict:
         dirs = tuple(str(sweep_dir / run.name) for run in sweep.runs)
