@@ -6,7 +6,7 @@ interrupted run keeps what it measured):
 
   limits   device-to-device copy bandwidth (bytes read + written) and a bf16 matmul's FLOP/s,
            measured here: the ceilings the other parts are reported against.
-  kernel   kernels/decode_attention.py compiled (Triton on GPU, Mosaic on TPU) against its
+  kernel   sftrl/kernels/decode_attention.py compiled (Triton on GPU, Mosaic on TPU) against its
            plain-JAX reference: error on ragged prefixes, then step time and the share of the
            copy bandwidth at which the prefix K/V is read (read once per step).
   sampler  sftrl.sampling.generate on random bf16 weights with Llama-3-8B's shapes, one prompt of
@@ -43,12 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `kernels` is imported from the repository root
-    sys.path.insert(0, str(ROOT))
-
-from kernels import decode_attention as da  # noqa: E402
-from sftrl.models.model_config import ModelConfig  # noqa: E402
+from sftrl.kernels import decode_attention as da
+from sftrl.models.model_config import ModelConfig
 
 PARTS = ("limits", "kernel", "sampler", "sft")
 # Dense bf16 peak from the datasheets (FLOP/s), by a substring of jax's device_kind.

@@ -1,4 +1,4 @@
-"""Shared-prefix decode attention (kernels/decode_attention.py): step time and achieved HBM GB/s.
+"""Shared-prefix decode attention (sftrl/kernels/decode_attention.py): step time and HBM GB/s.
 
 What is measured
     One decode step of the prefix half of a cascade decode: P prompts, K kv heads, N samples per
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,11 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `kernels` is imported from the repository root, not installed
-    sys.path.insert(0, str(ROOT))
-
-from kernels import decode_attention as da  # noqa: E402
+from sftrl.kernels import decode_attention as da
 
 COLUMNS = ("impl", "backend", "dtype", "P", "K", "N", "G", "S", "D", "block_kv", "splits",
            "compile_s", "median_ms", "min_ms", "gb_per_s", "speedup")

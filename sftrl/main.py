@@ -107,10 +107,6 @@ def _main(argv: list[str]) -> int:
         raise config_lib.ConfigError(f"accelerator: {e}") from e
     config_lib.check_full_size_run(config)
     config_lib.check_inputs(config)
-    if config.stage in ("rl", "eval", "pipeline"):
-        from sftrl import kernels_import
-
-        kernels_import.load("decode_attention")  # sampling needs it: fail now, not at step 1
     stage = stage_run(config.stage)  # validate() admits only config_lib.STAGES
     workdir = run_dir(_WORKDIR.value, config)
     import jax

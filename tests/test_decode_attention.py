@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import decode_attention as da
+from sftrl.kernels import decode_attention as da
 
 
 def _rand(rng, shape, dtype=jnp.float32):

@@ -1,5 +1,5 @@
-"""The import rule of docs/design.md (every module of sftrl/, kernels/, benchmarks/ and
-configs/, no cycle), and our `kernels` beside transformers."""
+"""The import rule of docs/design.md (every module of sftrl/, benchmarks/ and configs/, no
+cycle), and no top-level package of ours shadowing a dependency's."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SOURCES = ("sftrl", "kernels", "benchmarks", "configs")  # every module of these is checked
+SOURCES = ("sftrl", "benchmarks", "configs")  # every module of these is checked
 # Leaves every other module may import (besides its rule): the user-error types, atomic writes.
 LEAVES = ("sftrl.errors", "sftrl.atomic")
 
@@ -25,18 +25,17 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "sftrl.sharding": (),
     "sftrl.target": (),  # the platform compiled for (plan compiles TPU programs on a CPU host)
     "sftrl.optim": (),  # the optimizer and its config keys (config_lib validates them)
-    "kernels": ("kernels",),
-    "sftrl.kernels_import": ("kernels",),
+    "sftrl.kernels": ("sftrl.kernels",),  # Pallas kernels: jax only
     "sftrl.losses": ("sftrl.losses",),
     "sftrl.rewards": ("sftrl.rewards",),
     # config.accelerator -> devices and an xm resource; Cloud TPU slice names are sftrl.plan's
     "sftrl.accelerators": ("sftrl.plan",),
-    "sftrl.models": ("sftrl.models", "sftrl.sharding", "sftrl.target", "sftrl.kernels_import",
-                     "kernels"),
-    "sftrl.sampling": ("sftrl.sampling", "sftrl.models", "sftrl.sharding", "kernels"),
+    "sftrl.models": ("sftrl.models", "sftrl.sharding", "sftrl.target",
+                     "sftrl.kernels"),
+    "sftrl.sampling": ("sftrl.sampling", "sftrl.models", "sftrl.sharding"),
     "sftrl.data": ("sftrl.data", "sftrl.models", "sftrl.sharding"),
     "sftrl.eval": ("sftrl.eval", "sftrl.models", "sftrl.losses", "sftrl.sampling",
-                   "sftrl.rewards", "sftrl.data", "sftrl.sharding", "kernels"),
+                   "sftrl.rewards", "sftrl.data", "sftrl.sharding"),
     # config_lib validates configs: it describes models, meshes, optimizers, losses and data
     "sftrl.config_lib": ("sftrl.models", "sftrl.sharding", "sftrl.target", "sftrl.optim",
                          "sftrl.losses", "sftrl.data"),
@@ -44,11 +43,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # train reads the config (config_lib) to build models, optimizers and data
     "sftrl.train": ("sftrl.train", "sftrl.config_lib", "sftrl.optim", "sftrl.models",
                     "sftrl.losses", "sftrl.sampling", "sftrl.rewards", "sftrl.data", "sftrl.eval",
-                    "sftrl.sharding", "sftrl.target", "kernels"),
+                    "sftrl.sharding", "sftrl.target"),
     # the ranking tool: the eval stage's pieces and the trainers' checkpoint loading
     "sftrl.rank": ("sftrl.rank", "sftrl.config_lib", "sftrl.data", "sftrl.eval", "sftrl.models",
                    "sftrl.train", "sftrl.sharding", "sftrl.sampling", "sftrl.rewards",
-                   "sftrl.losses", "kernels"),
+                   "sftrl.losses"),
     # the stages (sftrl/stages/, one module each) and the tools above them, one rule each
     "sftrl.stages": (),  # the package's __init__: the list of stages
     "sftrl.stages.model": ("sftrl.config_lib", "sftrl.models", "sftrl.sharding", "sftrl.train"),
@@ -78,14 +77,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                        "sftrl.report"),
     "sftrl.stages.study": ("sftrl.study", "sftrl.eval"),
     # main imports the stage it runs by name (sftrl.stages.<stage>)
-    "sftrl.main": ("sftrl.config_lib", "sftrl.accelerators", "sftrl.kernels_import",
+    "sftrl.main": ("sftrl.config_lib", "sftrl.accelerators",
                    "sftrl.stages"),
     # config files build configs; sweep files define sweeps
     "configs": ("sftrl.config_lib",),
     "configs.sweeps": ("sftrl.launch", "sftrl.config_lib"),
 }
 # benchmarks measure every layer (not main, whose job is flags and dispatch)
-ALLOWED["benchmarks"] = ("benchmarks", "kernels", *sorted(
+ALLOWED["benchmarks"] = ("benchmarks", *sorted(
     p for p in ALLOWED if p.startswith("sftrl.") and p != "sftrl.main"))
 
 
@@ -192,18 +191,24 @@ def test_the_cycle_finder_finds_cycles():
     assert _cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
 
 
-def test_kernels_is_ours_even_beside_transformers():
-    code = (
-        "import transformers, kernels, pathlib, sys;"
-        "p = pathlib.Path(kernels.__file__).resolve().parent;"
-        "sys.exit(0 if p == pathlib.Path.cwd().resolve() / 'kernels' else 1)"
-    )
+def test_no_top_level_package_shadows_a_dependency():
+    """Python puts the working directory first on sys.path, so a top-level package of ours
+    named like a dependency's hides it. Our Pallas kernels once lived in `<repo>/kernels/`;
+    transformers 5.25 requires PyPI's `kernels` and failed to import from the repo root."""
+    code = ("import importlib.metadata as m, importlib.util as u, pathlib, sys;"
+            "root = pathlib.Path.cwd().resolve();"
+            "tops = {p.name for p in root.iterdir() if (p / '__init__.py').is_file()};"
+            "others = [d for d in m.distributions() if d.metadata['Name'] != 'sftrl'];"
+            "deps = {n for d in others for n in (d.read_text('top_level.txt') or '').split()};"
+            "deps |= {d.metadata['Name'].replace('-', '_').lower() for d in others};"
+            "clash = sorted(tops & deps); print(clash); sys.exit(1 if clash else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_kernels_is_not_packaged():
-    setup = (ROOT / "setup.cfg").read_text()
-    include = setup.split("[options.packages.find]")[1].split("[")[0]
-    assert "kernels" not in include
+def test_transformers_imports_from_the_repo_root():
+    code = "import transformers; transformers.LlamaConfig(); print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

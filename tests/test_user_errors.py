@@ -127,12 +127,12 @@ def test_check_inputs_leaves_remote_paths_to_their_storage() -> None:
 def test_kernels_load_from_any_working_directory(tmp_path: Path) -> None:
     """`python -m sftrl...` outside the repo root used to fail at the first decode step."""
     result = subprocess.run(
-        [sys.executable, "-c", "from sftrl import kernels_import; "
-         "print(kernels_import.load('decode_attention').__file__)"],
+        [sys.executable, "-c", "from sftrl.kernels import decode_attention; "
+         "print(decode_attention.__file__)"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
         env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-2000:]
-    assert Path(result.stdout.strip()) == ROOT / "kernels" / "decode_attention.py"
+    assert Path(result.stdout.strip()) == ROOT / "sftrl" / "kernels" / "decode_attention.py"
 
 
 def test_one_line_folds_a_message() -> None:

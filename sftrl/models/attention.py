@@ -1,7 +1,7 @@
 """Every attention the model computes, in one place: plain softmax attention (the reference and
 the path of short or cached queries), training self-attention without stored probabilities (a
 flash-style custom VJP in plain JAX, or the fused `jax.nn.dot_product_attention`, cuDNN on GPU),
-and the shared-prefix decode step (the Pallas kernels of `kernels/decode_attention.py` for the
+and the shared-prefix decode step (the Pallas kernels of `sftrl/kernels/decode_attention.py` for the
 prefix, merged with each sample's own suffix). `transformer.Attention` projects q, k, v and calls
 these; nothing else computes attention scores.
 
@@ -293,13 +293,8 @@ def shared_prefix_attention(
     The new token's k/v is written into the stacked suffix in place and the stacked suffix is
     returned: it travels through the layer scan as carry, never copied whole.
     """
-    # Loaded here: `kernels` lives at the repo root (never published under that name), and
-    # only decoding needs it.
-    from sftrl import kernels_import
-
-    kernels = kernels_import.load("decode_attention")
-    merge_attention, prefix_decode_attention = (kernels.merge_attention,
-                                                kernels.prefix_decode_attention)
+    # Imported here, not at the top: only decoding needs Pallas.
+    from sftrl.kernels.decode_attention import merge_attention, prefix_decode_attention
 
     prefix_k, prefix_v, suffix_k_all, suffix_v_all = layer_cache
     prefix_lengths_P, suffix_end, window, layer = cache_meta
