@@ -118,7 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
              # quantities a problem tracks (2: both counts boxed together), the start range and
              # the largest value along the way
              ops="add,sub,double,halve", counters=1, min_start=100, max_start=999,
-             max_value=4999)
+             max_value=4999,
+             # task v2's chain-of-thought style: "equations" | "state" (TaskConfigV2.cot)
+             cot="equations")
     )
     c.data.train_files = ()
     c.data.heldout_fraction = 0.05

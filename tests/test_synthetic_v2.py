@@ -198,3 +198,40 @@ def test_two_counters_homogeneous_structure_alternates():
         v2.TaskConfigV2(counters=3)
     with pytest.raises(synthetic.TaskConfigError, match="ops"):
         v2.TaskConfigV2(ops="add,mul")
+
+
+_STATE_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b}
+
+
+@pytest.mark.parametrize("split", ["train", "common_heldout"])
+def test_state_chain_of_thought_tracks_both_counters(split: str):
+    """cot="state", read back with nothing from the generator: the first line is the two start
+    counts in the order the problem names them, each later line changes exactly one count by a
+    right equation whose left side is that count on the line above, and the boxed answer is the
+    last line's counts."""
+    task = v2.TaskConfigV2(ops="add,sub", counters=2, min_start=10, max_start=89, max_value=99,
+                           cot="state")
+    records = (v2.sft_records(v2.VariantV2("diverse", "varied", 200), task)[0]
+               if split == "train" else v2.common_heldout_records(task))
+    for record in records:
+        problem, solution = (m["content"] for m in record["messages"])
+        *lines, last = solution.split("\n")
+        starts = [int(n) for n in re.findall(r"(\d+) [a-z]+", problem.split(". ")[0])[:2]]
+        assert [int(n) for n in lines[0].split(", ")] == starts, (problem, solution)
+        values = starts
+        for line in lines[1:]:
+            slots = line.split(", ")
+            changed = [i for i, slot in enumerate(slots) if "=" in slot]
+            assert len(slots) == 2 and len(changed) == 1, line
+            i = changed[0]
+            a, op, b, _, c = slots[i].split()
+            assert int(a) == values[i] and _STATE_OPS[op](int(a), int(b)) == int(c), line
+            assert int(slots[1 - i]) == values[1 - i], line
+            values = [int(c) if j == i else values[j] for j in range(2)]
+        assert last == f"The answer is \\boxed{{{values[0]}, {values[1]}}}."
+        assert record["answer"] == f"{values[0]}, {values[1]}"
+
+
+def test_unknown_chain_of_thought_style_is_refused():
+    with pytest.raises(v2.TaskConfigError, match="cot"):
+        v2.TaskConfigV2(cot="prose")

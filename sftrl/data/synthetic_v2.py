@@ -98,6 +98,7 @@ MIN_START, MAX_START = 100, 999
 # v1's 1..20 operands are learnt by this model size.
 MIN_OPERAND, MAX_OPERAND = 2, 20
 MIN_VALUE, MAX_VALUE = 10, 4999
+COT_STYLES = ("equations", "state")
 _SYMBOL = {"add": "+", "sub": "-", "double": "*", "halve": "/"}
 _STREAMS = {"test": 0, "rl": 1, "common_heldout": 2, "heldout": 3, "train": 4}
 _RENDER = 1
@@ -133,6 +134,12 @@ class TaskConfigV2:
     counters: int = 1
     min_start: int = MIN_START
     max_value: int = MAX_VALUE
+    # The canonical chain of thought (the same for every SFT set and the common held-out set):
+    # "equations" writes one equation per operation ("apples: 30 + 17 = 47" with two counters);
+    # "state" writes every counter on every line, in the order the problem introduces them
+    # ("30, 18" then "30 + 17 = 47, 18"), so each line copies the line above it and only the
+    # first line reads values out of the wording (PLAN.md, "Change after the start (3)").
+    cot: str = "equations"
     num_test: int = 1000
     num_rl_prompts: int = 2048
     num_common_heldout: int = 256
@@ -167,6 +174,8 @@ class TaskConfigV2:
             raise TaskConfigError(f"{name}.ops: {self.ops!r} must name distinct operations "
                                   f"from {OPS}, comma-separated")
         _check_int(name, "counters", self.counters, 1, 2)
+        if self.cot not in COT_STYLES:
+            raise TaskConfigError(f"{name}.cot: {self.cot!r} is not one of {COT_STYLES}")
         _check_int(name, "max_value", self.max_value, MIN_VALUE + MAX_OPERAND, MAX_VALUE)
         _check_int(name, "min_start", self.min_start, MIN_VALUE, self.max_value)
         _check_int(name, "max_start", self.max_start, self.min_start, self.max_value)
@@ -477,12 +486,23 @@ def solve(text: str) -> int | str:
     return values[0] if len(values) == 1 else answer_text(values)
 
 
-def write_solution(problem: Problem) -> str:
-    """The canonical chain of thought: one equation per operation (prefixed by its object when
-    there are two counters), then the boxed answer."""
+def write_solution(problem: Problem, cot: str = "equations") -> str:
+    """The canonical chain of thought in style `cot` (TaskConfigV2.cot), then the boxed answer.
+    "equations": one equation per operation, prefixed by its object when there are two
+    counters. "state": the start values, then per operation every counter, the changed one as
+    its equation (one counter: the same lines as "equations")."""
     two = len(problem.starts) == 2
-    lines = [(f"{problem.objects[target]}: " if two else "") + f"{a} {symbol} {n} = {b}"
-             for target, symbol, a, n, b in problem.equations()]
+    if cot == "state" and two:
+        values = [str(v) for v in problem.starts]
+        lines = [", ".join(values)]
+        for target, symbol, a, n, b in problem.equations():
+            shown = list(values)
+            shown[target] = f"{a} {symbol} {n} = {b}"
+            values[target] = str(b)
+            lines.append(", ".join(shown))
+    else:
+        lines = [(f"{problem.objects[target]}: " if two else "") + f"{a} {symbol} {n} = {b}"
+                 for target, symbol, a, n, b in problem.equations()]
     lines.append(f"The answer is \\boxed{{{problem.answer}}}.")
     return "\n".join(lines)
 
@@ -495,10 +515,10 @@ def _ops_text(problem: Problem) -> str:
     return ",".join(op for op, _, _ in problem.ops)
 
 
-def _sft_record(problem: Problem) -> dict:
+def _sft_record(problem: Problem, cot: str) -> dict:
     return {"id": problem.id,
             "messages": [{"role": "user", "content": problem.text},
-                         {"role": "assistant", "content": write_solution(problem)}],
+                         {"role": "assistant", "content": write_solution(problem, cot)}],
             "answer": str(problem.answer), "steps": problem.steps, "ops": _ops_text(problem)}
 
 
@@ -520,9 +540,10 @@ def sft_records(variant: VariantV2, task: TaskConfigV2) -> tuple[list[dict], lis
     heldout_key = f"heldout/{variant.structure}-{variant.length}"
     salt = _HELDOUT_KINDS.index((variant.structure, variant.length))
     train = [_sft_record(_render(s, seed=task.seed, stream="train",
-                                 salt=int(variant.structure == "homogeneous"), index=i))
+                                 salt=int(variant.structure == "homogeneous"), index=i), task.cot)
              for i, s in _train_structures(task, variant)]
-    heldout = [_sft_record(_render(s, seed=task.seed, stream="heldout", salt=salt, index=i))
+    heldout = [_sft_record(_render(s, seed=task.seed, stream="heldout", salt=salt, index=i),
+                           task.cot)
                for i, s in enumerate(_eval_structures(task)[heldout_key])]
     return train, heldout
 
@@ -530,7 +551,8 @@ def sft_records(variant: VariantV2, task: TaskConfigV2) -> tuple[list[dict], lis
 def common_heldout_records(task: TaskConfigV2) -> list[dict]:
     """The held-out set every checkpoint's generalization loss is measured on."""
     _check_task(task)
-    return [_sft_record(_render(s, seed=task.seed, stream="common_heldout", salt=0, index=i))
+    return [_sft_record(_render(s, seed=task.seed, stream="common_heldout", salt=0, index=i),
+                        task.cot)
             for i, s in enumerate(_eval_structures(task)["common_heldout"])]
 
 
