@@ -13,8 +13,8 @@ outputs come back once per wave.
 
 Randomness: the token of sample n of prompt p at step t is drawn with the key
 fold_in(fold_in(fold_in(key(seed), p), n), t), where p is the prompt's index in `prompts`. So
-results do not depend on how prompts are grouped into waves, and the same seed gives the same
-samples.
+results do not depend on how prompts are grouped into waves or a prompt's samples split over
+them, and the same seed gives the same samples.
 
 Log-probs of each drawn token under three distributions: `logprobs` under the one actually
 sampled from (temperature, top-k, top-p applied and renormalised; 0 for greedy),
@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from sftrl.errors import UserError
 from sftrl.models.kv_cache import KVCache, SharedPrefixCache
 from sftrl.models.transformer import Model, param_shardings, unstack_layers
 
@@ -339,6 +340,64 @@ def _waves(lengths: Sequence[int], per_prompt_extra: int, max_kv_tokens: int | N
     return waves
 
 
+class WavePlan(NamedTuple):
+    """One wave: these prompts, samples [first_sample, first_sample + num_samples) of each."""
+
+    prompts: list[int]
+    first_sample: int
+    num_samples: int
+
+
+def plan_waves(lengths: Sequence[int], num_samples: int, max_new_tokens: int,
+               max_kv_tokens: int | None, align: int = 1) -> list[WavePlan]:
+    """The waves `generate` runs: groups of prompts (`_waves`), and when a budget needs it, each
+    group's samples in equal chunks, one wave per chunk.
+
+    The chunk is the largest divisor of num_samples (one compiled shape, sample ids offset by a
+    whole chunk) whose waves all fit the budget and, except the last, hold a multiple of `align`
+    prompts; only when no chunk meets both (a budget that cannot hold `align` prompts even at one
+    sample each), the largest whose waves fit. All samples in one wave (today's plan) whenever
+    it qualifies. Preferring aligned waves over whole samples is why a budget that fits one
+    prompt's samples still splits them when it fits fewer than `align` such prompts: an
+    unaligned wave's KV is not split by prompt and sits whole on every device.
+    """
+    if max_kv_tokens is None:
+        return [WavePlan(list(range(len(lengths))), 0, num_samples)]
+    _check_budget(lengths, max_new_tokens, max_kv_tokens)
+    chunk, groups = _sample_chunk(lengths, num_samples, max_new_tokens, max_kv_tokens, align)
+    return [WavePlan(group, first, chunk) for group in groups
+            for first in range(0, num_samples, chunk)]
+
+
+def _check_budget(lengths: Sequence[int], max_new_tokens: int, max_kv_tokens: int) -> None:
+    """The smallest wave, one prompt with one sample, must fit the budget."""
+    longest = max(range(len(lengths)), key=lambda i: lengths[i])
+    if lengths[longest] + max_new_tokens > max_kv_tokens:
+        raise UserError(
+            f"max_kv_tokens={max_kv_tokens} cannot hold one sample of prompt {longest} "
+            f"({lengths[longest]} prompt tokens + max_new_tokens {max_new_tokens}): raise "
+            "max_kv_tokens (rl.max_kv_tokens / eval.max_kv_tokens) or lower max_new_tokens")
+
+
+def _sample_chunk(lengths: Sequence[int], num_samples: int, max_new_tokens: int,
+                  max_kv_tokens: int, align: int) -> tuple[int, list[list[int]]]:
+    """(samples per wave, the prompt groups) of `plan_waves`.
+
+    Three passes, each from the largest chunk down: fitting waves cut at multiples of `align`;
+    fitting waves as `_waves` cuts them for `align` (it can carry prompts into a wave they
+    overflow); waves cut one prompt at a time, which fit whenever every prompt fits alone, so
+    chunk 1 always qualifies there (the caller checked one prompt with one sample)."""
+    chunks = [c for c in range(num_samples, 0, -1) if num_samples % c == 0]
+    for aligned, group_align in ((True, align), (False, align), (False, 1)):
+        for chunk in chunks:
+            groups = _waves(lengths, chunk * max_new_tokens, max_kv_tokens, group_align)
+            fit = all(len(g) * (max(lengths[i] for i in g) + chunk * max_new_tokens)
+                      <= max_kv_tokens for g in groups)
+            if fit and (not aligned or all(len(g) % align == 0 for g in groups[:-1])):
+                return chunk, groups
+    raise AssertionError("unreachable: one prompt with one sample fits (checked by the caller)")
+
+
 def batch_ways(layout: Any) -> int:
     """How many ways the layout splits a batch of rows (its 'activation_batch' mesh axes)."""
     if layout is None:
@@ -372,7 +431,10 @@ def generate(
     """N samples for each prompt (ragged token-id lists); see the module docstring.
 
     max_kv_tokens bounds the cache: prompts are processed in waves whose prefix plus
-    N * max_new_tokens suffix slots fit it; the results are the same as one big batch.
+    N * max_new_tokens suffix slots fit it, and when one prompt's N samples do not (or fewer
+    prompts than the mesh's batch ways fit), each wave's samples in chunks (`plan_waves`);
+    the results are the same as one big batch. A budget that cannot hold one prompt with one
+    sample is a UserError naming max_kv_tokens.
     share_prefix=False repeats each prompt N times instead (the peers' way: N prefills and N
     copies of the prompt's KV) and gives the same samples; it exists to measure the difference.
     unroll_layers=True decodes from a per-layer copy of the layer weights, made once per call
@@ -381,6 +443,8 @@ def generate(
     """
     _check_args(prompts, num_samples, max_new_tokens, temperature, top_p, top_k,
                 model.config.vocab_size)
+    if max_kv_tokens is not None:  # here too: share_prefix=False would name a repeated prompt
+        _check_budget([len(p) for p in prompts], max_new_tokens, max_kv_tokens)
     if not share_prefix:
         repeated = [p for p in prompts for _ in range(num_samples)]
         flat = generate(
@@ -414,11 +478,11 @@ def generate(
     stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
     pad = jnp.asarray(pad_id, jnp.int32)
     sampling = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
-    waves = _waves([len(p) for p in prompts], n * t_max, max_kv_tokens,
-                   align=batch_ways(model.module.layout))
+    waves = plan_waves([len(p) for p in prompts], n, t_max, max_kv_tokens,
+                       align=batch_ways(model.module.layout))
     bar = tqdm.tqdm(total=p_total * n * t_max, unit="tok", desc="generate",
                     disable=not progress or None)
-    for wave in waves:
+    for wave, first_sample, chunk in waves:
         # Prefix widths rounded up to a bucket: every distinct width would compile the prefill
         # and decode steps again (seconds each), the padded slots are masked out.
         width = _bucket(max(len(prompts[i]) for i in wave))
@@ -428,14 +492,16 @@ def generate(
             tokens_PxS[row, : len(prompts[i])] = prompts[i]
             mask_PxS[row, : len(prompts[i])] = True
         # Row r, sample n draws with key (prompt id, first sample id + n): with shared prefixes
-        # (p, n); with repeated prompts the same (p, n) pairs, so both modes sample alike.
-        wave_ids = (np.repeat(_key_ids[0][wave][:, None], n, axis=1).astype(np.int32),
-                    (_key_ids[1][wave][:, None] + np.arange(n)).astype(np.int32))
+        # (p, n); with repeated prompts the same (p, n) pairs, so both modes sample alike. A
+        # wave holding a chunk of the samples offsets n by the chunk's start: the same keys.
+        sample_ids = _key_ids[1][wave][:, None] + first_sample + np.arange(chunk)
+        wave_ids = (np.repeat(_key_ids[0][wave][:, None], chunk, axis=1).astype(np.int32),
+                    sample_ids.astype(np.int32))
         consts, state, all_done = decoder.start(
             model.params, tokens_PxS, mask_PxS, wave_ids, base_key, stops, pad,
-            num_samples=n, max_new_tokens=t_max, **sampling,
+            num_samples=chunk, max_new_tokens=t_max, **sampling,
         )
-        bar.update(len(wave) * n)
+        bar.update(len(wave) * chunk)
         # The stop test reads the previous step's flag, which is ready while the current step
         # still runs: the host never waits for the device, and at most one step (all pad) is
         # wasted after the last sequence stops.
@@ -445,9 +511,10 @@ def generate(
             state, all_done = step_fn(step_params, consts, state,
                                       window=_suffix_window(step, t_max), **sampling)
             step += 1
-            bar.update(len(wave) * n)
+            bar.update(len(wave) * chunk)
         del consts
-        _store_wave(out, wave, state, step + 1, stop_ids)
+        _store_wave(out, wave, slice(first_sample, first_sample + chunk), state, step + 1,
+                    stop_ids)
     bar.close()
     return out
 
@@ -471,20 +538,22 @@ def _bucket(width: int) -> int:
     return -(-width // PREFIX_BUCKET) * PREFIX_BUCKET
 
 
-def _store_wave(out: Samples, wave: list[int], state: _State, steps: int,
+def _store_wave(out: Samples, wave: list[int], samples: slice, state: _State, steps: int,
                 stop_ids: Sequence[int]) -> None:
-    """Copy the first `steps` tokens of a wave to the host (once per wave) and derive lengths."""
+    """Copy the first `steps` tokens of a wave (its prompts' samples `samples`) to the host, once
+    per wave, and derive lengths."""
     tokens, logp, model_logp, policy_logp, was_done = (
         np.asarray(x[:, :, :steps]) for x in (state.tokens_PxNxT, state.logprobs_PxNxT,
                                               state.model_logprobs_PxNxT,
                                               state.policy_logprobs_PxNxT, state.was_done_PxNxT)
     )
     rows = np.asarray(wave)
-    out.tokens[rows, :, :steps] = tokens  # already pad_id after a sequence's stop
-    out.logprobs[rows, :, :steps] = logp
-    out.model_logprobs[rows, :, :steps] = model_logp
-    out.policy_logprobs[rows, :, :steps] = policy_logp
+    out.tokens[rows, samples, :steps] = tokens  # already pad_id after a sequence's stop
+    out.logprobs[rows, samples, :steps] = logp
+    out.model_logprobs[rows, samples, :steps] = model_logp
+    out.policy_logprobs[rows, samples, :steps] = policy_logp
     is_stop = np.isin(tokens, list(stop_ids)) & ~was_done
     finished = is_stop.any(axis=-1)
-    out.finished[rows] = finished
-    out.lengths[rows] = np.where(finished, is_stop.argmax(axis=-1) + 1, out.tokens.shape[-1])
+    out.finished[rows, samples] = finished
+    out.lengths[rows, samples] = np.where(finished, is_stop.argmax(axis=-1) + 1,
+                                          out.tokens.shape[-1])

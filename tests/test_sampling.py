@@ -244,3 +244,117 @@ def test_suffix_window_gives_the_full_suffix_result(model, monkeypatch):
     np.testing.assert_array_equal(windowed.lengths, full.lengths)
     np.testing.assert_allclose(windowed.logprobs, full.logprobs, atol=1e-6)
     np.testing.assert_allclose(windowed.model_logprobs, full.model_logprobs, atol=1e-6)
+
+
+# --- a prompt's samples split over waves ------------------------------------------------------
+# PROMPTS' lengths are 5, 2, 7, 1; with max_new_tokens 6 a sample holds 6 suffix slots.
+
+
+def test_plan_splits_samples_only_when_the_budget_needs_it():
+    lengths = [len(p) for p in PROMPTS]
+    plan = sampling.plan_waves(lengths, 8, 6, None)
+    assert plan == [([0, 1, 2, 3], 0, 8)]
+    # 2 * (5 + 48) = 106 <= 110, 3 * (7 + 48) = 165 > 110: prompts cut as before, all samples
+    assert sampling.plan_waves(lengths, 8, 6, 110) == [([0, 1], 0, 8), ([2, 3], 0, 8)]
+    # 7 + 48 = 55 > 40: prompt 2 cannot hold 8 samples; 4 samples: 7 + 24 = 31 <= 40 alone,
+    # two prompts 2 * (5 + 24) = 58 > 40
+    assert sampling.plan_waves(lengths, 8, 6, 40) == [
+        ([p], first, 4) for p in range(4) for first in (0, 4)]
+    # 7 + 12 = 19 <= 20 < 7 + 24: 2 samples a wave, 4 waves per prompt
+    assert sampling.plan_waves(lengths, 8, 6, 20) == [
+        ([p], first, 2) for p in range(4) for first in (0, 2, 4, 6)]
+
+
+def test_plan_keeps_waves_aligned_to_the_batch_split():
+    lengths = [len(p) for p in PROMPTS]
+    # align 2, budget 40: 4 samples fit one prompt only (2 * (5 + 24) = 58), an unaligned wave;
+    # 2 samples fit pairs: 2 * (5 + 12) = 34 and 2 * (7 + 12) = 38 <= 40
+    plan = sampling.plan_waves(lengths, 8, 6, 40, align=2)
+    assert plan == [([0, 1], f, 2) for f in (0, 2, 4, 6)] + [([2, 3], f, 2) for f in (0, 2, 4, 6)]
+    # align 4: 4 * (7 + 6c) <= 80 holds for c = 2, not 4
+    assert sampling.plan_waves(lengths, 8, 6, 80, align=4) == [
+        ([0, 1, 2, 3], f, 2) for f in (0, 2, 4, 6)]
+    # no chunk gives aligned waves that fit (a pair with prompt 3 needs 2 * (30 + 1) = 62 > 32):
+    # the largest chunk whose waves, cut one prompt at a time, fit
+    assert sampling.plan_waves([1, 1, 1, 30], 1, 1, 32, align=2) == [
+        ([0, 1, 2], 0, 1), ([3], 0, 1)]
+
+
+def test_plan_chunks_are_divisors_covering_every_sample():
+    # 7 + 6 * 5 = 37 <= 40 < 7 + 6 * 6: at most 5 samples; 5 and 4 do not divide 6: chunks of 3
+    plan = sampling.plan_waves([7], 6, 6, 40)
+    assert plan == [([0], 0, 3), ([0], 3, 3)]
+
+
+def test_a_budget_below_one_sample_is_one_line_naming_max_kv_tokens(model):
+    from sftrl.errors import UserError
+
+    # prompt 2 (7 tokens) + 6 new tokens = 13 > 12
+    for share_prefix in (True, False):
+        with pytest.raises(UserError, match=r"^max_kv_tokens=12 cannot hold one sample of "
+                                            r"prompt 2 \(7 prompt tokens \+ max_new_tokens 6\)"):
+            sampling.generate(model, PROMPTS, num_samples=8, max_new_tokens=6,
+                              max_kv_tokens=12, share_prefix=share_prefix, progress=False)
+    with pytest.raises(UserError, match="max_kv_tokens=12"):
+        sampling.plan_waves([len(p) for p in PROMPTS], 8, 6, 12)
+
+
+def _split_kwargs(model):
+    """Sampling settings whose runs stop some samples early, with a stop id drawn in the
+    second half of prompt 0's samples (a wrong sample-id offset would change it)."""
+    kwargs = dict(num_samples=8, max_new_tokens=6, seed=4, top_k=20, progress=False)
+    first = sampling.generate(model, PROMPTS, **kwargs)
+    return dict(kwargs, stop_ids=[int(first.tokens[0, 5, 2])])
+
+
+def _assert_same_samples(a, b):
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.lengths, b.lengths)
+    np.testing.assert_array_equal(a.finished, b.finished)
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+    np.testing.assert_allclose(a.model_logprobs, b.model_logprobs, atol=1e-5)
+    np.testing.assert_allclose(a.policy_logprobs, b.policy_logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [40, 20])  # 2 and 4 waves per prompt (see the plan test)
+def test_split_samples_equal_the_unsplit_run(model, budget):
+    kwargs = _split_kwargs(model)
+    whole = sampling.generate(model, PROMPTS, **kwargs)
+    split = sampling.generate(model, PROMPTS, max_kv_tokens=budget, **kwargs)
+    assert whole.finished.any() and not whole.finished.all()
+    assert split.tokens.shape == (4, 8, 6) and split.lengths.shape == (4, 8)
+    _assert_same_samples(whole, split)
+    # repeated prompts (one sample a prompt) split alike
+    repeated = sampling.generate(model, PROMPTS, max_kv_tokens=budget, share_prefix=False,
+                                 **kwargs)
+    _assert_same_samples(whole, repeated)
+
+
+def test_split_samples_on_a_mesh_equal_the_unsplit_run(model):
+    layout = sharding.Layout(sharding.make_mesh(2, 2, 2), sharding.SAMPLING_RULES)
+    assert sampling.batch_ways(layout) == 4  # waves of 4 prompts x 2 samples (the plan test)
+    kwargs = _split_kwargs(model)
+    whole = sampling.generate(model, PROMPTS, **kwargs)
+    split = sampling.generate(model.reshard(layout), PROMPTS, max_kv_tokens=80, **kwargs)
+    _assert_same_samples(whole, split)
+
+
+def test_progress_counts_every_token_of_split_waves(model, monkeypatch):
+    counted = []
+
+    class Bar:
+        def __init__(self, total, **_):
+            counted.append(total)
+
+        def update(self, n):
+            counted.append(n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(sampling.tqdm, "tqdm", Bar)
+    sampling.generate(model, PROMPTS, num_samples=8, max_new_tokens=6, max_kv_tokens=20,
+                      seed=4)
+    total, *updates = counted
+    # no stop ids: every wave runs all 6 steps; 16 waves of one prompt x 2 samples
+    assert total == 4 * 8 * 6 and updates == [2] * (16 * 6)
