@@ -568,6 +568,7 @@ def _validate_rl(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("rl.top_p: must be in (0, 1]")
     if r.overlong_buffer >= r.max_new_tokens:
         raise ConfigError("rl.overlong_buffer: must be smaller than rl.max_new_tokens")
+    _check_kv_budget("rl", r)
     rows = r.prompts_per_step * r.group_size
     if rows % (r.updates_per_rollout * r.grad_accum):
         raise ConfigError(
@@ -624,6 +625,15 @@ def policy_loss_config(r: ml_collections.ConfigDict, cls: Any) -> Any:
     )
 
 
+def _check_kv_budget(section: str, c: ml_collections.ConfigDict) -> None:
+    """The sampler's smallest wave (one prompt, one sample) must fit max_kv_tokens: refused at
+    start-up for a one-token prompt; the real prompt lengths are checked by sftrl.sampling."""
+    if 0 < c.max_kv_tokens <= c.max_new_tokens:
+        raise ConfigError(
+            f"{section}.max_kv_tokens: {c.max_kv_tokens} cannot hold one sample (a prompt token "
+            f"+ {section}.max_new_tokens {c.max_new_tokens}); 0 means no bound")
+
+
 def _validate_eval(config: ml_collections.ConfigDict) -> None:
     e = config.eval
     for key in ("num_samples", "max_new_tokens", "prompts_per_wave"):
@@ -631,6 +641,7 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"eval.{key}: must be positive")
     if e.limit < 0 or e.max_kv_tokens < 0 or e.rl_num_samples < 0:
         raise ConfigError("eval.limit / eval.max_kv_tokens / eval.rl_num_samples: must be >= 0")
+    _check_kv_budget("eval", e)
     if not e.benchmarks:
         raise ConfigError("eval.benchmarks: name at least one benchmark")
     from sftrl.data.benchmarks import BENCHMARKS

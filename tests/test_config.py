@@ -71,6 +71,8 @@ def test_unknown_variant_is_named():
         ("remat=sometimes", r"remat: 'sometimes'"),
         ("attention=fastest", r"attention: 'fastest' is not one of"),
         ("sft.loss_chunk=0", r"sft.loss_chunk: must be >= 1"),
+        ("rl.max_kv_tokens=10", r"rl.max_kv_tokens: 10 cannot hold one sample"),
+        ("eval.max_kv_tokens=10", r"eval.max_kv_tokens: 10 cannot hold one sample"),
         ("data.synthetic.rl_max_steps=0", r"data.synthetic: TaskConfig.rl_max_steps"),
         ("data.synthetic.rl_min_steps=4", r"data.synthetic: TaskConfig.rl_min_steps: 4 is greater"),
         ("model_check.seq_len=999999", r"model_check.seq_len"),
