@@ -26,8 +26,9 @@ step time implied at an assumed MFU. A stage that does not fit prints one line
 `sftrl: error: <stage> needs X GiB per chip of Y GiB; turn <knob>` and the exit status is 2.
 
 One concept, hence one module over 700 lines: the plan of a run on a target (the slice, the
-abstract stages built from the trainers' own step builders, their compile, the report). The
-analytic counts it shares with GPU targets live in `sftrl.memory_model`.
+abstract stages built from the trainers' own step builders, their compile, the report). What
+the stages are (names, shapes, knobs, FLOPs, batch fields, resident bytes) is
+`sftrl.stage_catalogue`'s, shared with the analytic model for GPU targets, `sftrl.memory_model`.
 """
 
 from __future__ import annotations
