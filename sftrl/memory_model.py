@@ -5,7 +5,8 @@ for on this host (GPUs: XLA needs the device to compile for it), and its calibra
     python -m sftrl.plan --config=configs/llama8b.py --topology=v5p-64 --analytic
     python -m sftrl.calibration docs/paper_scale/*/plan.json              # model vs compile
 
-It counts, per device, what each program holds (the same stages as `sftrl.plan`):
+It counts, per device, what each program holds (the stages of `sftrl.stage_catalogue`, which
+`sftrl.plan` compiles):
 
 * weights: float32 master weights, split over fsdp x tensor; AdamW's two float32 moments; the
   gradients (a second float32 copy as the accumulator when grad_accum > 1); the sampler's copy
@@ -35,8 +36,12 @@ import dataclasses
 import re
 from typing import Any
 
+import numpy as np
+
+from sftrl import stage_catalogue
+from sftrl.stage_catalogue import PER_ROW, Held, Sampler, StageSpec, layer_matmul_params
+
 GIB = 2**30
-PROMPT_BUCKET = 32  # sftrl.train.grpo_step.PROMPT_BUCKET / sftrl.sampling.PREFIX_BUCKET
 F32, I32 = 4, 4
 # Four constants fitted to five compiled stages (FITTED, docs/paper_scale/); the other models,
 # topologies and stages are out of sample (docs/paper_scale/calibration.md).
@@ -164,11 +169,6 @@ class Shapes:
     def params(self) -> int:
         return self.arch.num_params()
 
-    def layer_params(self) -> int:
-        a = self.arch
-        e, d = a.hidden_size, a.head_dim
-        return e * d * (2 * a.num_heads + 2 * a.num_kv_heads) + 3 * e * a.intermediate_size
-
     def saved_per_token(self) -> float:
         """Bytes per token of all layers kept for the backward pass under the remat policy:
         'full' keeps each layer's input (the scan carry); 'dots_no_batch' (and 'dots', whose
@@ -198,7 +198,7 @@ class Shapes:
 
     def gathered_weights(self) -> float:
         """FSDP all-gathers a layer's weights in the compute dtype (two layers in flight)."""
-        return 2 * self.layer_params() / self.tensor * self.compute_bytes
+        return 2 * layer_matmul_params(self.arch) / self.tensor * self.compute_bytes
 
     def kv_per_token(self) -> float:
         a = self.arch
@@ -214,8 +214,13 @@ def _attention(s: Shapes, rows: float, length: int, impl: str) -> Part:
     return Part(f"{impl} attention mask", "temp", rows * length * length)
 
 
+def _itemsizes(batch: dict[str, str], per_row: bool) -> int:
+    """Bytes per token (or per row) of a batch's fields."""
+    return sum(np.dtype(dt).itemsize for k, dt in batch.items() if (k in PER_ROW) == per_row)
+
+
 def _train_step(s: Shapes, rows: int, length: int, grad_accum: int, chunk: int,
-                fields: dict[str, int], per_row: dict[str, int], impl: str) -> list[Part]:
+                batch_fields: dict[str, str], impl: str) -> list[Part]:
     """SFT step or GRPO update: state in and out (donated), batch in, the backward's needs."""
     a, w = s.arch, s.weight_ways
     state = 3 * F32 * s.params / w
@@ -225,7 +230,8 @@ def _train_step(s: Shapes, rows: int, length: int, grad_accum: int, chunk: int,
     micro_rows = rows / grad_accum / s.split(rows // grad_accum)
     micro = micro_rows * length
     vocab = a.vocab_size / s.tensor
-    batch = sum(fields.values()) * tokens + sum(per_row.values()) * rows / s.batch_ways
+    batch = (_itemsizes(batch_fields, False) * tokens
+             + _itemsizes(batch_fields, True) * rows / s.batch_ways)
     return [
         Part("train state (f32 params + AdamW moments)", "arg", state),
         Part("batch", "arg", batch),
@@ -242,7 +248,7 @@ def _train_step(s: Shapes, rows: int, length: int, grad_accum: int, chunk: int,
     ]
 
 
-def _forward(s: Shapes, rows: int, length: int, chunk: int | None, fields: int,
+def _forward(s: Shapes, rows: int, length: int, chunk: int | None, batch_fields: dict[str, str],
              out_per_token: int) -> list[Part]:
     """A forward without gradients (held-out NLL, old log-probs): float32 params in."""
     a = s.arch
@@ -251,7 +257,7 @@ def _forward(s: Shapes, rows: int, length: int, chunk: int | None, fields: int,
     logits_rows = rows / s.split(rows) * (length if chunk is None else min(chunk, length))
     return [
         Part("params f32", "arg", F32 * s.params / s.weight_ways),
-        Part("batch", "arg", fields * I32 * tokens),
+        Part("batch", "arg", _itemsizes(batch_fields, False) * tokens),
         Part("per-token output", "out", out_per_token * tokens),
         Part("gathered layer weights", "temp", s.gathered_weights()),
         Part("hidden states + one layer's activations", "temp",
@@ -261,39 +267,51 @@ def _forward(s: Shapes, rows: int, length: int, chunk: int | None, fields: int,
     ]
 
 
-def _waves(prompts: int, prompt_len: int, extra: int, budget: int, align: int) -> list[list]:
-    from sftrl import sampling
+def _prefill(s: Shapes, sm: Sampler, sampler_bytes: float, prompt_width: int) -> list[Part]:
+    """A sampler's prefill: a wave's prompts in, its KV cache out."""
+    p, split = sm.wave, sm.split
+    return [
+        Part("sampler weights", "arg", sampler_bytes),
+        Part("prompts", "arg", 2 * I32 * p * prompt_width / split),
+        Part("prefix KV", "out", sm.prefix_kv),
+        Part("suffix KV", "out", sm.suffix_kv),
+        Part("prompt activations (one layer, f32)", "temp",
+             p * prompt_width / split * s.forward_per_token()),
+        Part("last-position logits", "temp", p / split * s.arch.vocab_size / s.tensor * F32),
+    ]
 
-    return sampling._waves([prompt_len] * prompts, extra, budget or None, align=align)
+
+def _decode(s: Shapes, sm: Sampler, sampler_bytes: float) -> list[Part]:
+    """A decode step: the wave's KV cache in and out (donated)."""
+    rows = sm.wave * sm.samples / sm.split
+    return [
+        Part("sampler weights", "arg", sampler_bytes),
+        Part("KV cache (wave state)", "arg", sm.prefix_kv + sm.suffix_kv),
+        Part("KV cache (updated, donated)", "out", sm.prefix_kv + sm.suffix_kv, alias=True),
+        Part("stacked suffix K or V copy (fitted)", "temp", DECODE_COPY * sm.suffix_kv),
+        Part("logits x2", "temp", 2 * rows * s.arch.vocab_size / s.tensor * F32),
+    ]
 
 
-@dataclasses.dataclass
-class ModelStage:
-    name: str
-    shapes: str
-    knob: str
+@dataclasses.dataclass(kw_only=True)
+class ModelStage(StageSpec):
+    """A stage of the catalogue with the parts the model counts for it."""
+
     parts: list[Part]
-    flops: float
-    resident_bytes: float = 0.0
-    resident_what: str = ""
-    hbm_read_bytes: float = 0.0
-    calls: str = ""
 
     def row(self) -> dict[str, Any]:
         """A row as `plan.compile_stage` makes it from a compile, from the counts."""
-        return dict(
-            stage=self.name, shapes=self.shapes, knob=self.knob, flops=self.flops,
-            resident_gib=self.resident_bytes / GIB, resident=self.resident_what,
-            calls=self.calls, args_gib=_gib(self.parts, "arg"),
-            output_gib=_gib(self.parts, "out"), temp_gib=_gib(self.parts, "temp"),
+        return super().row() | dict(
+            args_gib=_gib(self.parts, "arg"), output_gib=_gib(self.parts, "out"),
+            temp_gib=_gib(self.parts, "temp"),
             alias_gib=sum(p.bytes for p in self.parts if p.alias) / GIB,
             parts={p.what: p.bytes / GIB for p in self.parts})
 
 
 def model_stages(config: Any, num_devices: int, prompt_len: int) -> tuple[list[ModelStage],
                                                                             dict[str, Any]]:
-    """The stages of `sftrl.plan`, counted. Call under `target.compiling_for(...)`: the compute
-    dtype ('auto') is the target's."""
+    """The stages of `sftrl.plan` (sftrl.stage_catalogue), counted. Call under
+    `target.compiling_for(...)`: the compute dtype ('auto') is the target's."""
     import jax.numpy as jnp
 
     from sftrl import config_lib
@@ -307,129 +325,37 @@ def model_stages(config: Any, num_devices: int, prompt_len: int) -> tuple[list[M
     packed_impl = resolve_impl(config.attention, dtype, packed=bool(config.data.packing),
                                sliding=sliding)
     rl_impl = resolve_impl(config.attention, dtype, packed=False, sliding=sliding)
-    sft, rl, ev = config.sft, config.rl, config.eval
-    length = config.data.max_length
+    sft, rl = config.sft, config.rl
     state = 3 * F32 * s.params / s.weight_ways
     params = F32 * s.params / s.weight_ways
     sampler = s.compute_bytes * s.params / s.tensor
-    stages: list[ModelStage] = []
-
-    packed = {"tokens": I32, "loss_mask": I32, "attention_mask": I32}
-    if config.data.packing:
-        packed |= {"segment_ids": I32, "positions": I32}
-    stages.append(ModelStage(
-        "sft", f"{sft.batch_size}x{length} tokens, grad_accum {sft.grad_accum}, loss_chunk "
-        f"{sft.loss_chunk}", "sft.grad_accum (or sft.batch_size / mesh)",
-        _train_step(s, sft.batch_size, length, sft.grad_accum, sft.loss_chunk, packed, {},
-                    packed_impl),
-        3 * forward_flops(arch, sft.batch_size * length, length / 2), calls="sft steps"))
-
-    stages.append(ModelStage(
-        "heldout", f"{sft.heldout_batch_size}x{length} tokens, unchunked float32 logits",
-        "sft.heldout_batch_size",
-        _forward(s, sft.heldout_batch_size, length, None, 3 + config.data.packing, F32),
-        forward_flops(arch, sft.heldout_batch_size * length, length / 2),
-        resident_bytes=state - params, resident_what="optimizer state",
-        calls="per held-out batch"))
-
-    prompt_width = -(-prompt_len // PROMPT_BUCKET) * PROMPT_BUCKET
-    width = prompt_width + rl.max_new_tokens
-    rows = rl.prompts_per_step * rl.group_size
-    stages.append(ModelStage(
-        "grpo_logprobs", f"{rows}x{width} tokens ({rl.prompts_per_step} prompts x "
-        f"{rl.group_size}; prompt {prompt_width} + {rl.max_new_tokens}), logprob_chunk "
-        f"{rl.logprob_chunk}"
-        + (f", logprob_rows {rl.logprob_rows}" if rl.logprob_rows else ""),
-        "rl.logprob_rows / rl.logprob_chunk / mesh",
+    g = stage_catalogue.geometry(config, prompt_len)
+    specs = stage_catalogue.stages(config, arch, g, s.batch_ways,
+                                   Held(state, params, state, params, sampler), s.kv_per_token())
+    batches = {spec.name: spec.batch for spec in specs}
+    parts = {
+        "sft": _train_step(s, sft.batch_size, g.length, sft.grad_accum, sft.loss_chunk,
+                           batches["sft"], packed_impl),
+        "heldout": _forward(s, sft.heldout_batch_size, g.length, None, batches["heldout"], F32),
         # one micro-batch's activations are live at a time (rl.logprob_rows); the whole
         # rollout's int32 inputs and float32 outputs are a few hundred MB, not counted
-        _forward(s, rl.logprob_rows or rows, width, rl.logprob_chunk, 2, F32),
-        forward_flops(arch, rows * width, width / 2),
-        resident_bytes=state - params + sampler,
-        resident_what="optimizer state + sampler weights", calls="1 per RL step"))
-
-    mini = rows // rl.updates_per_rollout
-    fields = {"tokens": I32, "attention_mask": I32, "loss_mask": I32, "sampler_logp": F32,
-              "old_logp": F32}
-    if rl.kl_estimator != "none" and rl.kl_coef > 0:
-        fields["ref_logp"] = F32
-    stages.append(ModelStage(
-        "grpo_update", f"{mini}x{width} tokens, grad_accum {rl.grad_accum}",
-        "rl.grad_accum (or rl.updates_per_rollout / mesh)",
-        _train_step(s, mini, width, rl.grad_accum, rl.logprob_chunk, fields,
-                    {"advantages": F32}, rl_impl),
-        3 * forward_flops(arch, mini * width, width / 2), resident_bytes=sampler,
-        resident_what="sampler weights",
-        calls=f"{rl.updates_per_rollout * rl.ppo_epochs} per RL step"))
-
-    for prefix, prompts, n, new_tokens, budget, resident, what in (
-        ("rl", rl.prompts_per_step, rl.group_size, rl.max_new_tokens, rl.max_kv_tokens, state,
-         "train state"),
-        ("eval", ev.prompts_per_wave, ev.num_samples, ev.max_new_tokens, ev.max_kv_tokens,
-         params, "train-layout weights"),
-    ):
-        waves = _waves(prompts, prompt_len, n * new_tokens, budget, s.batch_ways)
-        p = len(waves[0])
-        split = s.split(p)
-        prefix_kv = p * prompt_width * s.kv_per_token() / split
-        suffix_kv = p * n * new_tokens * s.kv_per_token() / split
-        rows_here = p * n / split
-        knob = f"{prefix}.max_kv_tokens" + (" / eval.prompts_per_wave" if prefix == "eval"
-                                            else "") + " / mesh.tensor"
-        kv_parts = [Part("prefix KV", "out", prefix_kv), Part("suffix KV", "out", suffix_kv)]
-        prefill = [
-            Part("sampler weights", "arg", sampler),
-            Part("prompts", "arg", 2 * I32 * p * prompt_width / split),
-            *kv_parts,
-            Part("prompt activations (one layer, f32)", "temp",
-                 p * prompt_width / split * s.forward_per_token()),
-            Part("last-position logits", "temp", p / split * arch.vocab_size / s.tensor * F32),
-        ]
-        stages.append(ModelStage(
-            f"{prefix}_prefill", f"wave of {p} prompts x {prompt_width} tokens ({len(waves)} "
-            f"waves of {prompts}; max_kv_tokens {budget or 'none'})", knob, prefill,
-            forward_flops(arch, p * prompt_width, prompt_width / 2, head_tokens=p),
-            resident_bytes=resident, resident_what=what,
-            calls=f"{len(waves)} per " + ("RL step" if prefix == "rl"
-                                          else f"{prompts} eval prompts")))
-        decode = [
-            Part("sampler weights", "arg", sampler),
-            Part("KV cache (wave state)", "arg", prefix_kv + suffix_kv),
-            Part("KV cache (updated, donated)", "out", prefix_kv + suffix_kv, alias=True),
-            Part("stacked suffix K or V copy (fitted)", "temp", DECODE_COPY * suffix_kv),
-            Part("logits x2", "temp", 2 * rows_here * arch.vocab_size / s.tensor * F32),
-        ]
-        kv_read = prefix_kv + suffix_kv / 2  # the suffix is half full on average
-        stages.append(ModelStage(
-            f"{prefix}_decode", f"{p}x{n} rows, suffix window {new_tokens}", knob, decode,
-            forward_flops(arch, p * n, prompt_width + new_tokens / 2),
-            resident_bytes=resident, resident_what=what, hbm_read_bytes=sampler + kv_read,
-            calls=f"{new_tokens} per wave (at most)"))
+        "grpo_logprobs": _forward(s, rl.logprob_rows or g.rows, g.width, rl.logprob_chunk,
+                                  batches["grpo_logprobs"], F32),
+        "grpo_update": _train_step(s, g.mini, g.width, rl.grad_accum, rl.logprob_chunk,
+                                   batches["grpo_update"], rl_impl),
+    }
+    stages = []
+    for spec in specs:
+        if spec.sampler is not None:
+            parts[spec.name] = (_prefill(s, spec.sampler, sampler, g.prompt_width)
+                                if spec.name.endswith("_prefill")
+                                else _decode(s, spec.sampler, sampler))
+            # the model splits the KV cache over mesh.tensor by kv head (Shapes.kv_per_token)
+            spec = dataclasses.replace(spec, knob=spec.knob + " / mesh.tensor")
+        stages.append(ModelStage(**spec.spec_fields(), parts=parts[spec.name]))
     info = dict(arch=dataclasses.asdict(arch), mesh=mesh, params=s.params,
                 compute_dtype=str(dtype), sampler_param_dtype=str(dtype),
                 train_state_gib_per_device=state / GIB,
                 rl_train_state_gib_per_device=state / GIB,
                 sampler_params_gib_per_device=sampler / GIB, prompt_len=prompt_len)
     return stages, info
-
-
-# --- FLOPs (analytic: compiled cost analyses count each loop body once) -----------------
-
-
-def matmul_params(arch: Any) -> tuple[int, int]:
-    """(matmul weights in the layers, LM head weights): what a token's forward multiplies by."""
-    e, d = arch.hidden_size, arch.head_dim
-    attention = e * d * (2 * arch.num_heads + 2 * arch.num_kv_heads)
-    per_layer = attention + 3 * e * arch.intermediate_size
-    return arch.num_layers * per_layer, arch.vocab_size * e
-
-
-def forward_flops(arch: Any, tokens: int, context: float, *, head_tokens: int | None = None
-                  ) -> float:
-    """2 FLOPs per multiply-add: the matmuls, and attention's QK and PV over `context` keys per
-    query (the mean visible context: L/2 for a causal length-L row). head_tokens: positions that
-    go through the LM head (default all)."""
-    layers, head = matmul_params(arch)
-    attention = 4 * arch.num_layers * arch.num_heads * arch.head_dim * context
-    return tokens * (2 * layers + attention) + 2 * head * (tokens if head_tokens is None
-                                                            else head_tokens)

@@ -26,8 +26,9 @@ step time implied at an assumed MFU. A stage that does not fit prints one line
 `sftrl: error: <stage> needs X GiB per chip of Y GiB; turn <knob>` and the exit status is 2.
 
 One concept, hence one module over 700 lines: the plan of a run on a target (the slice, the
-abstract stages built from the trainers' own step builders, their compile, the report). The
-analytic counts it shares with GPU targets live in `sftrl.memory_model`.
+abstract stages built from the trainers' own step builders, their compile, the report). What
+the stages are (names, shapes, knobs, FLOPs, batch fields, resident bytes) is
+`sftrl.stage_catalogue`'s, shared with the analytic model for GPU targets, `sftrl.memory_model`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sftrl.memory_model import PROMPT_BUCKET, forward_flops
+from sftrl import stage_catalogue
+from sftrl.stage_catalogue import PER_ROW, PROMPT_BUCKET, Held, StageSpec
 
 GIB = 2**30
 
@@ -177,17 +179,13 @@ def device_bytes(tree: Any) -> int:
 # --- stages -------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Stage:
-    name: str
-    shapes: str  # what it is compiled for, in words
-    knob: str  # what to turn when it does not fit
+@dataclasses.dataclass(kw_only=True)
+class Stage(StageSpec):
+    """A stage of the catalogue (sftrl.stage_catalogue) with the program to compile for it."""
+
     build: Callable[[], tuple[Any, tuple[Any, ...], dict[str, Any]]]  # (jitted, args, kwargs)
-    flops: float  # analytic, global, per call
-    resident_bytes: int = 0  # per device, held by the run outside this program meanwhile
-    resident_what: str = ""
-    hbm_read_bytes: int = 0  # per device per call, for bandwidth-bound (decode) steps
-    calls: str = ""  # how often a run calls it, in words
+    # a prefill's: compile_stage keeps its compile here, for its decode step's build
+    outputs: dict[str, Any] | None = None
 
 
 def _sds(shape: Sequence[int], dtype: Any, sharding: Any) -> Any:
@@ -216,64 +214,14 @@ def build_stages(config: Any, devices: list[Any], prompt_len: int) -> tuple[list
     layout = config_lib.make_layout(config, devices=devices)
     module = common.training_module(config, layout)
     replicated = layout.sharding(())
-    i32, f32 = jnp.int32, jnp.float32
-    s, rl, ev = config.sft, config.rl, config.eval
+    i32 = jnp.int32
+    s, rl = config.sft, config.rl
 
     sft_tx = make_optimizer(OptimizerConfig.from_config(s, max(1, s.num_steps or 1000)))
     state_abs, state_sh = common.abstract_train_state(module, sft_tx, layout, seed=config.seed)
     params_abs = state_abs.params
     state_b, params_b = device_bytes(state_abs), device_bytes(params_abs)
 
-    def batch(fields: dict[str, Any], rows: int, length: int, lay: Layout = layout) -> dict:
-        shapes = {k: jax.ShapeDtypeStruct((rows,) if k == "advantages" else (rows, length), dt)
-                  for k, dt in fields.items()}
-        sh = batch_shardings(lay, shapes)
-        return {k: _sds(v.shape, v.dtype, sh[k]) for k, v in shapes.items()}
-
-    stages: list[Stage] = []
-    length = config.data.max_length
-    packed_fields = {"tokens": i32, "loss_mask": i32, "attention_mask": i32}
-    if config.data.packing:
-        packed_fields |= {"segment_ids": i32, "positions": i32}
-    # Packed rows: the attention context is each example's, at most the row; L/2 is the bound.
-    sft_batch = batch(packed_fields, s.batch_size, length)
-
-    def build_sft():
-        step = make_sft_step(module, sft_tx, learning_rate(OptimizerConfig.from_config(s, 1)),
-                             normalization=s.loss_normalization, grad_accum=s.grad_accum,
-                             loss_chunk=s.loss_chunk)
-        return jit_step_for(step, state_sh, layout, sft_batch), (state_abs, sft_batch), {}
-
-    stages.append(Stage(
-        "sft", f"{s.batch_size}x{length} tokens, grad_accum {s.grad_accum}, "
-        f"loss_chunk {s.loss_chunk}", "sft.grad_accum (or sft.batch_size / mesh)", build_sft,
-        3 * forward_flops(arch, s.batch_size * length, length / 2),
-        calls="sft steps"))
-
-    held_fields = {k: packed_fields[k] for k in ("tokens", "loss_mask", "attention_mask")}
-    if config.data.packing:
-        held_fields["segment_ids"] = i32
-    held = batch(held_fields, s.heldout_batch_size, length)
-
-    def build_heldout():
-        fn = make_per_token_nll(module)
-        if "segment_ids" not in held:
-            fn = functools.partial(lambda f, p, t, m, a: f(p, t, m, a, None), fn)
-        in_sh = (state_sh.params, *(held[k].sharding for k in held))
-        jitted = jax.jit(fn, in_shardings=in_sh, out_shardings=held["tokens"].sharding)
-        return jitted, (params_abs, *held.values()), {}
-
-    stages.append(Stage(
-        "heldout", f"{s.heldout_batch_size}x{length} tokens, unchunked float32 logits",
-        "sft.heldout_batch_size", build_heldout,
-        forward_flops(arch, s.heldout_batch_size * length, length / 2),
-        resident_bytes=state_b - params_b, resident_what="optimizer state",
-        calls="per held-out batch"))
-
-    # GRPO: rollout rows are prompt (left-padded to a bucket) + response (to max_new_tokens).
-    prompt_width = -(-prompt_len // PROMPT_BUCKET) * PROMPT_BUCKET
-    width = prompt_width + rl.max_new_tokens
-    rows = rl.prompts_per_step * rl.group_size
     rl_opt = OptimizerConfig.from_config(rl, max(1, rl.num_steps * rl.updates_per_rollout))
     rl_tx = make_optimizer(rl_opt)
     rl_state_abs, rl_state_sh = common.abstract_train_state(module, rl_tx, layout,
@@ -290,28 +238,47 @@ def build_stages(config: Any, devices: list[Any], prompt_len: int) -> tuple[list
                                   shapes, sampler_sh)
     sampler_b = device_bytes(sampler_params)
 
+    g = stage_catalogue.geometry(config, prompt_len)
+    kv_per_token = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * jnp.dtype(
+        module.dtype).itemsize
+    held = Held(state_b, params_b, rl_state_b, device_bytes(rl_state_abs.params), sampler_b)
+    catalogue = stage_catalogue.stages(config, arch, g, sampling.batch_ways(sampling_layout),
+                                       held, kv_per_token)
+    batch_fields = {spec.name: spec.batch for spec in catalogue}
+
+    def batch(name: str, rows: int, length: int) -> dict:
+        """Stage `name`'s batch, abstract, sharded as the trainers shard it."""
+        shapes = {k: jax.ShapeDtypeStruct((rows,) if k in PER_ROW else (rows, length),
+                                          jnp.dtype(dt))
+                  for k, dt in batch_fields[name].items()}
+        sh = batch_shardings(layout, shapes)
+        return {k: _sds(v.shape, v.dtype, sh[k]) for k, v in shapes.items()}
+
+    sft_batch = batch("sft", s.batch_size, g.length)
+
+    def build_sft():
+        step = make_sft_step(module, sft_tx, learning_rate(OptimizerConfig.from_config(s, 1)),
+                             normalization=s.loss_normalization, grad_accum=s.grad_accum,
+                             loss_chunk=s.loss_chunk)
+        return jit_step_for(step, state_sh, layout, sft_batch), (state_abs, sft_batch), {}
+
+    held_batch = batch("heldout", s.heldout_batch_size, g.length)
+
+    def build_heldout():
+        fn = make_per_token_nll(module)
+        if "segment_ids" not in held_batch:
+            fn = functools.partial(lambda f, p, t, m, a: f(p, t, m, a, None), fn)
+        in_sh = (state_sh.params, *(held_batch[k].sharding for k in held_batch))
+        jitted = jax.jit(fn, in_shardings=in_sh, out_shardings=held_batch["tokens"].sharding)
+        return jitted, (params_abs, *held_batch.values()), {}
+
     def build_logprobs():
         fn = make_logprob_fn(module, rl.temperature, rl.logprob_chunk, rl.logprob_rows)
-        toks = batch({"tokens": i32, "attention_mask": i32}, rows, width)
-        return (jit_logprobs(fn, state_sh.params, layout, (rows, width)),
+        toks = batch("grpo_logprobs", g.rows, g.width)
+        return (jit_logprobs(fn, state_sh.params, layout, (g.rows, g.width)),
                 (rl_state_abs.params, toks["tokens"], toks["attention_mask"]), {})
 
-    stages.append(Stage(
-        "grpo_logprobs", f"{rows}x{width} tokens ({rl.prompts_per_step} prompts x "
-        f"{rl.group_size}; prompt {prompt_width} + {rl.max_new_tokens}), logprob_chunk "
-        f"{rl.logprob_chunk}"
-        + (f", logprob_rows {rl.logprob_rows}" if rl.logprob_rows else ""),
-        "rl.logprob_rows / rl.logprob_chunk / mesh", build_logprobs,
-        forward_flops(arch, rows * width, width / 2),
-        resident_bytes=rl_state_b - device_bytes(rl_state_abs.params) + sampler_b,
-        resident_what="optimizer state + sampler weights", calls="1 per RL step"))
-
-    mini = rows // rl.updates_per_rollout
-    fields = {"tokens": i32, "attention_mask": i32, "loss_mask": i32, "sampler_logp": f32,
-              "old_logp": f32, "advantages": f32}
-    if rl.kl_estimator != "none" and rl.kl_coef > 0:
-        fields["ref_logp"] = f32
-    mb = batch(fields, mini, width)
+    mb = batch("grpo_update", g.mini, g.width)
 
     def build_update():
         update = make_grpo_update(
@@ -320,74 +287,63 @@ def build_stages(config: Any, devices: list[Any], prompt_len: int) -> tuple[list
             grad_accum=rl.grad_accum, logprob_chunk=rl.logprob_chunk)
         return jit_step_for(update, rl_state_sh, layout, mb), (rl_state_abs, mb), {}
 
-    stages.append(Stage(
-        "grpo_update", f"{mini}x{width} tokens, grad_accum {rl.grad_accum}",
-        "rl.grad_accum (or rl.updates_per_rollout / mesh)", build_update,
-        3 * forward_flops(arch, mini * width, width / 2), resident_bytes=sampler_b,
-        resident_what="sampler weights",
-        calls=f"{rl.updates_per_rollout * rl.ppo_epochs} per RL step"))
-
+    builds = {"sft": build_sft, "heldout": build_heldout, "grpo_logprobs": build_logprobs,
+              "grpo_update": build_update}
     decoder = sampling._Decoder(Model(sampling_module, None))
-    for prefix, prompts, n, new_tokens, kv_budget, temperature, top_p, top_k, resident, what in (
-        ("rl", rl.prompts_per_step, rl.group_size, rl.max_new_tokens, rl.max_kv_tokens,
-         rl.temperature, rl.top_p, rl.top_k, rl_state_b, "train state"),
-        ("eval", ev.prompts_per_wave, ev.num_samples, ev.max_new_tokens, ev.max_kv_tokens,
-         ev.temperature, ev.top_p, ev.top_k, params_b, "train-layout weights"),
-    ):
-        waves = sampling._waves([prompt_len] * prompts, n * new_tokens, kv_budget or None,
-                                align=sampling.batch_ways(sampling_layout))
-        p = len(waves[0])
-        knob = f"{prefix}.max_kv_tokens" + (" / eval.prompts_per_wave" if prefix == "eval"
-                                            else "")
-        static = dict(num_samples=n, max_new_tokens=new_tokens, temperature=float(temperature),
-                      top_k=int(top_k), top_p=float(top_p))
-        rows_sh = sampling_layout.sharding(("activation_batch", None), (p, prompt_width))
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    prefill_outputs: dict[str, dict[str, Any]] = {}  # section -> its prefill's compile
+
+    def sampler_build(spec: StageSpec) -> Callable[[], tuple[Any, tuple[Any, ...], dict]]:
+        """A prefill's build (the wave's prompts in), or its decode step's (the prefill's
+        outputs in)."""
+        sm = spec.sampler
+        assert sm is not None
+        section = getattr(config, sm.section)
+        p, n, width = sm.wave, sm.samples, g.prompt_width
+        static = dict(num_samples=n, max_new_tokens=sm.new_tokens,
+                      temperature=float(section.temperature), top_k=int(section.top_k),
+                      top_p=float(section.top_p))
+        if spec.name.endswith("_decode"):
+            out = prefill_outputs[sm.section]
+
+            def build_decode():
+                sampling_kw = {k: static[k] for k in ("temperature", "top_k", "top_p")}
+                if "compiled" not in out:
+                    raise PlanError("needs the prefill's compiled outputs (the prefill failed)")
+                lowered, compiled = out["lowered"], out["compiled"]
+                abstract = jax.tree.map(lambda info, sh: _sds(info.shape, info.dtype, sh),
+                                        lowered.out_info, compiled.output_shardings)
+                wave, state, _ = abstract
+                return (decoder.step, (sampler_params, wave, state),
+                        dict(window=sm.new_tokens, **sampling_kw))
+
+            return build_decode
+        rows_sh = sampling_layout.sharding(("activation_batch", None), (p, width))
         ids_sh = sampling_layout.sharding(("activation_batch", None), (p, n))
-        key = jax.eval_shape(lambda: jax.random.key(0))
-        prefill_args = (
-            sampler_params, _sds((p, prompt_width), i32, rows_sh),
-            _sds((p, prompt_width), jnp.bool_, rows_sh),
+        args = (
+            sampler_params, _sds((p, width), i32, rows_sh), _sds((p, width), jnp.bool_, rows_sh),
             (_sds((p, n), i32, ids_sh), _sds((p, n), i32, ids_sh)),
             _sds((), key.dtype, replicated), _sds((2,), i32, replicated), _sds((), i32, replicated),
         )
-        prefill_out: dict[str, Any] = {}
+        out = prefill_outputs[sm.section] = {}
 
-        def build_prefill(args=prefill_args, static=static, out=prefill_out):
+        def build_prefill():
             out["args"] = args
             return decoder.start, args, static
 
-        kv_per_token = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * jnp.dtype(
-            module.dtype).itemsize
-        batch_ways = layout.mesh.shape["data"] * layout.mesh.shape["fsdp"]
-        split = batch_ways if p % batch_ways == 0 else 1
-        kv_read = (p * prompt_width + p * n * new_tokens / 2) * kv_per_token / split
-        stages.append(Stage(
-            f"{prefix}_prefill", f"wave of {p} prompts x {prompt_width} tokens "
-            f"({len(waves)} waves of {prompts}; max_kv_tokens {kv_budget or 'none'})", knob,
-            build_prefill, forward_flops(arch, p * prompt_width, prompt_width / 2,
-                                         head_tokens=p),
-            resident_bytes=resident, resident_what=what, calls=f"{len(waves)} per "
-            + ("RL step" if prefix == "rl" else f"{prompts} eval prompts")))
+        return build_prefill
 
-        def build_decode(out=prefill_out, static=static, new_tokens=new_tokens):
-            sampling_kw = {k: static[k] for k in ("temperature", "top_k", "top_p")}
-            if "compiled" not in out:
-                raise PlanError("needs the prefill's compiled outputs (the prefill failed)")
-            lowered, compiled = out["lowered"], out["compiled"]
-            abstract = jax.tree.map(lambda info, sh: _sds(info.shape, info.dtype, sh),
-                                    lowered.out_info, compiled.output_shardings)
-            wave, state, _ = abstract
-            return (decoder.step, (sampler_params, wave, state),
-                    dict(window=new_tokens, **sampling_kw))
-
-        stages.append(Stage(
-            f"{prefix}_decode", f"{p}x{n} rows, suffix window {new_tokens}, Pallas prefix "
-            "kernel", knob, build_decode,
-            forward_flops(arch, p * n, prompt_width + new_tokens / 2),
-            resident_bytes=resident, resident_what=what,
-            hbm_read_bytes=int(sampler_b + kv_read),
-            calls=f"{new_tokens} per wave (at most)"))
-        stages[-2].outputs = prefill_out  # type: ignore[attr-defined]
+    stages = []
+    for spec in catalogue:
+        if spec.sampler is None:
+            stages.append(Stage(**spec.spec_fields(), build=builds[spec.name]))
+            continue
+        build, outputs = sampler_build(spec), None
+        if spec.name.endswith("_prefill"):
+            outputs = prefill_outputs[spec.sampler.section]
+        else:  # the decode step compiled here calls the Pallas TPU kernel
+            spec = dataclasses.replace(spec, shapes=spec.shapes + ", Pallas prefix kernel")
+        stages.append(Stage(**spec.spec_fields(), build=build, outputs=outputs))
     info = dict(arch=dataclasses.asdict(arch), mesh=dict(layout.mesh.shape),
                 params=arch.num_params(), compute_dtype=str(jnp.dtype(module.dtype)),
                 sampler_param_dtype=str(jnp.dtype(sample_dtype or jnp.float32)),
@@ -411,9 +367,7 @@ def _oom_need(message: str) -> float | None:
 
 
 def compile_stage(stage: Stage) -> dict[str, Any]:
-    row: dict[str, Any] = dict(stage=stage.name, shapes=stage.shapes, knob=stage.knob,
-                               flops=stage.flops, resident_gib=stage.resident_bytes / GIB,
-                               resident=stage.resident_what, calls=stage.calls)
+    row = stage.row()
     start = time.perf_counter()
     try:
         fn, args, kwargs = stage.build()
@@ -436,9 +390,8 @@ def compile_stage(stage: Stage) -> dict[str, Any]:
                 row["args_gib"] = device_bytes(args) / GIB
         return row
     row["compile_s"] = time.perf_counter() - start
-    outputs = getattr(stage, "outputs", None)
-    if outputs is not None:
-        outputs.update(lowered=lowered, compiled=compiled)
+    if stage.outputs is not None:
+        stage.outputs.update(lowered=lowered, compiled=compiled)
     memory = compiled.memory_analysis()
     if memory is not None:
         for key in ("argument", "output", "temp", "alias", "generated_code"):
@@ -645,7 +598,7 @@ def _plan(args: argparse.Namespace, overrides: list[str]) -> int:
                 continue
             print(f"compiling {stage.name}: {stage.shapes} ...", file=sys.stderr, flush=True)
             row = compile_stage(stage)
-            finish_row(row, topology, len(devices), args.mfu, stage.hbm_read_bytes)
+            finish_row(row, topology, len(devices), args.mfu, int(stage.hbm_read_bytes))
             print(f"  {stage.name}: need {_g(row.get('need_gib'))} GiB, compile "
                   f"{_g(row.get('compile_s'), '.0f')} s"
                   + (f", {row['error'][:200]}" if "error" in row else ""),

@@ -60,12 +60,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "sftrl.stages.pipeline": ("sftrl.config_lib", "sftrl.data", "sftrl.eval", "sftrl.report",
                               "sftrl.sharding", "sftrl.stages.eval", "sftrl.stages.predict",
                               "sftrl.stages.rl", "sftrl.stages.sft", "sftrl.train"),
+    # a run's stages (names, shapes, knobs, FLOPs, resident bytes): plan's and the model's
+    "sftrl.stage_catalogue": ("sftrl.sampling",),
     # the analytic per-device memory and FLOP counts (GPU targets; plan's --analytic)
     "sftrl.memory_model": ("sftrl.config_lib", "sftrl.models", "sftrl.sampling",
-                           "sftrl.sharding", "sftrl.target"),
+                           "sftrl.sharding", "sftrl.target", "sftrl.stage_catalogue"),
     "sftrl.plan": ("sftrl.config_lib", "sftrl.memory_model", "sftrl.eval", "sftrl.losses",
                    "sftrl.models", "sftrl.optim", "sftrl.sampling", "sftrl.sharding",
-                   "sftrl.target", "sftrl.train"),
+                   "sftrl.target", "sftrl.train", "sftrl.stage_catalogue"),
     # the memory model against the compiled plans and the H200 figures
     "sftrl.calibration": ("sftrl.memory_model", "sftrl.plan", "sftrl.config_lib", "sftrl.target"),
     # the v1 study's package: reading, findings as data, the paper's table, rendering

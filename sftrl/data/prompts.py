@@ -17,7 +17,14 @@ from typing import Any, Protocol
 import grain
 import numpy as np
 
-from sftrl.data.sft import check_saved_state, record_error
+from sftrl.data.sft import (
+    batch_stream_fingerprint,
+    check_batch_stream,
+    check_positive,
+    check_saved_state,
+    field_error,
+    record_error,
+)
 from sftrl.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -83,30 +90,14 @@ class PromptDataConfig:
     max_prompt_length: int | None = None  # longer prompts are dropped, counted and logged
 
     def __post_init__(self) -> None:
-        def bad(field: str, problem: str) -> ValueError:
-            return ValueError(f"PromptDataConfig.{field}: {problem}")
-
-        if self.batch_size < 1:
-            raise bad("batch_size", f"must be positive, got {self.batch_size}")
+        check_batch_stream(self)
         if self.template not in PROMPT_TEMPLATES:
-            raise bad("template", f"unknown template {self.template!r}; known: "
-                      f"{', '.join(sorted(PROMPT_TEMPLATES))}")
-        if self.seed < 0:
-            raise bad("seed", f"must be >= 0, got {self.seed}")
-        if self.num_epochs is not None and self.num_epochs < 1:
-            raise bad("num_epochs", f"must be positive or None, got {self.num_epochs}")
-        if self.shard_count < 1 or not 0 <= self.shard_index < self.shard_count:
-            raise bad("shard_index", f"{self.shard_index} is not in [0, {self.shard_count})")
-        if self.batch_size % self.shard_count:
-            raise bad("batch_size", f"{self.batch_size} does not split over "
-                      f"{self.shard_count} hosts (shard_count)")
-        if self.max_prompt_length is not None and self.max_prompt_length < 1:
-            raise bad("max_prompt_length", f"must be positive, got {self.max_prompt_length}")
+            raise field_error(self, "template", f"unknown template {self.template!r}; known: "
+                              f"{', '.join(sorted(PROMPT_TEMPLATES))}")
+        check_positive(self, "max_prompt_length")
 
     def fingerprint(self) -> dict[str, Any]:
-        skip = {"shard_index", "shard_count"}
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in skip}
+        return batch_stream_fingerprint(self)
 
 
 def validate_prompt_record(record: Any, index: int, source: str = "prompts") -> None:

@@ -72,6 +72,48 @@ def host_sharding() -> dict[str, int]:
 # --- config --------------------------------------------------------------------------------------
 
 
+def field_error(config: Any, field: str, problem: str) -> ValueError:
+    """A data config's bad field, as `<Config>.<field>: <problem>` (config_lib names the key)."""
+    return ValueError(f"{type(config).__name__}.{field}: {problem}")
+
+
+def check_positive(config: Any, *fields: str) -> None:
+    """Each of `fields` of `config` is at least 1, or None (unset)."""
+    for field in fields:
+        value = getattr(config, field)
+        if value is not None and value < 1:
+            raise field_error(config, field, f"must be positive, got {value}")
+
+
+def check_batch_stream(config: Any) -> None:
+    """What every data config's batch stream needs (SFTDataConfig, PromptDataConfig): a global
+    batch_size that splits evenly over shard_count hosts, this host's shard_index one of them,
+    seed >= 0 and num_epochs positive or None (forever)."""
+    check_positive(config, "batch_size")
+    if config.seed < 0:
+        raise field_error(config, "seed", f"must be >= 0, got {config.seed}")
+    if config.num_epochs is not None and config.num_epochs < 1:
+        raise field_error(config, "num_epochs",
+                          f"must be positive or None, got {config.num_epochs}")
+    if config.shard_count < 1 or not 0 <= config.shard_index < config.shard_count:
+        raise field_error(config, "shard_index",
+                          f"{config.shard_index} is not in [0, {config.shard_count})")
+    if config.batch_size % config.shard_count:
+        raise field_error(config, "batch_size", f"{config.batch_size} does not split over "
+                          f"{config.shard_count} hosts (shard_count)")
+
+
+def batch_stream_fingerprint(config: Any) -> dict[str, Any]:
+    """A data config's fields that decide the global batch stream, not the host's share of it
+    (tuples as lists, as a saved state's JSON holds them)."""
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.name not in ("shard_index", "shard_count"):
+            value = getattr(config, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class SFTDataConfig:
     """How SFT examples become batches. `batch_size` is global (all hosts together)."""
@@ -99,37 +141,21 @@ class SFTDataConfig:
     max_segments: int = 64  # most examples in one packed row; the width of example_ids
 
     def __post_init__(self) -> None:
-        def bad(field: str, problem: str) -> ValueError:
-            return ValueError(f"SFTDataConfig.{field}: {problem}")
-
-        if self.batch_size < 1:
-            raise bad("batch_size", f"must be positive, got {self.batch_size}")
+        check_batch_stream(self)
         if self.max_length < 2:
-            raise bad("max_length", f"must be at least 2, got {self.max_length}")
-        if self.seed < 0:
-            raise bad("seed", f"must be >= 0, got {self.seed}")
-        if self.num_epochs is not None and self.num_epochs < 1:
-            raise bad("num_epochs", f"must be positive or None, got {self.num_epochs}")
+            raise field_error(self, "max_length", f"must be at least 2, got {self.max_length}")
         if self.overlong not in ("drop", "truncate"):
-            raise bad("overlong", f"must be 'drop' or 'truncate', got {self.overlong!r}")
-        if self.shard_count < 1 or not 0 <= self.shard_index < self.shard_count:
-            raise bad("shard_index", f"{self.shard_index} is not in [0, {self.shard_count})")
-        if self.batch_size % self.shard_count:
-            raise bad("batch_size", f"{self.batch_size} does not split over "
-                      f"{self.shard_count} hosts (shard_count)")
+            raise field_error(self, "overlong",
+                              f"must be 'drop' or 'truncate', got {self.overlong!r}")
         if self.bucket_boundaries is not None:
             edges = tuple(self.bucket_boundaries)
             if not edges or list(edges) != sorted(set(edges)) or edges[0] < 1:
-                raise bad("bucket_boundaries", f"must be increasing positive ints, got {edges}")
+                raise field_error(self, "bucket_boundaries",
+                                  f"must be increasing positive ints, got {edges}")
             if edges[-1] > self.max_length:
-                raise bad("bucket_boundaries", f"{edges[-1]} exceeds max_length "
-                          f"{self.max_length}")
-        if self.bucket_window < 1:
-            raise bad("bucket_window", f"must be positive, got {self.bucket_window}")
-        if self.packing_bins is not None and self.packing_bins < 1:
-            raise bad("packing_bins", f"must be positive, got {self.packing_bins}")
-        if self.max_segments < 1:
-            raise bad("max_segments", f"must be positive, got {self.max_segments}")
+                raise field_error(self, "bucket_boundaries",
+                                  f"{edges[-1]} exceeds max_length {self.max_length}")
+        check_positive(self, "bucket_window", "packing_bins", "max_segments")
 
     @property
     def local_batch_size(self) -> int:
@@ -140,14 +166,7 @@ class SFTDataConfig:
         return edges if edges and edges[-1] == self.max_length else (*edges, self.max_length)
 
     def fingerprint(self) -> dict[str, Any]:
-        """The fields that decide the global batch stream (not the host's share of it)."""
-        skip = {"shard_index", "shard_count"}
-        out = {}
-        for f in dataclasses.fields(self):
-            if f.name not in skip:
-                value = getattr(self, f.name)
-                out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return batch_stream_fingerprint(self)
 
 
 # --- tokenization --------------------------------------------------------------------------------

@@ -73,12 +73,24 @@ class RecordSource:
         return {"records": len(self.records)}
 
 
-class _RecordShard:
-    def __init__(self, source: RecordSource, lo: int, hi: int):
+class _RangeShard:
+    """Rows [lo, hi) of a source indexed by row number (records, an array_record split); a row's
+    example_id is its number in the whole source."""
+
+    source: Any
+
+    def __init__(self, source: Any, lo: int, hi: int):
         self.source, self.lo, self.hi = source, lo, hi
 
     def __len__(self) -> int:
         return self.hi - self.lo
+
+    def example_id(self, i: int) -> int:
+        return self.lo + i
+
+
+class _RecordShard(_RangeShard):
+    source: RecordSource
 
     def example(self, i: int) -> Messages | None:
         from sftrl.data.sft import validate_sft_record
@@ -86,9 +98,6 @@ class _RecordShard:
         record = self.source.records[self.lo + i]
         validate_sft_record(record, self.lo + i, self.source.name)
         return [dict(m) for m in record["messages"]]
-
-    def example_id(self, i: int) -> int:
-        return self.lo + i
 
     def location(self, i: int) -> str:
         return f"{self.source.name}: record {self.lo + i}"
@@ -282,20 +291,13 @@ class TfdsSource:
         return {"tfds": self.directory, "split": self.split, "rows": len(self.data)}
 
 
-class _TfdsShard:
-    def __init__(self, source: TfdsSource, lo: int, hi: int):
-        self.source, self.lo, self.hi = source, lo, hi
-
-    def __len__(self) -> int:
-        return self.hi - self.lo
+class _TfdsShard(_RangeShard):
+    source: TfdsSource
 
     def example(self, i: int) -> Messages | None:
         from sftrl.data.builders.tfds_builders import decode_conversation
 
         return decode_conversation(self.source.data[self.lo + i])["messages"]
-
-    def example_id(self, i: int) -> int:
-        return self.lo + i
 
     def location(self, i: int) -> str:
         return f"{self.source.directory}[{self.source.split}][{self.lo + i}]"

@@ -173,26 +173,28 @@ def run_config(run_dir: Path) -> dict[str, Any]:
     return config
 
 
-def _epochs(config: dict[str, Any], where: str) -> int | None:
-    value = (config.get("sft") or {}).get("num_epochs")
+def _optional_int(config: dict[str, Any], field: str, where: str) -> int | None:
+    """A run config's int at the dotted `field`; None where it (or a section above it) is
+    absent or null."""
+    value: Any = config
+    for key in field.split("."):
+        value = (value or {}).get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise StudyError(f"{where}: field 'sft.num_epochs' is {value!r}, not an int")
+        raise StudyError(f"{where}: field '{field}' is {value!r}, not an int")
     return value
+
+
+def _epochs(config: dict[str, Any], where: str) -> int | None:
+    return _optional_int(config, "sft.num_epochs", where)
 
 
 def _data_size(config: dict[str, Any], where: str) -> int | None:
     """The synthetic data set's size from a run's config; None for file-based data."""
-    data = config.get("data") or {}
-    if data.get("source", "synthetic") != "synthetic":
+    if (config.get("data") or {}).get("source", "synthetic") != "synthetic":
         return None
-    value = (data.get("synthetic") or {}).get("size")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise StudyError(f"{where}: field 'data.synthetic.size' is {value!r}, not an int")
-    return value
+    return _optional_int(config, "data.synthetic.size", where)
 
 
 def _sft_steps(run_dir: Path, variant: str) -> int:

@@ -1,5 +1,6 @@
 """What the SFT and GRPO loops share: the model from the config, the sharded train state (fresh or
-restored), and the guard against non-finite losses."""
+restored) with the checkpoints, their index and the metrics writer it resumes, and the guard
+against non-finite losses."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,7 @@ from sftrl.models.transformer import (
 )
 from sftrl.sharding import Layout
 from sftrl.train import state as state_lib
+from sftrl.train.metrics_log import MetricsWriter
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,74 @@ def fresh_or_restored_state(
         return StateSetup(state, shardings, dict(data_state), latest, True)
     state = jax.jit(create, out_shardings=shardings)(model.params)
     return StateSetup(state, shardings, {}, 0, False)
+
+
+INDEX_FILE = "index.json"
+
+
+class CheckpointIndex:
+    """`checkpoints/index.json`: for each saved step, what it was evaluated with and the result."""
+
+    def __init__(self, directory: Path):
+        self.path = atomic.as_path(directory) / INDEX_FILE
+        self.entries: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            try:
+                self.entries = json.loads(self.path.read_text())
+            except json.JSONDecodeError:
+                log.warning("%s is damaged; starting a new index", self.path)
+
+    def record(self, step: int, **fields: Any) -> None:
+        if jax.process_index() != 0:
+            return
+        self.entries.setdefault(str(step), {}).update(fields)
+        atomic.write_json(self.path, self.entries, indent=1)
+
+    def forget_after(self, step: int) -> None:
+        stale = [k for k in self.entries if int(k) > step]
+        for key in stale:
+            del self.entries[key]
+
+
+class RunStart(NamedTuple):
+    """What a trainer starts from: its checkpoints and their index, the train state and the
+    metrics writer."""
+
+    checkpointer: state_lib.Checkpointer
+    index: CheckpointIndex
+    setup: StateSetup
+    writer: MetricsWriter
+
+
+def start_run(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    model: Model,
+    tx: optax.GradientTransformation,
+    layout: Layout,
+    pipeline: Any,
+    data_key: str,
+    *,
+    tensorboard: bool,
+    prefix: str,
+) -> RunStart:
+    """A trainer's start, fresh or from the latest checkpoint in `workdir/checkpoints`: the data
+    `pipeline` put back where that checkpoint saved it (under `data_key`), the index's entries
+    after its step forgotten (the run redoes them) and the metrics writer resumed at it."""
+    checkpointer = state_lib.Checkpointer(
+        workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
+        async_save=config.checkpoint.async_save,
+    )
+    index = CheckpointIndex(workdir / "checkpoints")
+    setup = fresh_or_restored_state(model, tx, layout, checkpointer, seed=config.seed)
+    if setup.resumed and data_key in setup.data_state:
+        pipeline.set_state(setup.data_state[data_key])
+    index.forget_after(setup.start_step)
+    writer = MetricsWriter(
+        workdir, resume_step=setup.start_step if setup.resumed else None,
+        tensorboard=tensorboard, prefix=prefix,
+    )
+    return RunStart(checkpointer, index, setup, writer)
 
 
 def check_finite(step: int, metrics: dict[str, float], example_ids: Any, workdir: Path) -> None:

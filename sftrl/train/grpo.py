@@ -60,9 +60,7 @@ from sftrl.train.grpo_step import (
     make_logprob_fn,
     rollout_arrays,
 )
-from sftrl.train.metrics_log import MetricsWriter
 from sftrl.train.progress import ProgressLog
-from sftrl.train.sft import CheckpointIndex
 from sftrl.train.sft_step import jit_step_for
 
 log = logging.getLogger(__name__)
@@ -167,24 +165,13 @@ class GRPOTrainer:
             raise config_lib.ConfigError(f"rl.{e}") from e
         self.tx = make_optimizer(opt)
         self.loss_config = config_lib.policy_loss_config(self.rl, PolicyLossConfig)
-        self.checkpointer = state_lib.Checkpointer(
-            self.workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
-            async_save=config.checkpoint.async_save,
-        )
-        self.index = CheckpointIndex(self.workdir / "checkpoints")
         # The reference policy is the starting point, kept whenever a KL estimator is chosen:
         # with kl_coef = 0 the KL is measured and logged but adds nothing to loss or reward.
         self.ref_params = None
         if self.rl.kl_estimator != "none":
             self.ref_params = jax.tree.map(jnp.copy, self.model.params)
-        self.setup = common.fresh_or_restored_state(
-            self.model, self.tx, layout, self.checkpointer, seed=config.seed
-        )
-        if self.setup.resumed and "prompts" in self.setup.data_state:
-            self.prompts.set_state(self.setup.data_state["prompts"])
-        self.index.forget_after(self.setup.start_step)
-        self.writer = MetricsWriter(
-            self.workdir, resume_step=self.setup.start_step if self.setup.resumed else None,
+        self.checkpointer, self.index, self.setup, self.writer = common.start_run(
+            config, self.workdir, self.model, self.tx, layout, self.prompts, "prompts",
             tensorboard=self.rl.tensorboard, prefix="rl/",
         )
         update = make_grpo_update(

@@ -45,14 +45,11 @@ from sftrl.optim import (
 from sftrl.sharding import Layout, shard_batch
 from sftrl.train import common
 from sftrl.train import state as state_lib
-from sftrl.train.metrics_log import MetricsWriter, peak_flops_per_device, training_flops_per_token
+from sftrl.train.metrics_log import peak_flops_per_device, training_flops_per_token
 from sftrl.train.progress import ProgressLog
 from sftrl.train.sft_step import BATCH_FIELDS, jit_sft_step, make_sft_step
 
 log = logging.getLogger(__name__)
-
-INDEX_FILE = "index.json"
-
 
 def data_config(config: ml_collections.ConfigDict) -> SFTDataConfig:
     return SFTDataConfig(
@@ -90,30 +87,6 @@ def build_evaluators(
     """One evaluator per name in sft.evals (validation admits only EVALUATORS' names)."""
     return {name: EVALUATORS[name](config, model, tokenizer, heldout)
             for name in config.sft.evals}
-
-
-class CheckpointIndex:
-    """`checkpoints/index.json`: for each saved step, what it was evaluated with and the result."""
-
-    def __init__(self, directory: Path):
-        self.path = atomic.as_path(directory) / INDEX_FILE
-        self.entries: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            try:
-                self.entries = json.loads(self.path.read_text())
-            except json.JSONDecodeError:
-                log.warning("%s is damaged; starting a new index", self.path)
-
-    def record(self, step: int, **fields: Any) -> None:
-        if jax.process_index() != 0:
-            return
-        self.entries.setdefault(str(step), {}).update(fields)
-        atomic.write_json(self.path, self.entries, indent=1)
-
-    def forget_after(self, step: int) -> None:
-        stale = [k for k in self.entries if int(k) > step]
-        for key in stale:
-            del self.entries[key]
 
 
 def _host_metrics(raw: dict[str, Any]) -> dict[str, float]:
@@ -156,28 +129,17 @@ class SFTTrainer:
             raise config_lib.ConfigError(f"sft.{e}") from e
         self.tx = make_optimizer(opt_config)
         self.schedule = learning_rate(opt_config)
-        self.checkpointer = state_lib.Checkpointer(
-            self.workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
-            async_save=config.checkpoint.async_save,
-        )
-        self.index = CheckpointIndex(self.workdir / "checkpoints")
         self.evaluators = build_evaluators(config, self.model, self.tokenizer, self.splits.heldout)
         step_fn = make_sft_step(
             self.model.module, self.tx, self.schedule,
             normalization=config.sft.loss_normalization, grad_accum=config.sft.grad_accum,
             loss_chunk=config.sft.loss_chunk,
         )
-        self.setup = common.fresh_or_restored_state(
-            self.model, self.tx, layout, self.checkpointer, seed=config.seed
-        )
-        self.step_fn = jit_sft_step(step_fn, self.setup.shardings, layout)
-        if self.setup.resumed and "pipeline" in self.setup.data_state:
-            self.pipeline.set_state(self.setup.data_state["pipeline"])
-        self.index.forget_after(self.setup.start_step)
-        self.writer = MetricsWriter(
-            self.workdir, resume_step=self.setup.start_step if self.setup.resumed else None,
+        self.checkpointer, self.index, self.setup, self.writer = common.start_run(
+            config, self.workdir, self.model, self.tx, layout, self.pipeline, "pipeline",
             tensorboard=config.sft.tensorboard, prefix="sft/",
         )
+        self.step_fn = jit_sft_step(step_fn, self.setup.shardings, layout)
         arch = self.model.config
         self.flops_per_token = training_flops_per_token(
             arch.num_params(), arch.num_layers, arch.hidden_size, config.data.max_length
