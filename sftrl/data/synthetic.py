@@ -147,6 +147,19 @@ def _check_int(owner: str, field: str, value: object, low: int, high: int | None
         raise TaskConfigError(f"{owner}.{field}: {value} is not {bound}")
 
 
+def check_seed_and_step_ranges(owner: str, config: object, high: int) -> None:
+    """The seed and the three (low, high) step ranges every task config has (v1 and v2): ints
+    in 1..`high`, low <= high."""
+    _check_int(owner, "seed", config.seed, 0)
+    for lo, hi in (("min_steps", "max_steps"), ("rl_min_steps", "rl_max_steps"),
+                   ("test_min_steps", "test_max_steps")):
+        low_value, high_value = getattr(config, lo), getattr(config, hi)
+        _check_int(owner, lo, low_value, 1, high)
+        _check_int(owner, hi, high_value, 1, high)
+        if low_value > high_value:
+            raise TaskConfigError(f"{owner}.{lo}: {low_value} is greater than {hi}={high_value}")
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
     """Everything that determines the task's problems and splits (the SFT size is per variant)."""
@@ -167,14 +180,7 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         name = "TaskConfig"
-        _check_int(name, "seed", self.seed, 0)
-        for lo, hi in (("min_steps", "max_steps"), ("rl_min_steps", "rl_max_steps"),
-                       ("test_min_steps", "test_max_steps")):
-            _check_int(name, lo, getattr(self, lo), 1, _MAX_STEPS_LIMIT)
-            _check_int(name, hi, getattr(self, hi), 1, _MAX_STEPS_LIMIT)
-            if getattr(self, lo) > getattr(self, hi):
-                raise TaskConfigError(
-                    f"{name}.{lo}: {getattr(self, lo)} is greater than {hi}={getattr(self, hi)}")
+        check_seed_and_step_ranges(name, self, _MAX_STEPS_LIMIT)
         if self.test_max_steps <= self.max_steps:
             raise TaskConfigError(
                 f"{name}.test_max_steps: {self.test_max_steps} must exceed max_steps="

@@ -69,7 +69,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sftrl.data.synthetic import TaskConfigError, _check_int, tokenizer_dir
+from sftrl.data.synthetic import (
+    TaskConfigError,
+    _check_int,
+    check_seed_and_step_ranges,
+    tokenizer_dir,
+)
 
 __all__ = [
     "LENGTHS",
@@ -147,14 +152,7 @@ class TaskConfigV2:
 
     def __post_init__(self) -> None:
         name = "TaskConfigV2"
-        _check_int(name, "seed", self.seed, 0)
-        for lo, hi in (("min_steps", "max_steps"), ("rl_min_steps", "rl_max_steps"),
-                       ("test_min_steps", "test_max_steps")):
-            _check_int(name, lo, getattr(self, lo), 1, 8)
-            _check_int(name, hi, getattr(self, hi), 1, 8)
-            if getattr(self, lo) > getattr(self, hi):
-                raise TaskConfigError(f"{name}.{lo}: {getattr(self, lo)} is greater than "
-                                      f"{hi}={getattr(self, hi)}")
+        check_seed_and_step_ranges(name, self, 8)
         # The difficulty rule: the test range overlaps SFT's and extends it by <= 1.
         if self.test_min_steps > self.max_steps:
             raise TaskConfigError(f"{name}.test_min_steps: {self.test_min_steps} does not "
