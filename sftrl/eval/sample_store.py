@@ -162,7 +162,8 @@ class _Rows:
         for part in files:
             for number, raw in enumerate(part.read_bytes().splitlines(), start=1):
                 row = _parse(raw, f"{part}:{number}")
-                if isinstance(row, dict) and by_id.get(row.get("id")) == row:
+                if (isinstance(row, dict) and isinstance(row.get("id"), str)
+                        and by_id.get(row["id"]) == row):
                     continue
                 self.admit(row, str(part), number)
         return files
