@@ -43,6 +43,12 @@ def as_path(path: PathLike) -> epath.Path:
     return epath.Path(Path(text).expanduser().absolute())
 
 
+def to_path(path: PathLike) -> Path | epath.Path:
+    """`path` kept as written: an epath for a URI, a plain local `Path` otherwise (unlike
+    `as_path`, not made absolute, so that messages name a local file as the caller did)."""
+    return epath.Path(os.fspath(path)) if is_remote(path) else Path(path)
+
+
 def _fsync_folder(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -26,8 +26,11 @@ from sftrl.models.model_config import ModelConfig, ModelConfigError
 
 STAGES = ("model", "sft", "rl", "eval", "predict", "pipeline", "study")
 # Stages whose run directory may be an object store (--workdir=gs://...): every write they make
-# goes through sftrl.atomic or orbax. The others append to sample stores in place.
-REMOTE_STAGES = ("sft", "rl")
+# goes through sftrl.atomic or orbax (eval samples: one part file per wave there, see
+# sftrl.eval.sample_store). The model and study stages write their folder on a local disk.
+REMOTE_STAGES = ("sft", "rl", "eval", "predict", "pipeline")
+# The trainer sections whose run (and TensorBoard files) a stage writes.
+TRAINERS = {"sft": ("sft",), "rl": ("rl",), "pipeline": ("sft", "rl")}
 DTYPES = ("auto", "float32", "bfloat16")
 REMAT = ("none", "full", "dots", "dots_no_batch")
 DATA_SOURCES = ("synthetic", "files")

@@ -133,10 +133,11 @@ def run_dir(text: str, config) -> epath.Path:
                 f"--workdir={text}: the {config.stage} stage writes its run directory on a "
                 f"local disk only (stages {', '.join(config_lib.REMOTE_STAGES)} accept a remote "
                 "one); use a local --workdir or a mounted bucket (gcsfuse)")
-        if config[config.stage].tensorboard:
-            raise config_lib.ConfigError(
-                f"{config.stage}.tensorboard: TensorBoard event files cannot be written to "
-                f"{text}; set --config.{config.stage}.tensorboard=False")
+        for section in config_lib.TRAINERS.get(config.stage, ()):
+            if config[section].tensorboard:
+                raise config_lib.ConfigError(
+                    f"{section}.tensorboard: TensorBoard event files cannot be written to "
+                    f"{text}; set --config.{section}.tensorboard=False")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         workdir.exists()

@@ -14,7 +14,8 @@ Reads `<workdir>/eval/*.json` (the eval records of `sftrl.eval.record`) and
 
 The predictor's own outputs (`predictor.json`, its plots) come from `sftrl.stages.predict`; this
 module only links them and renders `predictor.json` with the predictor's own renderer.
-Each file is written atomically (temp file + rename).
+Each file is written atomically (sftrl.atomic: temp file + rename, or one whole upload to an
+object store).
 """
 
 from __future__ import annotations
@@ -225,8 +226,9 @@ def _predictor_section(report_dir: Path) -> str | None:
 
 
 def write_report(workdir: str | os.PathLike[str]) -> Path:
-    """Writes `<workdir>/report/` (see the module docstring); returns the summary.md path."""
-    workdir = Path(workdir)
+    """Writes `<workdir>/report/` (see the module docstring; `workdir` may be any epath, e.g.
+    gs://...); returns the summary.md path."""
+    workdir = atomic.to_path(workdir)
     if not workdir.is_dir():
         raise ReportError(f"{workdir}: no such run directory")
     report_dir = workdir / "report"
@@ -263,7 +265,7 @@ def write_report(workdir: str | os.PathLike[str]) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sftrl.report", description=__doc__.split(
         "\n")[0])
-    parser.add_argument("--workdir", required=True, type=Path, help="the run directory")
+    parser.add_argument("--workdir", required=True, help="the run directory (any epath)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -40,6 +40,7 @@ import tqdm
 from sftrl.errors import UserError
 from sftrl.models.kv_cache import KVCache, SharedPrefixCache
 from sftrl.models.transformer import Model, param_shardings, unstack_layers
+from sftrl.sharding import to_host
 
 log = logging.getLogger(__name__)
 
@@ -541,9 +542,10 @@ def _bucket(width: int) -> int:
 def _store_wave(out: Samples, wave: list[int], samples: slice, state: _State, steps: int,
                 stop_ids: Sequence[int]) -> None:
     """Copy the first `steps` tokens of a wave (its prompts' samples `samples`) to the host, once
-    per wave, and derive lengths."""
+    per wave, and derive lengths. On several processes each gathers the whole wave (its arrays
+    span every process's devices), so every process holds every prompt's samples."""
     tokens, logp, model_logp, policy_logp, was_done = (
-        np.asarray(x[:, :, :steps]) for x in (state.tokens_PxNxT, state.logprobs_PxNxT,
+        to_host(x[:, :, :steps]) for x in (state.tokens_PxNxT, state.logprobs_PxNxT,
                                               state.model_logprobs_PxNxT,
                                               state.policy_logprobs_PxNxT, state.was_done_PxNxT)
     )

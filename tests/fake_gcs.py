@@ -148,18 +148,23 @@ def installed(root: Path, log: Path | None = None) -> Iterator[FakeGcsBackend]:
         gpath._PREFIX_TO_BACKEND["gs"] = saved
 
 
-def _route_orbax(fake: FakeGcsBackend) -> None:
-    import orbax.checkpoint as ocp
+def orbax_manager(fake: FakeGcsBackend, original: Any) -> Any:
+    """orbax's CheckpointManager (`original`) handed the bucket's local folder for a gs:// one;
+    in-process, a test installs it with monkeypatch.setattr(ocp, "CheckpointManager", ...)."""
     from etils import epath
-
-    original = ocp.CheckpointManager
 
     def manager(directory: Any, *args: Any, **kwargs: Any) -> Any:
         if os.fspath(directory).startswith(PREFIX):
             directory = epath.Path(fake.local(directory))
         return original(directory, *args, **kwargs)
 
-    ocp.CheckpointManager = manager
+    return manager
+
+
+def _route_orbax(fake: FakeGcsBackend) -> None:
+    import orbax.checkpoint as ocp
+
+    ocp.CheckpointManager = orbax_manager(fake, ocp.CheckpointManager)
 
 
 def main() -> None:

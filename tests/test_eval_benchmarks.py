@@ -165,6 +165,69 @@ def test_resume_after_a_kill_gives_the_uninterrupted_files(model, tmp_path):
     assert again.calls == 0  # all done: nothing sampled or verified
 
 
+class KilledVerifier(ContainsVerifier):
+    """Dies on its `at`-th call: a kill while a wave is being scored, before it is stored."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def verify_batch(self, pairs, *, config=None, progress=False):
+        if self.calls + 1 == self.at:
+            raise Killed
+        return super().verify_batch(pairs, config=config, progress=progress)
+
+
+def test_on_an_object_store_a_killed_run_resumes_to_the_local_file(model, tmp_path):
+    """No append there: one part file per wave, the one samples file at the end (the bytes a
+    local run writes), and a kill loses only the wave being sampled."""
+    from tests import fake_gcs
+
+    whole = _run(model, tmp_path / "local" / "toy.jsonl")
+    uri = "gs://b/samples/ck/toy.jsonl"
+    with fake_gcs.installed(tmp_path / "gcs") as gcs:
+        with pytest.raises(Killed):  # during the second wave (of 2, 2, 1 prompts)
+            bench.evaluate_benchmark(model, CharTokenizer(), RECORDS, name="toy", store_path=uri,
+                                     spec=SPEC, verifier=KilledVerifier(2), progress=False)
+        assert gcs.writes == ["gs://b/samples/ck/toy.spec.json",
+                              "gs://b/samples/ck/toy.parts/000001.jsonl"]
+        tokenizer = CharTokenizer()
+        resumed = bench.evaluate_benchmark(model, tokenizer, RECORDS, name="toy",
+                                           store_path=uri, spec=SPEC,
+                                           verifier=ContainsVerifier(), progress=False)
+        assert tokenizer.encoded == ["2+2", "3+3", "4+4"]  # the first wave was not redone
+        assert gcs.writes[2:] == ["gs://b/samples/ck/toy.parts/000002.jsonl",
+                                  "gs://b/samples/ck/toy.parts/000003.jsonl", uri]
+    bucket = tmp_path / "gcs" / "b" / "samples" / "ck"
+    assert (bucket / "toy.jsonl").read_bytes() == (tmp_path / "local" / "toy.jsonl").read_bytes()
+    assert not (bucket / "toy.parts").exists()
+    assert _without_timing(resumed) == _without_timing(whole)
+
+
+def test_a_process_other_than_0_writes_no_eval_file(model, tmp_path, monkeypatch):
+    """Multi-host: every process samples and scores, process 0 alone writes (files once)."""
+    from tests import fake_gcs
+
+    meta = {"group": "tiny", "dataset": "toy", "stage": "sft"}
+    kwargs = dict(ckpt_name="sft-a", spec=SPEC, progress=False, meta=meta)
+    with fake_gcs.installed(tmp_path / "gcs") as gcs:
+        first = bench.evaluate_checkpoint(model, CharTokenizer(), {"toy": RECORDS[:3]},
+                                          workdir="gs://b/run", verifier=ContainsVerifier(),
+                                          **kwargs)
+        written = list(gcs.writes)
+        assert written == ["gs://b/run/samples/sft-a/toy.spec.json",
+                           "gs://b/run/samples/sft-a/toy.parts/000001.jsonl",
+                           "gs://b/run/samples/sft-a/toy.parts/000002.jsonl",
+                           "gs://b/run/samples/sft-a/toy.jsonl", "gs://b/run/eval/sft-a.json"]
+        monkeypatch.setattr(bench.jax, "process_index", lambda: 1)
+        other = bench.evaluate_checkpoint(model, CharTokenizer(), {"toy": RECORDS},
+                                          workdir="gs://b/run2", verifier=ContainsVerifier(),
+                                          **kwargs)
+        assert gcs.writes == written  # nothing more
+    assert other["benchmarks"]["toy"]["num_prompts"] == 5
+    assert first["benchmarks"]["toy"]["num_prompts"] == 3
+
+
 def test_progress_is_logged_as_prompts_are_stored(model, tmp_path, caplog):
     """A launcher's log shows a long evaluation advancing (tqdm is silent off a terminal)."""
     path = tmp_path / "toy.jsonl"

@@ -458,9 +458,14 @@ def test_a_gs_sweep_takes_only_stages_that_write_remotely(tmp_path):
     sweep = Sweep("s", TINY, [Run("a", {"accelerator": "v5p-8"}, stage="sft")])
     [job] = launch.plan(sweep, launch.atomic.as_path("gs://bucket/s"))
     assert str(job.workdir) == "gs://bucket/s/a" and "--workdir=gs://bucket/s/a" in job.args
-    with pytest.raises(SweepError, match=r"run 'predict': stage 'predict' writes its run "
+    # predict (like eval and pipeline) writes through sftrl.atomic too
+    _, predict = launch.plan(dataclasses.replace(sweep, predict=True),
+                             launch.atomic.as_path("gs://bucket/s"))
+    assert str(predict.workdir) == "gs://bucket/s/predict"
+    assert "--config.predict.workdirs=('gs://bucket/s/a',)" in predict.args
+    with pytest.raises(SweepError, match=r"run 'm': stage 'model' writes its run "
                                          r"directory on a local disk only, not under gs://"):
-        launch.plan(dataclasses.replace(sweep, predict=True),
+        launch.plan(dataclasses.replace(sweep, runs=[Run("m", {}, stage="model")]),
                     launch.atomic.as_path("gs://bucket/s"))
 
 

@@ -1,7 +1,8 @@
 """Two CPU processes (gloo collectives) train and evaluate exactly like one process: with the run
 directory on a local disk or on an object store (the fake GCS of tests/fake_gcs.py: no append,
-no rename, objects appear whole), where each file is written by process 0 only; and with SFT
-files read per process (data.shards=2: one shard each on two processes, both on one)."""
+no rename, objects appear whole), where each file is written by process 0 only (the eval stage's
+samples too); and with SFT files read per process (data.shards=2: one shard each on two
+processes, both on one)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ OVERRIDES = [
     "model.hidden_size=64", "model.num_layers=2", "model.intermediate_size=128",
     "model.head_dim=16",
 ]
+# the eval stage at its smallest: 2 prompts, 2 samples of 4 tokens, one prompt per wave
+EVAL_OVERRIDES = ["eval.limit=2", "eval.num_samples=2", "eval.max_new_tokens=4",
+                  "eval.prompts_per_wave=1"]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu",
        "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
@@ -145,3 +149,23 @@ def test_two_processes_on_an_object_store_equal_one(tmp_path, one_process):
     assert counts[base + "config.json"] == 1
     # metrics.jsonl: one whole rewrite per logged row (no append on an object store)
     assert counts[base + "metrics.jsonl"] == len(_rows(root / "bucket" / "two"))
+
+    # The eval stage on that run: both processes sample every wave, process 0 alone writes
+    # (one part file per wave, then the samples file), and the files are one process's.
+    log = root.parent / fake_gcs.WRITES_LOG
+    log.write_text("")
+    evals = ["--stage=eval", *[f"--config.{o}" for o in EVAL_OVERRIDES]]
+    _two_processes("gs://bucket/two", env, (str(ROOT / "tests" / "fake_gcs.py"),), *evals,
+                   "--config.eval.name=two")
+    lines = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    assert len({pid for pid, _ in lines}) == 1
+    assert [uri for _, uri in lines if "samples/" in uri] == [
+        base + "samples/two/synthetic.spec.json",
+        *[base + f"samples/two/synthetic.parts/00000{i}.jsonl" for i in (1, 2)],
+        base + "samples/two/synthetic.jsonl"]
+    subprocess.run([*_command("gs://bucket/two", *evals, "--config.eval.name=one",
+                              entry=(str(ROOT / "tests" / "fake_gcs.py"),))],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    samples = root / "bucket" / "two" / "samples"
+    assert (samples / "two" / "synthetic.jsonl").read_bytes() == (
+        samples / "one" / "synthetic.jsonl").read_bytes()  # two processes sample as one

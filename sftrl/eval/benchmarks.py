@@ -3,9 +3,16 @@
 `evaluate_benchmark` turns benchmark records `{"id", "problem", "answer"}` into prompts (the
 caller's `format_prompt` and the tokenizer's `encode_prompt`), samples `spec.num_samples`
 responses per prompt with `sampling.generate`, scores them with the RL reward's verifier
-(`rewards.verify_batch`, docs/design.md "rewards are the eval verifier") and appends one row
-per prompt to a `SampleStore`. `evaluate_checkpoint` does that for several benchmarks and writes
-`<workdir>/eval/<ckpt>.json` through `sftrl.eval.record` (the eval record's one writer).
+(`rewards.verify_batch`, docs/design.md "rewards are the eval verifier") and stores one row
+per prompt in a `SampleStore` (a local file appended row by row, or on an object store one part
+file per wave, consolidated into the same file at the end). `evaluate_checkpoint` does that for
+several benchmarks and writes `<workdir>/eval/<ckpt>.json` through `sftrl.eval.record` (the eval
+record's one writer). The work dir may be any `etils.epath` path (`gs://...`).
+
+Several processes (a multi-host mesh): every process samples every wave (the sampler's
+collectives need them all) and holds the rows; process 0 alone writes the samples, spec and
+eval files, so each is written once. The processes first check that they read the same stored
+prompts (a run directory one of them cannot see would otherwise hang a collective).
 
 Resuming: prompts already in the store are not regenerated. Each prompt's random stream is keyed
 by (spec.seed, a hash of its record id), not by its position in a batch, so the samples of a
@@ -34,9 +41,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
+import jax
 import numpy as np
 
 from sftrl import atomic, rewards, sampling
@@ -219,8 +226,9 @@ def sample_rows(
             }
 
 
-def _write_spec(path: Path, name: str, spec: SamplingSpec) -> None:
-    """Pins the spec beside a samples file; a resume with a different one is an error."""
+def _write_spec(path: Any, name: str, spec: SamplingSpec, *, write: bool = True) -> None:
+    """Pins the spec beside a samples file; a resume with a different one is an error.
+    `write=False` (processes other than 0) only checks."""
     fields = {"benchmark": name, **spec.sample_fields()}
     if path.exists():
         try:
@@ -235,7 +243,36 @@ def _write_spec(path: Path, name: str, spec: SamplingSpec) -> None:
                 f"{path}: field(s) {changed} differ from this run ({was} vs {now}); "
                 "use another store path or delete the samples to resample")
         return
-    atomic.write_json(path, fields)
+    if write:
+        atomic.write_json(path, fields)
+
+
+def _is_writer() -> bool:
+    return jax.process_index() == 0
+
+
+def _same_on_every_process(store_path: Any, done: Sequence[bool]) -> None:
+    """Multi-host: every process must resume the same prompts, else the sampler's collectives
+    would wait forever for a wave another process skips."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    seen = np.asarray(multihost_utils.process_allgather(np.asarray(done, np.int32)))
+    differ = [i for i in range(len(seen)) if not np.array_equal(seen[i], seen[0])]
+    if differ:
+        raise BenchmarkError(
+            f"{store_path}: process(es) {differ} find other stored prompts than process 0; "
+            "every process must see the run directory (one shared disk or bucket)")
+
+
+def _barrier(name: str) -> None:
+    """Multi-host: wait until every process got here (before process 0 rewrites or writes what
+    the others read)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def evaluate_benchmark(
@@ -254,14 +291,16 @@ def evaluate_benchmark(
     """Samples, verifies and stores every record not yet in `store_path`; returns the scores.
 
     format_prompt(record) gives what `tokenizer.encode_prompt` takes (default: the problem).
-    on_prompt_done(row) runs after each row is durable (progress hooks; tests kill runs there).
+    on_prompt_done(row) runs after each row is durable (progress hooks; tests kill runs there):
+    on a local disk as each row is appended, on an object store once its wave's part is written.
     """
     clean = check_records(records, name)
-    store_path = Path(store_path)
+    store_path = atomic.to_path(store_path)
+    writer = _is_writer()
     timing = Timing()
     t0 = time.perf_counter()
-    with SampleStore(store_path) as store:
-        _write_spec(store_path.with_suffix(".spec.json"), name, spec)
+    with SampleStore(store_path, writer=writer) as store:
+        _write_spec(store_path.with_suffix(".spec.json"), name, spec, write=writer)
         wanted = {r["id"] for r in clean}
         stray = sorted(store.done_ids() - wanted)
         if stray:
@@ -277,7 +316,9 @@ def evaluate_benchmark(
             if len(row["responses"]) != spec.num_samples:
                 raise BenchmarkError(f"{store_path}:{number}: field 'responses' has "
                                      f"{len(row['responses'])} samples, spec {spec.num_samples}")
-        pending = [r for r in clean if r["id"] not in store.done_ids()]
+        done_ids = store.done_ids()
+        _same_on_every_process(store_path, [r["id"] in done_ids for r in clean])
+        pending = [r for r in clean if r["id"] not in done_ids]
         if len(pending) < len(clean):
             log.info("%s: resuming, %d of %d prompts already stored", store_path,
                      len(clean) - len(pending), len(clean))
@@ -288,16 +329,24 @@ def evaluate_benchmark(
         # A line in the log every eighth of the work: tqdm stays silent when the output is not a
         # terminal (a launcher's launch.log), and a large-k evaluation can take an hour.
         every = max(1, len(pending) // 8)
-        for done, row in enumerate(rows, start=1):
+        stored = 0
+        for sampled, row in enumerate(rows, start=1):
             t = time.perf_counter()
-            store.append(row)
+            durable = store.append(row)
+            if sampled % spec.prompts_per_wave == 0 or sampled == len(pending):
+                durable += store.flush()  # a wave's end: its part, on an object store
             timing.bookkeeping_s += time.perf_counter() - t
-            if done % every == 0 or done == len(pending):
-                log.info("%s: %d of %d prompts stored (%.0f s so far)", store_path,
-                         len(clean) - len(pending) + done, len(clean), time.perf_counter() - t0)
-            if on_prompt_done is not None:
-                on_prompt_done(row)
+            for row_done in durable:
+                stored += 1
+                if stored % every == 0 or stored == len(pending):
+                    log.info("%s: %d of %d prompts stored (%.0f s so far)", store_path,
+                             len(clean) - len(pending) + stored, len(clean),
+                             time.perf_counter() - t0)
+                if on_prompt_done is not None:
+                    on_prompt_done(row_done)
         t = time.perf_counter()
+        _barrier(f"sftrl samples {store_path}")  # every process has read the parts
+        store.consolidate()
         ordered = rows_in_order(store, [r["id"] for r in clean])
     result = summarize(ordered, seed=spec.seed)
     timing.bookkeeping_s += time.perf_counter() - t
@@ -388,7 +437,7 @@ def evaluate_checkpoint(
     if not ckpt_name or "/" in ckpt_name or ckpt_name.startswith("."):
         raise BenchmarkError(f"evaluate_checkpoint: bad ckpt_name {ckpt_name!r}")
     header = record_lib.check_header(meta, f"evaluate_checkpoint({ckpt_name!r}) meta")
-    workdir = Path(workdir)
+    workdir = atomic.to_path(workdir)
     results = {}
     for name, records in benchmarks.items():
         results[name] = evaluate_benchmark(
@@ -410,6 +459,9 @@ def evaluate_checkpoint(
     record["metrics"] = metrics
     record["sampling"] = dataclasses.asdict(spec)
     path = workdir / "eval" / f"{ckpt_name}.json"
-    record_lib.write(path, record_lib.parse(record, str(path)))
-    log.info("wrote %s", path)
+    parsed = record_lib.parse(record, str(path))
+    if _is_writer():
+        record_lib.write(path, parsed)
+        log.info("wrote %s", path)
+    _barrier(f"sftrl eval {path}")  # on return, every process can read the file
     return record

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -240,11 +241,12 @@ def candidates_from_rows(rows: Sequence[Mapping[str, Any]], source: str) -> list
 
 
 def load_flat(path: Path) -> list[Candidate]:
-    """Candidates from a flat CSV or JSON table of results from elsewhere."""
-    path = Path(path)
+    """Candidates from a flat CSV or JSON table of results from elsewhere (any epath)."""
+    path = atomic.to_path(path)
     if path.suffix == ".csv":
-        with path.open(newline="") as f:
-            rows: Any = list(csv.DictReader(f))
+        # the bytes, as csv wants them (newline=""); an epath's open takes no newline argument
+        text = path.read_bytes().decode("utf-8")
+        rows: Any = list(csv.DictReader(io.StringIO(text, newline="")))
     else:
         try:
             rows = json.loads(path.read_text())
@@ -503,7 +505,6 @@ def write_plots(report: dict[str, Any], outdir: Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    import io
 
     written = []
     for group, g in report["groups"].items():
@@ -533,8 +534,8 @@ def write_plots(report: dict[str, Any], outdir: Path) -> list[Path]:
 
 def write_report(report: dict[str, Any], outdir: Path) -> dict[str, Path]:
     """predictor.json, predictor.md (the tables; report.py links it from summary.md) and
-    (with matplotlib) scatter plots, each written atomically."""
-    outdir = Path(outdir)
+    (with matplotlib) scatter plots, each written atomically (any epath: gs://...)."""
+    outdir = atomic.to_path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = {"json": outdir / "predictor.json", "summary": outdir / "predictor.md"}
     # allow_nan=False: a NaN would be a bug here, and strict JSON readers reject it

@@ -34,7 +34,6 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -232,7 +231,7 @@ def parse(data: Any, where: str, require: Iterable[str] = ()) -> EvalRecord:
     return record.require(*require)
 
 
-def _load(path: Path) -> Any:
+def _load(path: Any) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -245,7 +244,7 @@ def _load(path: Path) -> Any:
 
 def read(path: str | os.PathLike[str], require: Iterable[str] = ()) -> EvalRecord:
     """The record in the file `path` (see `parse`)."""
-    return parse(_load(Path(path)), str(path), require)
+    return parse(_load(atomic.to_path(path)), str(path), require)
 
 
 def read_dir(directories: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -257,7 +256,7 @@ def read_dir(directories: str | os.PathLike[str] | Sequence[str | os.PathLike[st
     require = _check_require(require)
     out: list[EvalRecord] = []
     seen: dict[str, str] = {}
-    for path in (p for d in dirs for p in sorted(Path(d).glob("*.json"))):
+    for path in (p for d in dirs for p in sorted(atomic.to_path(d).glob("*.json"))):
         record = read(path, require)
         if record.checkpoint in seen:
             raise EvalRecordError(f"{path}: field 'checkpoint': {record.checkpoint!r} is also "

@@ -4,7 +4,9 @@ params (no export), into `<workdir>/eval/<ckpt>.json` and `<workdir>/samples/<ck
 Which checkpoints: `eval.checkpoints` ("latest", "all" or a list of steps) of `<workdir>`'s
 orbax checkpoints; a workdir without checkpoints but with `model.hf_path` evaluates that model
 ("base"). Sampling resumes per prompt from the sample files, and a checkpoint whose eval json
-already exists is skipped, so an interrupted eval re-run continues where it stopped.
+already exists is skipped, so an interrupted eval re-run continues where it stopped. The run
+directory (and `out_dir`) may be any `etils.epath` path (gs://...): see sftrl.eval.sample_store
+for how samples are stored where a file cannot be appended to.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from sftrl import atomic
 from sftrl.data import sources
 from sftrl.data.prompts import BENCHMARK_TEMPLATES, format_prompt
 from sftrl.data.tokenizer import Tokenizer, load_tokenizer
@@ -72,7 +75,7 @@ def group_name(config: ml_collections.ConfigDict) -> str:
 
 
 def steps_to_evaluate(config: ml_collections.ConfigDict, run_dir: Path) -> list[int]:
-    directory = run_dir / "checkpoints"
+    directory = atomic.as_path(run_dir) / "checkpoints"
     if not directory.exists():
         return []
     with state_lib.Checkpointer(directory, async_save=False) as ckpt:
@@ -143,8 +146,8 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluates the checkpoints of `run_dir` into `out_dir` (default: run_dir); with `step`,
     exactly that checkpoint, named `name`."""
-    run_dir = Path(run_dir)
-    out_dir = Path(out_dir or run_dir)
+    run_dir = atomic.as_path(run_dir)
+    out_dir = atomic.as_path(out_dir or run_dir)
     stage = stage or config.eval.stage
     name = name or config.eval.name or run_dir.name
     tokenizer = load_tokenizer(sources.tokenizer_path(config))
@@ -185,4 +188,4 @@ def evaluate_run(
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
-    return evaluate_run(config, Path(workdir), layout)
+    return evaluate_run(config, workdir, layout)

@@ -10,7 +10,9 @@ Run directory:
 
 Every step is skipped when its outputs exist (a finished trainer returns at once, an eval json
 is not recomputed, sampling resumes per prompt), so re-running the command after an interruption
-anywhere continues where it stopped and ends with the same numbers.
+anywhere continues where it stopped and ends with the same numbers. The run directory may be any
+`etils.epath` path (gs://...); with several processes, process 0 writes pipeline.json and the
+report.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 
 from sftrl import atomic, report
@@ -54,7 +57,7 @@ class Progress:
     """`pipeline.json`: the steps done so far (informational; outputs decide what is skipped)."""
 
     def __init__(self, workdir: Path):
-        self.path = workdir / "pipeline.json"
+        self.path = atomic.as_path(workdir) / "pipeline.json"
         self.steps: dict[str, Any] = {}
         if self.path.exists():
             try:
@@ -64,13 +67,14 @@ class Progress:
 
     def done(self, step: str, **info: Any) -> None:
         self.steps[step] = {"done": True, "time": time.time(), **info}
-        atomic.write_json(self.path, self.steps, indent=1)
+        if jax.process_index() == 0:
+            atomic.write_json(self.path, self.steps, indent=1)
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dict[str, Any]:
     from sftrl.stages import sft as sft_stage
 
-    workdir = Path(workdir)
+    workdir = atomic.as_path(workdir)
     progress = Progress(workdir)
     variants = variant_configs(config)
     log.info("pipeline: %d SFT variant(s): %s", len(variants), ", ".join(variants))
@@ -90,7 +94,9 @@ def run(config: ml_collections.ConfigDict, workdir: Path, layout: Layout) -> dic
         results["variants"][name] = entry
 
     results["predict"] = _predict(config, workdir)
-    summary = report.write_report(workdir)
+    summary = workdir / "report" / "summary.md"
+    if jax.process_index() == 0:  # the report is read from the files every process sees
+        summary = report.write_report(workdir)
     progress.done("report", path=str(summary))
     results["report"] = str(summary)
     print(f"sftrl: report written to {summary}", flush=True)

@@ -6,7 +6,9 @@ Reads (no environment variables):
   * ``<workdir>/predict_inputs.csv`` or ``<workdir>/predict_inputs.json``: a flat table of
     results from elsewhere (same docstring), used in addition to the eval files.
 Writes ``<workdir>/report/predictor.json`` (every number), ``predictor.md`` (the tables) and,
-when matplotlib is importable, ``scatter_<group>.png``; each file atomically.
+when matplotlib is importable, ``scatter_<group>.png``; each file atomically, by process 0 only.
+Every path (the workdir, ``predict.workdirs``, ``predict.inputs``) may be any ``etils.epath``
+path (``gs://bucket/...``).
 
 Options come from ``config.predict`` (keys: k, proxies, benchmarks, per_benchmark,
 calibration_sizes, max_subsets, n_permutations, n_bootstrap, confidence; ``inputs`` names one
@@ -20,6 +22,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from sftrl import atomic
 
 log = logging.getLogger(__name__)
 
@@ -43,34 +47,51 @@ def options_from_config(config: Any) -> Any:
     return predict.Options(**kwargs)
 
 
-def sweep_workdirs(workdir: Path, patterns: Sequence[str]) -> list[Path]:
+def _glob_dirs(pattern: str) -> list[Any]:
+    """The directories `pattern` matches: a local glob, or for a URI (gs://b/sweep/run*) the
+    epath glob of its wildcard part under the longest plain prefix."""
+    if not atomic.is_remote(pattern):
+        return sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())
+    parts = pattern.split("/")
+    first = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    base = atomic.to_path("/".join(parts[:first]))
+    found = base.glob("/".join(parts[first:])) if first < len(parts) else [base]
+    return sorted(p for p in found if p.is_dir())
+
+
+def _same_dir_key(path: Any) -> str:
+    return str(path) if atomic.is_remote(path) else str(Path(path).resolve())
+
+
+def sweep_workdirs(workdir: Any, patterns: Sequence[str]) -> list[Any]:
     """The stage's own workdir plus the sweep's run directories named by `patterns` (globs)."""
     from sftrl.eval import predict
 
     dirs = [workdir]
     for pattern in patterns:
-        matches = sorted(Path(p) for p in glob.glob(str(pattern)) if Path(p).is_dir())
+        matches = _glob_dirs(str(pattern))
         if not matches:
             raise predict.PredictError(f"predict.workdirs: {pattern!r} matches no directory")
-        dirs += [d for d in matches if d.resolve() not in {x.resolve() for x in dirs}]
+        dirs += [d for d in matches if _same_dir_key(d) not in {_same_dir_key(x) for x in dirs}]
     return dirs
 
 
 def load_inputs(
-    workdir: Path, options: Any, extra_table: str = "", workdirs: Sequence[str] = ()
+    workdir: Any, options: Any, extra_table: str = "", workdirs: Sequence[str] = ()
 ) -> list[Any]:
     """Candidates from the runs' eval files and flat results tables (see module docstring)."""
     from sftrl.eval import predict
 
+    workdir = atomic.to_path(workdir)
     eval_dirs = [d / "eval" for d in sweep_workdirs(workdir, workdirs) if (d / "eval").is_dir()]
     candidates = predict.load_eval_dir(eval_dirs, options.benchmarks) if eval_dirs else []
     for name in FLAT_INPUTS:
         if (workdir / name).is_file():
             candidates += predict.load_flat(workdir / name)
     if extra_table:
-        if not Path(extra_table).is_file():
+        if not atomic.to_path(extra_table).is_file():
             raise predict.PredictError(f"predict.inputs: no such file {extra_table}")
-        candidates += predict.load_flat(Path(extra_table))
+        candidates += predict.load_flat(extra_table)
     seen: dict[str, str] = {}
     for c in candidates:
         if c.checkpoint in seen:
@@ -83,19 +104,24 @@ def load_inputs(
     return candidates
 
 
-def run(config: Any, workdir: Path, layout: Any = None) -> dict[str, Any]:
+def run(config: Any, workdir: Any, layout: Any = None) -> dict[str, Any]:
     """Score the proxies, predict unlabeled checkpoints, write the report; headline numbers."""
+    import jax
+
     from sftrl.eval import predict
 
     del layout  # pure numpy: no mesh needed
+    workdir = atomic.to_path(workdir)
     options = options_from_config(config)
     section = config.get("predict") or {}
     candidates = load_inputs(
-        Path(workdir), options, section.get("inputs", ""), section.get("workdirs", ())
+        workdir, options, section.get("inputs", ""), section.get("workdirs", ())
     )
     report = predict.evaluate(candidates, options)
-    paths = predict.write_report(report, Path(workdir) / "report")
-    headline: dict[str, Any] = {"report": str(paths["summary"]), "groups": {}}
+    summary = workdir / "report" / "predictor.md"
+    if jax.process_index() == 0:  # every process computes the same report; one writes it
+        summary = predict.write_report(report, workdir / "report")["summary"]
+    headline: dict[str, Any] = {"report": str(summary), "groups": {}}
     for group, g in report["groups"].items():
         per_proxy = g["scores"]["instance"][predict.OUTCOME]
         pred = g["prediction"]
