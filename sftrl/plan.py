@@ -242,7 +242,11 @@ def build_stages(config: Any, devices: list[Any], prompt_len: int) -> tuple[list
     sampler_b = device_bytes(sampler_params)
 
     g = stage_catalogue.geometry(config, prompt_len)
-    kv_per_token = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * jnp.dtype(
+    # a device's kv heads: the cache is split by kv head over tensor (when it divides them), as
+    # the sampler constrains it; the time columns read this much KV per decode step
+    kv_heads = sampling_layout.sharding(("activation_kv_heads",), (arch.num_kv_heads,)
+                                        ).shard_shape((arch.num_kv_heads,))[0]
+    kv_per_token = 2 * arch.num_layers * kv_heads * arch.head_dim * jnp.dtype(
         module.dtype).itemsize
     held = Held(state_b, params_b, rl_state_b, device_bytes(rl_state_abs.params), sampler_b)
     catalogue = stage_catalogue.stages(config, arch, g, sampling.batch_ways(sampling_layout),
@@ -518,8 +522,10 @@ def totals(config: Any, rows: dict[str, dict[str, Any]]) -> dict[str, str]:
         out["rl run"] = f"{_seconds(rl.num_steps * step)} for rl.num_steps={rl.num_steps}"
     if t("eval_prefill") is not None and t("eval_decode") is not None:
         wave = t("eval_prefill") + ev.max_new_tokens * t("eval_decode")
+        waves = int(rows["eval_prefill"]["calls"].split()[0])
         out["eval wave"] = (f"{_seconds(wave)} for one wave at full max_new_tokens "
-                            f"({rows['eval_prefill']['shapes']})")
+                            f"({rows['eval_prefill']['shapes']}); {_seconds(waves * wave)} per "
+                            f"{ev.prompts_per_wave} prompts ({waves} waves)")
     return out
 
 

@@ -121,17 +121,18 @@ def test_sampler_waves_size_the_largest_wave_per_device():
 
 def test_plan_compiles_the_split_wave(monkeypatch):
     """What the plan hands the compiler for the eval prefill is the chunked wave generate runs:
-    the tiny model on 4 v4 chips (4 batch ways), 4 prompts x 32 samples of 96 tokens, a budget
-    of 4 x (32 + 8 x 96) KV tokens: 4 waves of 4 prompts x 8 samples (16 samples need
-    4 x 1568 tokens; 2 prompts a wave would not divide over the 4 ways)."""
+    the tiny model on 4 v4 chips (fsdp 2 x tensor 2: 2 batch ways), 4 prompts x 32 samples of 96
+    tokens, a budget of 2 x (32 + 8 x 96) KV tokens: 8 waves of 2 prompts x 8 samples (16
+    samples take 1568 tokens a prompt, and a wave of 1 prompt would not divide over the 2
+    ways)."""
     pytest.importorskip("libtpu", reason="libtpu is not installed (pip install "
                         "'jax[tpu]==<jax version>'); the plan needs the TPU compiler")
     monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from sftrl import target
 
     config = plan.load_config("configs/tiny.py", [
-        "eval.prompts_per_wave=4", "eval.num_samples=32", "eval.max_new_tokens=96",
-        f"eval.max_kv_tokens={4 * (32 + 8 * 96)}"])
+        "mesh.fsdp=2", "mesh.tensor=2", "eval.prompts_per_wave=4", "eval.num_samples=32",
+        "eval.max_new_tokens=96", f"eval.max_kv_tokens={2 * (32 + 8 * 96)}"])
     devices = plan.topology_devices(plan.parse_topology("v4:2x2x1"))
     with target.compiling_for("tpu"):
         stages, _ = plan.build_stages(config, devices, 32)
@@ -140,6 +141,12 @@ def test_plan_compiles_the_split_wave(monkeypatch):
         _, args, static = prefill.build()
     assert static["num_samples"] == 8 and static["max_new_tokens"] == 96
     tokens, ids = args[1], args[3][0]
-    assert tokens.shape == (4, 32) and ids.shape == (4, 8)
-    assert prefill.calls == "4 per 4 eval prompts"
-    assert by_name["eval_decode"].shapes.startswith("4x8 rows (8 of 32 samples)")
+    assert tokens.shape == (2, 32) and ids.shape == (2, 8)
+    assert prefill.calls == "8 per 4 eval prompts"
+    assert by_name["eval_decode"].shapes.startswith("2x8 rows (8 of 32 samples)")
+    # the decode step's KV read (its time column): per device 1 prompt and 1 of the tiny
+    # model's 2 kv heads (tensor 2): K and V x 4 layers x 32 x float32 per token, the prefix
+    # and half the 8 x 96 suffix
+    per_token = 2 * 4 * 1 * 32 * 4
+    sampler_bytes = by_name["eval_decode"].hbm_read_bytes - (32 + 8 * 96 / 2) * per_token
+    assert sampler_bytes == pytest.approx(plan.device_bytes(args[0]))
