@@ -16,9 +16,10 @@ It counts, per device, what each program holds (the stages of `sftrl.stage_catal
   scan carry) and flash attention's output and log-sum-exp, in the compute dtype;
 * logits: one chunk of [rows, chunk, vocab] float32 (logits, softmax, gradient) for the chunked
   losses, the whole [rows, L, vocab] for the held-out step;
-* the KV cache of a sampling wave: prompts x prompt width (the shared prefix) + prompts x samples
-  x max_new_tokens (the suffixes), split by prompt over the batch axes when the wave divides
-  them, and by kv head over tensor;
+* the KV cache of the largest sampling wave (`sampling.plan_waves`): prompts x prompt width
+  (the shared prefix) + prompts x the wave's samples (all, or a chunk when max_kv_tokens splits
+  them) x max_new_tokens (the suffixes), split by prompt over the batch axes when the wave
+  divides them, and by kv head over tensor;
 * our flash attention's backward (TPU, and packed rows on GPU): one layer's causal score tiles
   for all heads (rows x heads x L^2/2 pairs); cuDNN (GPU, unpacked) holds only its dense
   [rows, L, L] boolean mask;
@@ -283,7 +284,7 @@ def _prefill(s: Shapes, sm: Sampler, sampler_bytes: float, prompt_width: int) ->
 
 def _decode(s: Shapes, sm: Sampler, sampler_bytes: float) -> list[Part]:
     """A decode step: the wave's KV cache in and out (donated)."""
-    rows = sm.wave * sm.samples / sm.split
+    rows = sm.wave * sm.chunk / sm.split
     return [
         Part("sampler weights", "arg", sampler_bytes),
         Part("KV cache (wave state)", "arg", sm.prefix_kv + sm.suffix_kv),

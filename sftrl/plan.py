@@ -14,9 +14,11 @@ compiles the very jitted functions a run calls, at the config's shapes:
     heldout        the held-out loss step (sft.heldout_batch_size x data.max_length)
     grpo_logprobs  GRPO's old-log-prob pass over a whole rollout (P*G x prompt+max_new_tokens)
     grpo_update    one GRPO optimizer step on a mini-batch (P*G / updates_per_rollout rows)
-    rl_prefill     the sampler's prefill at the RL shapes (one wave of prompts, G samples each)
+    rl_prefill     the sampler's prefill at the RL shapes: the largest wave `sampling.plan_waves`
+                   runs (prompts x G samples, or a chunk of them when rl.max_kv_tokens splits them)
     rl_decode      one decode step at the RL shapes (the Pallas TPU prefix kernel included)
-    eval_prefill / eval_decode   the same at the eval shapes (eval.num_samples per prompt)
+    eval_prefill / eval_decode   the same at the eval shapes (eval.num_samples per prompt,
+                   eval.max_kv_tokens)
 
 For each it reports the compiler's per-device memory (arguments, outputs, temporaries), what
 else the run keeps on the device meanwhile (e.g. the train state while the sampler runs), the
@@ -47,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from sftrl import stage_catalogue
+from sftrl.errors import UserError
 from sftrl.stage_catalogue import PER_ROW, PROMPT_BUCKET, Held, StageSpec
 
 GIB = 2**30
@@ -239,7 +242,11 @@ def build_stages(config: Any, devices: list[Any], prompt_len: int) -> tuple[list
     sampler_b = device_bytes(sampler_params)
 
     g = stage_catalogue.geometry(config, prompt_len)
-    kv_per_token = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * jnp.dtype(
+    # a device's kv heads: the cache is split by kv head over tensor (when it divides them), as
+    # the sampler constrains it; the time columns read this much KV per decode step
+    kv_heads = sampling_layout.sharding(("activation_kv_heads",), (arch.num_kv_heads,)
+                                        ).shard_shape((arch.num_kv_heads,))[0]
+    kv_per_token = 2 * arch.num_layers * kv_heads * arch.head_dim * jnp.dtype(
         module.dtype).itemsize
     held = Held(state_b, params_b, rl_state_b, device_bytes(rl_state_abs.params), sampler_b)
     catalogue = stage_catalogue.stages(config, arch, g, sampling.batch_ways(sampling_layout),
@@ -299,7 +306,8 @@ def build_stages(config: Any, devices: list[Any], prompt_len: int) -> tuple[list
         sm = spec.sampler
         assert sm is not None
         section = getattr(config, sm.section)
-        p, n, width = sm.wave, sm.samples, g.prompt_width
+        # the largest wave generate runs: its prompts, with `chunk` of their samples each
+        p, n, width = sm.wave, sm.chunk, g.prompt_width
         static = dict(num_samples=n, max_new_tokens=sm.new_tokens,
                       temperature=float(section.temperature), top_k=int(section.top_k),
                       top_p=float(section.top_p))
@@ -514,8 +522,10 @@ def totals(config: Any, rows: dict[str, dict[str, Any]]) -> dict[str, str]:
         out["rl run"] = f"{_seconds(rl.num_steps * step)} for rl.num_steps={rl.num_steps}"
     if t("eval_prefill") is not None and t("eval_decode") is not None:
         wave = t("eval_prefill") + ev.max_new_tokens * t("eval_decode")
+        waves = int(rows["eval_prefill"]["calls"].split()[0])
         out["eval wave"] = (f"{_seconds(wave)} for one wave at full max_new_tokens "
-                            f"({rows['eval_prefill']['shapes']})")
+                            f"({rows['eval_prefill']['shapes']}); {_seconds(waves * wave)} per "
+                            f"{ev.prompts_per_wave} prompts ({waves} waves)")
     return out
 
 
@@ -587,7 +597,7 @@ def _plan(args: argparse.Namespace, overrides: list[str]) -> int:
     with target.compiling_for("tpu"):
         try:
             stages, info = build_stages(config, devices, args.prompt_len)
-        except config_lib.ConfigError as e:
+        except (config_lib.ConfigError, UserError) as e:  # UserError: a budget the waves miss
             raise PlanError(str(e)) from e
         wanted = _wanted_stages(args.stages, [st.name for st in stages])
         rows = []
@@ -628,7 +638,7 @@ def _plan_analytic(args: argparse.Namespace, overrides: list[str], config: Any, 
         try:
             stages, info = memory_model.model_stages(config, topology.num_chips,
                                                      args.prompt_len)
-        except config_lib.ConfigError as e:
+        except (config_lib.ConfigError, UserError) as e:  # UserError: a budget the waves miss
             raise PlanError(str(e)) from e
     wanted = _wanted_stages(args.stages, [st.name for st in stages])
     rows = []

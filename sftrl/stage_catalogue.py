@@ -54,9 +54,11 @@ class Held:
 
 @dataclasses.dataclass(frozen=True)
 class Sampler:
-    """One sampler's shapes (RL rollouts or eval): `prompts` prompts in `waves` waves of at most
-    `wave` prompts, each with `samples` continuations of up to `new_tokens` tokens; a wave's rows
-    are split `split` ways (the batch axes, when they divide the wave)."""
+    """One sampler's shapes (RL rollouts or eval), as `sftrl.sampling.plan_waves` runs it:
+    `prompts` prompts, each with `samples` continuations of up to `new_tokens` tokens, in
+    `waves` waves; the largest (per device) holds `wave` prompts x `chunk` of their samples
+    (`chunk` < `samples` when the budget splits a prompt's samples over waves). A wave's rows are
+    split `split` ways (the batch axes, when they divide the wave)."""
 
     section: str  # the config section it reads: 'rl' or 'eval'
     prompts: int
@@ -64,10 +66,51 @@ class Sampler:
     new_tokens: int
     kv_budget: int  # max_kv_tokens (0: none)
     wave: int
+    chunk: int  # samples per prompt in a wave
     waves: int
     split: int
     prefix_kv: float  # bytes per device of a wave's KV cache: the shared prompts'
     suffix_kv: float  # and the continuations'
+
+    def describe(self, prompt_width: int) -> str:
+        """The prefill's shapes in words; unchanged from before sample splitting when a wave
+        holds all samples (sftrl.calibration pairs stages by this text)."""
+        budget = self.kv_budget or "none"
+        if self.chunk == self.samples:
+            return (f"wave of {self.wave} prompts x {prompt_width} tokens ({self.waves} waves "
+                    f"of {self.prompts}; max_kv_tokens {budget})")
+        return (f"wave of {self.wave} prompts x {self.chunk} of {self.samples} samples, prompt "
+                f"{prompt_width} tokens ({self.waves} waves of {self.prompts} prompts x "
+                f"{self.samples} samples; max_kv_tokens {budget})")
+
+    def rows(self) -> str:
+        """The decode step's rows in words."""
+        of = f" ({self.chunk} of {self.samples} samples)" if self.chunk < self.samples else ""
+        return f"{self.wave}x{self.chunk} rows{of}"
+
+
+def sampler_waves(section: str, prompts: int, samples: int, new_tokens: int, budget: int,
+                  prompt_len: int, prompt_width: int, batch_ways: int, kv_per_token: float
+                  ) -> Sampler:
+    """The waves `sftrl.sampling.generate` runs for `prompts` prompts of `prompt_len` tokens
+    (`plan_waves`), described by the largest per device: a wave's KV is split by prompt over the
+    batch axes only when they divide its prompts, so a smaller, unaligned last wave can hold
+    more per device than a full one. The generate call pads prompts to `prompt_width`."""
+    from sftrl import sampling
+
+    plan = sampling.plan_waves([prompt_len] * prompts, samples, new_tokens, budget or None,
+                               align=batch_ways)
+
+    def per_device(wave: sampling.WavePlan) -> tuple[float, int]:
+        p = len(wave.prompts)
+        return p / (batch_ways if p % batch_ways == 0 else 1), p
+
+    largest = max(plan, key=per_device)
+    p, chunk = len(largest.prompts), largest.num_samples
+    split = batch_ways if p % batch_ways == 0 else 1
+    return Sampler(section, prompts, samples, new_tokens, budget, p, chunk, len(plan), split,
+                   prefix_kv=p * prompt_width * kv_per_token / split,
+                   suffix_kv=p * chunk * new_tokens * kv_per_token / split)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -102,8 +145,6 @@ def stages(config: Any, arch: Any, g: Geometry, batch_ways: int, held: Held,
     """The stages of a run of `config`, in the order a run meets them. batch_ways: how many ways
     the mesh's batch axes split rows (data x fsdp); kv_per_token: the caller's KV bytes per token
     on a device, before the split by prompt."""
-    from sftrl import sampling
-
     sft, rl, ev = config.sft, config.rl, config.eval
     length, width, rows, mini = g.length, g.width, g.rows, g.mini
     packed = {"tokens": "int32", "loss_mask": "int32", "attention_mask": "int32"}
@@ -155,26 +196,21 @@ def stages(config: Any, arch: Any, g: Geometry, batch_ways: int, held: Held,
         ("eval", ev.prompts_per_wave, ev.num_samples, ev.max_new_tokens, ev.max_kv_tokens,
          held.sft_params, "train-layout weights"),
     ):
-        waves = sampling._waves([g.prompt_len] * prompts, n * new_tokens, budget or None,
-                                align=batch_ways)
-        p = len(waves[0])
-        split = batch_ways if p % batch_ways == 0 else 1
-        sampler = Sampler(section, prompts, n, new_tokens, budget, p, len(waves), split,
-                          prefix_kv=p * prompt_width * kv_per_token / split,
-                          suffix_kv=p * n * new_tokens * kv_per_token / split)
+        sampler = sampler_waves(section, prompts, n, new_tokens, budget, g.prompt_len,
+                                prompt_width, batch_ways, kv_per_token)
+        p, chunk = sampler.wave, sampler.chunk
         knob = f"{section}.max_kv_tokens" + (" / eval.prompts_per_wave" if section == "eval"
                                              else "")
         specs.append(StageSpec(
-            name=f"{section}_prefill", shapes=f"wave of {p} prompts x {prompt_width} tokens "
-            f"({len(waves)} waves of {prompts}; max_kv_tokens {budget or 'none'})", knob=knob,
+            name=f"{section}_prefill", shapes=sampler.describe(prompt_width), knob=knob,
             flops=forward_flops(arch, p * prompt_width, prompt_width / 2, head_tokens=p),
-            resident_bytes=resident, resident_what=what, calls=f"{len(waves)} per "
+            resident_bytes=resident, resident_what=what, calls=f"{sampler.waves} per "
             + ("RL step" if section == "rl" else f"{prompts} eval prompts"), sampler=sampler))
         # a decode step reads the weights and the KV cache, the suffix half full on average
         kv_read = sampler.prefix_kv + sampler.suffix_kv / 2
         specs.append(StageSpec(
-            name=f"{section}_decode", shapes=f"{p}x{n} rows, suffix window {new_tokens}",
-            knob=knob, flops=forward_flops(arch, p * n, prompt_width + new_tokens / 2),
+            name=f"{section}_decode", shapes=f"{sampler.rows()}, suffix window {new_tokens}",
+            knob=knob, flops=forward_flops(arch, p * chunk, prompt_width + new_tokens / 2),
             resident_bytes=resident, resident_what=what, hbm_read_bytes=held.sampler + kv_read,
             calls=f"{new_tokens} per wave (at most)", sampler=sampler))
     return specs

@@ -140,3 +140,20 @@ def test_calibration_against_committed_compiled_plans():
         assert abs(r["error"]) < 0.05, r
     for r in other:
         assert abs(r["error"]) < 0.25, r
+
+
+def test_eval_kv_cache_of_a_split_wave():
+    """Llama-3-8B's eval at n = 256 x 4096 on 16 chips (fsdp 2 x tensor 8) under 2**21 KV
+    tokens: 2 prompts x 256 samples (2,098,176 tokens) do not fit, 2 x 128 do, so a wave is
+    2 prompts x 128 samples, one prompt per fsdp shard, the 8 kv heads over tensor."""
+    stages, _ = _stages("llama8b", 16, ["mesh.fsdp=2", "mesh.tensor=8",
+                                        "eval.max_kv_tokens=2097152"])
+    decode = {p.what: p.bytes for p in stages["eval_decode"].parts}
+    per_token = 2 * 32 * 8 * 128 * 2 / 8  # K and V, 32 layers, 8 kv heads of 128, bf16, / tensor
+    assert decode["KV cache (wave state)"] == pytest.approx((512 + 128 * 4096) * per_token)
+    assert decode["stacked suffix K or V copy (fitted)"] == pytest.approx(
+        128 * 4096 * per_token)
+    prefill = {p.what: p.bytes for p in stages["eval_prefill"].parts}
+    assert prefill["suffix KV"] == pytest.approx(128 * 4096 * per_token)
+    assert stages["eval_decode"].shapes.startswith("2x128 rows (128 of 256 samples)")
+    assert stages["eval_prefill"].calls == "4 per 4 eval prompts"

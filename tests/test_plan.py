@@ -87,3 +87,66 @@ def test_waves_cut_at_a_multiple_of_the_batch_split():
     for wave in waves:
         widths = [[5, 40, 7, 3, 9, 12, 30, 2][i] for i in wave]
         assert len(wave) * (max(widths) + 4) <= 60 or len(wave) == 1
+
+
+def test_sampler_waves_split_a_prompts_samples():
+    """A budget that cannot hold a wave of `align` prompts with all their samples splits the
+    samples: Llama-3-8B's eval at n = 256 x 4096 on 2 batch ways with 2**21 KV tokens."""
+    from sftrl.stage_catalogue import sampler_waves
+
+    # 2 prompts x (512 + 256 x 4096) = 2,098,176 > 2**21; 2 x (512 + 128 x 4096) = 1,049,600
+    # fits (and 3 prompts do too, but a wave cut by the budget keeps a multiple of 2)
+    sm = sampler_waves("eval", 4, 256, 4096, 2**21, 512, 512, 2, 16384.0)
+    assert (sm.wave, sm.chunk, sm.waves, sm.split) == (2, 128, 4, 2)
+    assert sm.suffix_kv == 2 * 128 * 4096 * 16384 / 2
+    assert sm.prefix_kv == 2 * 512 * 16384 / 2
+    assert sm.describe(512).startswith("wave of 2 prompts x 128 of 256 samples, prompt 512")
+    assert sm.rows() == "2x128 rows (128 of 256 samples)"
+    # a budget that holds all samples keeps the words plans were compiled under
+    whole = sampler_waves("eval", 4, 256, 4096, 2**22, 512, 512, 2, 16384.0)
+    assert (whole.wave, whole.chunk, whole.waves) == (2, 256, 2)
+    assert whole.describe(512) == "wave of 2 prompts x 512 tokens (2 waves of 4; max_kv_tokens " \
+        "4194304)" and whole.rows() == "2x256 rows"
+
+
+def test_sampler_waves_size_the_largest_wave_per_device():
+    """6 prompts on 4 batch ways, 4 fit a wave: the last wave's 2 prompts do not divide over the
+    4 ways, so each device holds both (2 prompts' KV, against 1 for the full wave)."""
+    from sftrl.stage_catalogue import sampler_waves
+
+    sm = sampler_waves("rl", 6, 4, 100, 4 * (32 + 4 * 100), 32, 32, 4, 1.0)
+    assert (sm.wave, sm.chunk, sm.waves, sm.split) == (2, 4, 2, 1)
+    assert sm.suffix_kv == 2 * 4 * 100 and sm.prefix_kv == 2 * 32
+
+
+def test_plan_compiles_the_split_wave(monkeypatch):
+    """What the plan hands the compiler for the eval prefill is the chunked wave generate runs:
+    the tiny model on 4 v4 chips (fsdp 2 x tensor 2: 2 batch ways), 4 prompts x 32 samples of 96
+    tokens, a budget of 2 x (32 + 8 x 96) KV tokens: 8 waves of 2 prompts x 8 samples (16
+    samples take 1568 tokens a prompt, and a wave of 1 prompt would not divide over the 2
+    ways)."""
+    pytest.importorskip("libtpu", reason="libtpu is not installed (pip install "
+                        "'jax[tpu]==<jax version>'); the plan needs the TPU compiler")
+    monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from sftrl import target
+
+    config = plan.load_config("configs/tiny.py", [
+        "mesh.fsdp=2", "mesh.tensor=2", "eval.prompts_per_wave=4", "eval.num_samples=32",
+        "eval.max_new_tokens=96", f"eval.max_kv_tokens={2 * (32 + 8 * 96)}"])
+    devices = plan.topology_devices(plan.parse_topology("v4:2x2x1"))
+    with target.compiling_for("tpu"):
+        stages, _ = plan.build_stages(config, devices, 32)
+        by_name = {st.name: st for st in stages}
+        prefill = by_name["eval_prefill"]
+        _, args, static = prefill.build()
+    assert static["num_samples"] == 8 and static["max_new_tokens"] == 96
+    tokens, ids = args[1], args[3][0]
+    assert tokens.shape == (2, 32) and ids.shape == (2, 8)
+    assert prefill.calls == "8 per 4 eval prompts"
+    assert by_name["eval_decode"].shapes.startswith("2x8 rows (8 of 32 samples)")
+    # the decode step's KV read (its time column): per device 1 prompt and 1 of the tiny
+    # model's 2 kv heads (tensor 2): K and V x 4 layers x 32 x float32 per token, the prefix
+    # and half the 8 x 96 suffix
+    per_token = 2 * 4 * 1 * 32 * 4
+    sampler_bytes = by_name["eval_decode"].hbm_read_bytes - (32 + 8 * 96 / 2) * per_token
+    assert sampler_bytes == pytest.approx(plan.device_bytes(args[0]))
