@@ -515,13 +515,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gates", nargs="+", type=Path,
                         help="sample files (<workdir>/samples/<checkpoint>/<benchmark>.jsonl)")
+    parser.add_argument("--diagnose", nargs="+", type=Path,
+                        help="sample files: what the chain of thought gets right "
+                             "(sftrl.study_v2_diagnostics)")
     parser.add_argument("--k", type=int, default=LARGE_K, help="the large k (default 64)")
     parser.add_argument("--sweep_dir", type=Path, help="the v2 sweep's directory")
     parser.add_argument("--out", type=Path, default=Path("docs/quagmire_v2"))
     parser.add_argument("--n_bootstrap", type=int, default=N_BOOTSTRAP)
     args = parser.parse_args(argv)
-    if not args.gates and not args.sweep_dir:
-        parser.error("give --gates FILES or --sweep_dir DIR")
+    if not args.gates and not args.diagnose and not args.sweep_dir:
+        parser.error("give --gates FILES, --diagnose FILES or --sweep_dir DIR")
     from sftrl import errors
 
     try:
@@ -529,6 +532,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = gates(read_samples(path), args.k)
             print(json.dumps({"file": str(path),
                               **{key: round(v, 4) for key, v in result.items()}}))
+        for path in args.diagnose or ():
+            from sftrl.study_v2_diagnostics import diagnose
+
+            result = diagnose(read_samples(path))
+            print(json.dumps({"file": str(path), **{key: v if v is None else round(v, 4)
+                                                     for key, v in result.items()}}))
         if args.sweep_dir:
             print(f"report written to {write_report(args.sweep_dir, args.out, args.n_bootstrap)}")
     except (OSError, ValueError) as error:  # a missing or malformed input file: one line

@@ -75,7 +75,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                     "sftrl.rewards"),
     # the v2 study's figures: matplotlib only
     "sftrl.study_v2_plots": (),
-    "sftrl.study_v2": ("sftrl.eval", "sftrl.study", "sftrl.study_v2_plots", "sftrl.launch",
+    # what a task v2 model gets right inside its chain of thought: the standard library only
+    "sftrl.study_v2_diagnostics": (),
+    "sftrl.study_v2": ("sftrl.eval", "sftrl.study", "sftrl.study_v2_plots",
+                       "sftrl.study_v2_diagnostics", "sftrl.launch",
                        "sftrl.report"),
     "sftrl.stages.study": ("sftrl.study", "sftrl.eval"),
     # main imports the stage it runs by name (sftrl.stages.<stage>)
