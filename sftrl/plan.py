@@ -4,6 +4,10 @@
                          [--config.sft.grad_accum=4 ...] [--stages=sft,grpo_update]
                          [--prompt_len=512]
 
+One concept, hence one module at ~700 lines: the compiled plan (abstract state, one program per
+stage lowered for the slice, its report); the stage list it shares with the analytic model lives
+in `stage_catalogue`.
+
 With `libtpu` installed (`pip install "jax[tpu]==<jax version>"`), `jax.experimental.topologies`
 describes a TPU slice whose devices this host cannot run but XLA can compile for. The plan builds
 the config's model and train state abstractly (`jax.ShapeDtypeStruct`s with shardings, from

@@ -1,5 +1,8 @@
 r"""The embedded default reasoning task: seeded multi-step integer word problems.
 
+One concept, hence one module over 700 lines: task v1, whose problem structures, their
+renderings in every style and phrasing, and the splits drawn from them are read together.
+
 sftrl's CPU-sized experiments need a task that a ~1M-parameter model learns in minutes and that
 GRPO can then improve. This module generates it: a start value followed by `steps` operations
 (add, subtract, multiply, exact divide), told as a short story, with an exact integer answer.
