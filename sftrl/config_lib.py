@@ -122,8 +122,9 @@ def base_config() -> ml_collections.ConfigDict:
              # the largest value along the way
              ops="add,sub,double,halve", counters=1, min_start=100, max_start=999,
              max_value=4999,
-             # task v2's chain-of-thought style: "equations" | "state" (TaskConfigV2.cot)
-             cot="equations")
+             # task v2's chain-of-thought style: "equations" | "state" (TaskConfigV2.cot), and
+             # the largest add/subtract operand
+             cot="equations", max_operand=20)
     )
     c.data.train_files = ()
     c.data.heldout_fraction = 0.05

@@ -235,3 +235,16 @@ def test_state_chain_of_thought_tracks_both_counters(split: str):
 def test_unknown_chain_of_thought_style_is_refused():
     with pytest.raises(v2.TaskConfigError, match="cot"):
         v2.TaskConfigV2(cot="prose")
+
+
+def test_max_operand_bounds_every_add_and_subtract_and_answers_stay_unguessable():
+    task = v2.TaskConfigV2(ops="add,sub", counters=2, min_start=10, max_start=89, max_value=99,
+                           cot="state", max_operand=9)
+    records = v2.sft_records(v2.VariantV2("diverse", "varied", 300), task)[0]
+    operands = [int(b) for r in records
+                for b in re.findall(r"\d+ [-+] (\d+) =", r["messages"][1]["content"])]
+    assert operands and max(operands) == 9 and min(operands) == 2
+    test = v2.test_records(task)
+    assert len({r["answer"] for r in test}) >= 1000
+    with pytest.raises(v2.TaskConfigError, match="max_operand"):
+        v2.TaskConfigV2(max_operand=30)

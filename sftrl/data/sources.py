@@ -51,7 +51,8 @@ def synthetic_task(data: Any) -> Any:
         # set); data.synthetic.rl_min/max_steps are v1's knobs.
         return synthetic_v2.TaskConfigV2(seed=s.seed, ops=s.ops, counters=s.counters,
                                          min_start=s.min_start, max_start=s.max_start,
-                                         max_value=s.max_value, cot=s.cot)
+                                         max_value=s.max_value, cot=s.cot,
+                                         max_operand=s.max_operand)
     from sftrl.data import synthetic
 
     return synthetic.TaskConfig(seed=s.seed, rl_min_steps=s.rl_min_steps,

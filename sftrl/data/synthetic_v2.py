@@ -145,6 +145,9 @@ class TaskConfigV2:
     # ("30, 18" then "30 + 17 = 47, 18"), so each line copies the line above it and only the
     # first line reads values out of the wording (PLAN.md, "Change after the start (3)").
     cot: str = "equations"
+    # The largest add/subtract operand (from MIN_OPERAND). 9 keeps every addend one digit, so
+    # an equation's units digit depends on two digits only (PLAN.md, pilot P8).
+    max_operand: int = MAX_OPERAND
     num_test: int = 1000
     num_rl_prompts: int = 2048
     num_common_heldout: int = 256
@@ -174,6 +177,7 @@ class TaskConfigV2:
         _check_int(name, "counters", self.counters, 1, 2)
         if self.cot not in COT_STYLES:
             raise TaskConfigError(f"{name}.cot: {self.cot!r} is not one of {COT_STYLES}")
+        _check_int(name, "max_operand", self.max_operand, MIN_OPERAND + 1, MAX_OPERAND)
         _check_int(name, "max_value", self.max_value, MIN_VALUE + MAX_OPERAND, MAX_VALUE)
         _check_int(name, "min_start", self.min_start, MIN_VALUE, self.max_value)
         _check_int(name, "max_start", self.max_start, self.min_start, self.max_value)
@@ -232,12 +236,14 @@ def _apply(op: str, value: int, operand: int) -> int:
     return value // 2
 
 
-def _choices(op: str, value: int, max_value: int = MAX_VALUE) -> list[int]:
-    """The operands of `op` that keep `value` in MIN_VALUE..max_value (halving exact)."""
+def _choices(op: str, value: int, max_value: int = MAX_VALUE,
+             max_operand: int = MAX_OPERAND) -> list[int]:
+    """The operands of `op` (add/sub: MIN_OPERAND..max_operand) that keep `value` in
+    MIN_VALUE..max_value (halving exact)."""
     if op == "add":
-        return list(range(MIN_OPERAND, min(MAX_OPERAND, max_value - value) + 1))
+        return list(range(MIN_OPERAND, min(max_operand, max_value - value) + 1))
     if op == "sub":
-        return list(range(MIN_OPERAND, min(MAX_OPERAND, value - MIN_VALUE) + 1))
+        return list(range(MIN_OPERAND, min(max_operand, value - MIN_VALUE) + 1))
     if op == "double":
         return [2] if value * 2 <= max_value else []
     return [2] if value % 2 == 0 and value // 2 >= MIN_VALUE else []
@@ -254,11 +260,12 @@ def _draw(rng: np.random.Generator, steps: int, homogeneous: bool,
         target = 0 if task.counters == 1 else (
             i % task.counters if homogeneous else int(rng.integers(task.counters)))
         allowed = pattern[i % len(pattern)] if homogeneous else task.op_tuple
-        feasible = [op for op in allowed if _choices(op, values[target], task.max_value)]
+        feasible = [op for op in allowed
+                    if _choices(op, values[target], task.max_value, task.max_operand)]
         if not feasible:
             return None
         op = feasible[int(rng.integers(len(feasible)))]
-        options = _choices(op, values[target], task.max_value)
+        options = _choices(op, values[target], task.max_value, task.max_operand)
         operand = options[int(rng.integers(len(options)))]
         ops.append((op, operand, target))
         values[target] = _apply(op, values[target], operand)
