@@ -191,3 +191,33 @@ def test_an_evaluator_the_trainer_does_not_run_is_refused(key: str, value: str) 
     config = config_lib.apply_overrides(config_lib.base_config(), [f"{key}={value}"])
     with pytest.raises(config_lib.ConfigError, match=f"{key}: unknown evaluator"):
         config_lib.validate(config, num_devices=1)
+
+
+def test_evaluating_a_checkpoint_that_is_not_there_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    """`--stage=eval --config.eval.checkpoints=600` before step 600 is saved printed a traceback."""
+    from sftrl.stages import eval as eval_stage
+
+    class Saved:
+        def __init__(self, directory, **_):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_):
+            return False
+
+        def all_steps(self):
+            return [200, 400]
+
+    monkeypatch.setattr(eval_stage.state_lib, "Checkpointer", Saved)
+    (tmp_path / "checkpoints").mkdir()
+    config = config_lib.apply_overrides(config_lib.base_config(),
+                                        ["eval.checkpoints='400,600'"])
+    with pytest.raises(errors.UserError) as raised:
+        eval_stage.steps_to_evaluate(config, tmp_path)
+    assert errors.one_line(raised.value) == (
+        f"sftrl: error: eval.checkpoints: steps [600] not in {tmp_path / 'checkpoints'} "
+        "(has [200, 400])")
+    config = config_lib.apply_overrides(config_lib.base_config(), ["eval.checkpoints='400'"])
+    assert eval_stage.steps_to_evaluate(config, tmp_path) == [400]

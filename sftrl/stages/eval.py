@@ -23,6 +23,7 @@ from sftrl import atomic
 from sftrl.data import sources
 from sftrl.data.prompts import BENCHMARK_TEMPLATES, format_prompt
 from sftrl.data.tokenizer import Tokenizer, load_tokenizer
+from sftrl.errors import UserError
 from sftrl.eval.benchmarks import SamplingSpec, evaluate_checkpoint
 from sftrl.eval.heldout import HeldoutEvaluator
 from sftrl.models.transformer import Model
@@ -90,7 +91,8 @@ def steps_to_evaluate(config: ml_collections.ConfigDict, run_dir: Path) -> list[
     wanted = [int(part) for part in which.split(",")]
     missing = [s for s in wanted if s not in steps]
     if missing:
-        raise ValueError(f"eval.checkpoints: steps {missing} not in {directory} (has {steps})")
+        # a user's request (a flag or sweep entry), not a bug: one line, exit 2
+        raise UserError(f"eval.checkpoints: steps {missing} not in {directory} (has {steps})")
     return wanted
 
 
