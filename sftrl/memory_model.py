@@ -172,7 +172,8 @@ class Shapes:
 
     def saved_per_token(self) -> float:
         """Bytes per token of all layers kept for the backward pass under the remat policy:
-        'full' keeps each layer's input (the scan carry); 'dots_no_batch' (and 'dots', whose
+        'full' would keep only each layer's input (the scan carry), but is counted as
+        'dots_no_batch' (measured, see below); 'dots_no_batch' (and 'dots', whose
         extra attention dots our flash attention does not expose) also the outputs of the
         matmuls against weights (q k v gate up over tensor; o, down) and flash attention's
         output and log-sum-exp; 'none' also the norms' outputs, the rotated q and k and the
@@ -181,8 +182,11 @@ class Shapes:
         e, f, d = a.hidden_size, a.intermediate_size, a.head_dim
         q, kv = a.num_heads * d / t, a.num_kv_heads * d / t
         carry = e * c
-        if self.remat == "full":
-            return a.num_layers * carry
+        # 'full' is counted as 'dots_no_batch': compiled (Mistral-NeMo-12B on v4-32,
+        # docs/paper_scale/mistral_nemo12b_v4-32_tp8_remat_full) full remat needed 81% of what
+        # dots_no_batch needed for the SFT step, not the ~60% a carry-only count gives (which
+        # was 22-26% under the compiler); the dots_no_batch count is within 10% of both
+        # compiled full-remat training steps.
         dots = (q + 2 * kv + 2 * f / t + 2 * e) * c
         flash = q * c + a.num_heads / t * F32  # output + log-sum-exp
         rest = (2 * e + q + kv + 2 * f / t) * c if self.remat == "none" else 0.0
