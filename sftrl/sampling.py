@@ -546,8 +546,8 @@ def _store_wave(out: Samples, wave: list[int], samples: slice, state: _State, st
     span every process's devices), so every process holds every prompt's samples."""
     tokens, logp, model_logp, policy_logp, was_done = (
         to_host(x[:, :, :steps]) for x in (state.tokens_PxNxT, state.logprobs_PxNxT,
-                                              state.model_logprobs_PxNxT,
-                                              state.policy_logprobs_PxNxT, state.was_done_PxNxT)
+                                           state.model_logprobs_PxNxT,
+                                           state.policy_logprobs_PxNxT, state.was_done_PxNxT)
     )
     rows = np.asarray(wave)
     out.tokens[rows, samples, :steps] = tokens  # already pad_id after a sequence's stop

@@ -101,13 +101,12 @@ def sampler_waves(section: str, prompts: int, samples: int, new_tokens: int, bud
     plan = sampling.plan_waves([prompt_len] * prompts, samples, new_tokens, budget or None,
                                align=batch_ways)
 
-    def per_device(wave: sampling.WavePlan) -> tuple[float, int]:
-        p = len(wave.prompts)
-        return p / (batch_ways if p % batch_ways == 0 else 1), p
+    def ways(p: int) -> int:  # how many ways a wave of p prompts' KV is split
+        return batch_ways if p % batch_ways == 0 else 1
 
-    largest = max(plan, key=per_device)
+    largest = max(plan, key=lambda w: (len(w.prompts) / ways(len(w.prompts)), len(w.prompts)))
     p, chunk = len(largest.prompts), largest.num_samples
-    split = batch_ways if p % batch_ways == 0 else 1
+    split = ways(p)
     return Sampler(section, prompts, samples, new_tokens, budget, p, chunk, len(plan), split,
                    prefix_kv=p * prompt_width * kv_per_token / split,
                    suffix_kv=p * chunk * new_tokens * kv_per_token / split)

@@ -10,7 +10,8 @@ Both chain-of-thought styles of `sftrl.data.synthetic_v2` are read:
     state       "30, 18" then "30 + 17 = 47, 18": every count on every line
 (and task v1's short chain of thought, "Then 31 - 2 = 29.", read like "equations").
 
-The start values are read from the problem's first sentence ("... 30 apples and 18 bottles.").
+The start values are read from the problem's first sentence ("... 30 apples and 18 bottles.")
+by the task's own reader, `synthetic_v2.start_counts`.
 """
 
 from __future__ import annotations
@@ -19,18 +20,12 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-_SENTENCE_END = re.compile(r"(?<=[.?])\s+(?=[A-Z])")
-_COUNT = re.compile(r"(\d+) ([a-z]+)")
+from sftrl.data.synthetic_v2 import start_counts
+
 _EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 _LABELLED = re.compile(r"(?:([a-z]+): )?(\d+) ([-+*/]) (\d+) = (\d+)")
 _APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
           "/": lambda a, b: a / b}
-
-
-def start_counts(problem: str) -> dict[str, int]:
-    """{object: start value} from the problem's first sentence, in the order it names them."""
-    first = _SENTENCE_END.split(problem.strip(), maxsplit=1)[0]
-    return {obj: int(n) for n, obj in _COUNT.findall(first)}
 
 
 def _right(a: int, op: str, b: int, c: int) -> bool:

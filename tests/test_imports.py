@@ -75,8 +75,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                     "sftrl.rewards"),
     # the v2 study's figures: matplotlib only
     "sftrl.study_v2_plots": (),
-    # what a task v2 model gets right inside its chain of thought: the standard library only
-    "sftrl.study_v2_diagnostics": (),
+    # what a task v2 model gets right inside its chain of thought (the task reads its problems)
+    "sftrl.study_v2_diagnostics": ("sftrl.data",),
     "sftrl.study_v2": ("sftrl.eval", "sftrl.study", "sftrl.study_v2_plots",
                        "sftrl.study_v2_diagnostics", "sftrl.launch",
                        "sftrl.report"),

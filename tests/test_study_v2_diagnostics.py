@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from sftrl.study_v2_diagnostics import diagnose, start_counts
+from sftrl.data.synthetic_v2 import start_counts
+from sftrl.study_v2_diagnostics import diagnose
 
 PROBLEM = ("Ava's bakery has 30 apples and 18 bottles. A delivery adds 17 more apples. "
            "Then there are 7 fewer bottles after a sale. How many apples and bottles are left?")

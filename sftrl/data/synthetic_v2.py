@@ -465,6 +465,18 @@ def _render(structure: Structure, *, seed: int, stream: str, salt: int, index: i
 _KEYWORDS = {"add": re.compile(r"\bmore\b"), "sub": re.compile(r"\bfewer\b"),
              "double": re.compile(r"\bdoubles?\b"), "halve": re.compile(r"\bhalf\b")}
 _COUNT_RE = re.compile(r"(\d+) ([a-z]+)")
+_SENTENCE_END_RE = re.compile(r"(?<=[.?])\s+(?=[A-Z])")
+
+
+def sentences(text: str) -> list[str]:
+    """A problem's sentences (the first one introduces the counters)."""
+    return _SENTENCE_END_RE.split(text.strip())
+
+
+def start_counts(text: str) -> dict[str, int]:
+    """{object: start value} from a problem's first sentence, in the order it names them (also
+    task v1's: one "<number> <object>" pair)."""
+    return {obj: int(n) for n, obj in _COUNT_RE.findall(sentences(text)[0])}
 _NUMBER_RE = re.compile(r"\d+")
 
 
@@ -472,13 +484,13 @@ def solve(text: str) -> int | str:
     """The answer read from the problem text alone (an independent check of the generator):
     the first sentence's "<number> <object>" pairs are the counters, then each sentence's keyword
     names its operation and its object names the counter it changes."""
-    sentences = re.split(r"(?<=[.?])\s+(?=[A-Z])", text.strip())
-    counts = _COUNT_RE.findall(sentences[0])
+    parts = sentences(text)
+    counts = start_counts(text)
     if not counts:
-        raise ValueError(f"sentence {sentences[0]!r}: no start value")
-    objects = [obj for _, obj in counts]
-    values = [int(n) for n, _ in counts]
-    for sentence in sentences[1:-1]:
+        raise ValueError(f"sentence {parts[0]!r}: no start value")
+    objects = list(counts)
+    values = list(counts.values())
+    for sentence in parts[1:-1]:
         ops = [op for op, pattern in _KEYWORDS.items() if pattern.search(sentence)]
         if len(ops) != 1:
             raise ValueError(f"sentence {sentence!r}: operations {ops}")
