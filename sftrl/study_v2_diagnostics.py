@@ -8,6 +8,8 @@ to a post-RL result. `python -m sftrl.study_v2 --diagnose FILES` prints them per
 Both chain-of-thought styles of `sftrl.data.synthetic_v2` are read:
     equations   "apples: 30 + 17 = 47" (the object label only with two counters)
     state       "30, 18" then "30 + 17 = 47, 18": every count on every line
+    quoted      "30, 18" then "17 more apples: 30 + 17 = 47, 18": state lines led by the
+                change as its sentence words it
 (and task v1's short chain of thought, "Then 31 - 2 = 29.", read like "equations").
 
 The start values are read from the problem's first sentence ("... 30 apples and 18 bottles.")
@@ -20,10 +22,11 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sftrl.data.synthetic_v2 import start_counts
+from sftrl.data.synthetic_v2 import sentences, start_counts
 
 _EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 _LABELLED = re.compile(r"(?:([a-z]+): )?(\d+) ([-+*/]) (\d+) = (\d+)")
+_CHANGE = re.compile(r"\d+ (?:more|fewer) [a-z]+|double the [a-z]+|half of the [a-z]+")
 _APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
           "/": lambda a, b: a / b}
 
@@ -40,9 +43,22 @@ def _state_lines(lines: Sequence[str]) -> list[list[str]] | None:
     return rows
 
 
-def _tally(response: str, starts: dict[str, int], counts: dict[str, int]) -> None:
+def changes(problem: str) -> list[str]:
+    """The change each operation sentence states, in the words the quoted style copies."""
+    found = [_CHANGE.search(sentence) for sentence in sentences(problem)[1:-1]]
+    return [match[0] if match else "" for match in found]
+
+
+def _tally(response: str, problem: str, counts: dict[str, int]) -> None:
+    starts = start_counts(problem)
     lines = [line for line in response.split("\n") if line and not line.startswith("The answer")]
     values = list(starts.values())
+    quotes = [line.split(": ", 1)[0] for line in lines[1:] if ": " in line]
+    if quotes and _state_lines(lines[:1]):  # quoted: the i-th quote is the i-th sentence's
+        wanted = changes(problem)
+        counts["quotes"] += len(quotes)
+        counts["quotes_right"] += sum(q == w for q, w in zip(quotes, wanted, strict=False))
+        lines = lines[:1] + [line.split(": ", 1)[-1] for line in lines[1:]]
     state = _state_lines(lines) if len(values) == 2 else None
     if state is not None:
         counts["first_line"] += 1
@@ -86,16 +102,18 @@ def diagnose(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
     pass@1; equations right; start values read right (state: the first line holds every start
     value; equations: each counter's first equation starts from its start value); counts
     carried right (state: each later line's counts, or the changed one's left side, equal the
-    line above). A share with nothing to count is None, with its count beside it."""
+    line above); quotes right (quoted: the i-th line's quote is the i-th operation sentence's
+    change, so a skipped or repeated sentence shows here). A share with nothing to count is
+    None, with its count beside it."""
     counts = {key: 0 for key in ("samples", "right", "equations", "equations_right",
                                  "first_line", "first_line_right", "first_operands",
-                                 "first_operands_right", "carried", "carried_right")}
+                                 "first_operands_right", "carried", "carried_right",
+                                 "quotes", "quotes_right")}
     for row in rows:
-        starts = start_counts(row["problem"])
         for response, correct in zip(row["responses"], row["correct"], strict=True):
             counts["samples"] += 1
             counts["right"] += bool(correct)
-            _tally(response, starts, counts)
+            _tally(response, row["problem"], counts)
 
     def share(part: str, whole: str) -> float | None:
         return counts[part] / counts[whole] if counts[whole] else None
@@ -105,4 +123,5 @@ def diagnose(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
             "equations_right": share("equations_right", "equations"),
             "starts_read_right": (share("first_line_right", "first_line") if counts["first_line"]
                                   else share("first_operands_right", "first_operands")),
-            "carried": counts["carried"], "carried_right": share("carried_right", "carried")}
+            "carried": counts["carried"], "carried_right": share("carried_right", "carried"),
+            "quotes": counts["quotes"], "quotes_right": share("quotes_right", "quotes")}

@@ -64,3 +64,17 @@ def test_cli_prints_one_line_per_file(tmp_path):
                               str(tmp_path / "none.jsonl")], capture_output=True, text=True,
                              timeout=120)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_quoted_style_counts_quotes_in_sentence_order():
+    right = ("30, 18\n17 more apples: 30 + 17 = 47, 18\n7 fewer bottles: 47, 18 - 7 = 11\n"
+             "The answer is \\boxed{47, 11}.")
+    # the second sentence skipped: the first quote repeated, applied again
+    skipped = ("30, 18\n17 more apples: 30 + 17 = 47, 18\n17 more apples: 47 + 17 = 64, 18\n"
+               "The answer is \\boxed{64, 18}.")
+    out = diagnose([{"problem": PROBLEM, "responses": [right, skipped],
+                     "correct": [True, False]}])
+    assert out["quotes"] == 4 and out["quotes_right"] == 0.75
+    assert out["starts_read_right"] == 1.0
+    assert out["equations"] == 4 and out["equations_right"] == 1.0
+    assert out["carried"] == 8 and out["carried_right"] == 1.0

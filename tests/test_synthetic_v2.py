@@ -232,6 +232,29 @@ def test_state_chain_of_thought_tracks_both_counters(split: str):
         assert record["answer"] == f"{values[0]}, {values[1]}"
 
 
+def test_quoted_chain_of_thought_leads_each_line_with_its_sentence_words():
+    """cot="quoted": each line after the first starts with words copied verbatim from the
+    operation sentence it carries out, in the problem's order, then the state line "state"
+    writes for the same problem."""
+    kwargs = dict(ops="add,sub", counters=2, min_start=10, max_start=89, max_value=99,
+                  max_operand=9)
+    variant = v2.VariantV2("diverse", "varied", 100)
+    quoted = v2.sft_records(variant, v2.TaskConfigV2(cot="quoted", **kwargs))[0]
+    state = v2.sft_records(variant, v2.TaskConfigV2(cot="state", **kwargs))[0]
+    for q, s in zip(quoted, state, strict=True):
+        problem, solution = (m["content"] for m in q["messages"])
+        assert s["messages"][0]["content"] == problem
+        q_lines, s_lines = solution.split("\n"), s["messages"][1]["content"].split("\n")
+        assert q_lines[0] == s_lines[0] and q_lines[-1] == s_lines[-1]
+        operation_sentences = problem.split(". ")[1:-1]
+        assert len(q_lines) == len(operation_sentences) + 2
+        for line, plain, sentence in zip(q_lines[1:-1], s_lines[1:-1], operation_sentences,
+                                         strict=True):
+            quote, rest = line.split(": ")
+            assert rest == plain
+            assert re.fullmatch(r"\d+ (more|fewer) [a-z]+", quote) and quote in sentence, line
+
+
 def test_unknown_chain_of_thought_style_is_refused():
     with pytest.raises(v2.TaskConfigError, match="cot"):
         v2.TaskConfigV2(cot="prose")

@@ -150,6 +150,11 @@ def _check_int(owner: str, field: str, value: object, low: int, high: int | None
         raise TaskConfigError(f"{owner}.{field}: {value} is not {bound}")
 
 
+def _check_choice(owner: str, field: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise TaskConfigError(f"{owner}.{field}: {value!r} is not one of {tuple(choices)}")
+
+
 def check_seed_and_step_ranges(owner: str, config: object, high: int) -> None:
     """The seed and the three (low, high) step ranges every task config has (v1 and v2): ints
     in 1..`high`, low <= high."""
@@ -195,9 +200,7 @@ class TaskConfig:
         _check_int(name, "num_heldout", self.num_heldout, 1)
         _check_int(name, "num_rl_prompts", self.num_rl_prompts, 1)
         _check_int(name, "num_test", self.num_test, 1)
-        if self.eval_phrasing not in PHRASINGS:
-            raise TaskConfigError(
-                f"{name}.eval_phrasing: {self.eval_phrasing!r} is not one of {PHRASINGS}")
+        _check_choice(name, "eval_phrasing", self.eval_phrasing, PHRASINGS)
         for field in ("mistake_prob", "check_prob"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int | float) or not (
@@ -214,12 +217,8 @@ class SFTVariant:
     size: int
 
     def __post_init__(self) -> None:
-        if self.style not in VARIANT_STYLES:
-            raise TaskConfigError(
-                f"SFTVariant.style: {self.style!r} is not one of {VARIANT_STYLES}")
-        if self.phrasing not in PHRASINGS:
-            raise TaskConfigError(
-                f"SFTVariant.phrasing: {self.phrasing!r} is not one of {PHRASINGS}")
+        _check_choice("SFTVariant", "style", self.style, VARIANT_STYLES)
+        _check_choice("SFTVariant", "phrasing", self.phrasing, PHRASINGS)
         _check_int("SFTVariant", "size", self.size, 1)
 
     @property
@@ -420,8 +419,7 @@ def make_problems(n: int, *, min_steps: int, max_steps: int, seed: int,
     _check_int("make_problems", "min_steps", min_steps, 1, _MAX_STEPS_LIMIT)
     _check_int("make_problems", "max_steps", max_steps, min_steps, _MAX_STEPS_LIMIT)
     _check_int("make_problems", "seed", seed, 0)
-    if phrasing not in PHRASINGS:
-        raise TaskConfigError(f"make_problems.phrasing: {phrasing!r} is not one of {PHRASINGS}")
+    _check_choice("make_problems", "phrasing", phrasing, PHRASINGS)
     structures = _structures(seed, "problems", n, min_steps, max_steps)
     return [_render(s, phrasing, seed=seed, stream="problems", index=i)
             for i, s in enumerate(structures)]
@@ -512,8 +510,7 @@ def _wrong_result(rng: np.random.Generator, right: int) -> int:
 def write_solution(problem: Problem, style: str, *, mistake_prob: float = 0.15,
                    check_prob: float = 0.5) -> str:
     """The solution of `problem` in `style`, worded in the problem's phrasing, ending in a box."""
-    if style not in VARIANT_STYLES:
-        raise TaskConfigError(f"write_solution.style: {style!r} is not one of {VARIANT_STYLES}")
+    _check_choice("write_solution", "style", style, VARIANT_STYLES)
     seed, stream, index = problem.seed_key
     rng = _rng(seed, stream, index, _SOLUTION)
     diverse = problem.phrasing == "diverse"

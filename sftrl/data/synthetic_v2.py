@@ -71,6 +71,7 @@ import numpy as np
 
 from sftrl.data.synthetic import (
     TaskConfigError,
+    _check_choice,
     _check_int,
     check_seed_and_step_ranges,
     tokenizer_dir,
@@ -103,7 +104,7 @@ MIN_START, MAX_START = 100, 999
 # v1's 1..20 operands are learnt by this model size.
 MIN_OPERAND, MAX_OPERAND = 2, 20
 MIN_VALUE, MAX_VALUE = 10, 4999
-COT_STYLES = ("equations", "state")
+COT_STYLES = ("equations", "state", "quoted")
 _SYMBOL = {"add": "+", "sub": "-", "double": "*", "halve": "/"}
 _STREAMS = {"test": 0, "rl": 1, "common_heldout": 2, "heldout": 3, "train": 4}
 _RENDER = 1
@@ -143,7 +144,10 @@ class TaskConfigV2:
     # "equations" writes one equation per operation ("apples: 30 + 17 = 47" with two counters);
     # "state" writes every counter on every line, in the order the problem introduces them
     # ("30, 18" then "30 + 17 = 47, 18"), so each line copies the line above it and only the
-    # first line reads values out of the wording (PLAN.md, "Change after the start (3)").
+    # first line reads values out of the wording (PLAN.md, "Change after the start (3)");
+    # "quoted" is "state" with each later line led by its sentence's change as the sentence
+    # words it ("8 more apples: 30 + 8 = 38, 18"), so each line says which sentence it carries
+    # out (PLAN.md, pilot P9).
     cot: str = "equations"
     # The largest add/subtract operand (from MIN_OPERAND). 9 keeps every addend one digit, so
     # an equation's units digit depends on two digits only (PLAN.md, pilot P8).
@@ -175,8 +179,7 @@ class TaskConfigV2:
             raise TaskConfigError(f"{name}.ops: {self.ops!r} must name distinct operations "
                                   f"from {OPS}, comma-separated")
         _check_int(name, "counters", self.counters, 1, 2)
-        if self.cot not in COT_STYLES:
-            raise TaskConfigError(f"{name}.cot: {self.cot!r} is not one of {COT_STYLES}")
+        _check_choice(name, "cot", self.cot, COT_STYLES)
         _check_int(name, "max_operand", self.max_operand, MIN_OPERAND + 1, MAX_OPERAND)
         _check_int(name, "max_value", self.max_value, MIN_VALUE + MAX_OPERAND, MAX_VALUE)
         _check_int(name, "min_start", self.min_start, MIN_VALUE, self.max_value)
@@ -207,11 +210,8 @@ class VariantV2:
     size: int
 
     def __post_init__(self) -> None:
-        if self.structure not in STRUCTURES:
-            raise TaskConfigError(
-                f"VariantV2.structure: {self.structure!r} is not one of {STRUCTURES}")
-        if self.length not in LENGTHS:
-            raise TaskConfigError(f"VariantV2.length: {self.length!r} is not one of {LENGTHS}")
+        _check_choice("VariantV2", "structure", self.structure, STRUCTURES)
+        _check_choice("VariantV2", "length", self.length, LENGTHS)
         if self.structure == "homogeneous" and self.length == "short":
             raise TaskConfigError("VariantV2: 'homogeneous' problems all have one step count, "
                                   "so 'short' (a length filter) does not apply; use 'varied'")
@@ -403,6 +403,10 @@ _OP_SENTENCES = {
     "halve": ("Then half of the {o} are sold, leaving half.", "{N} keeps only half of the {o}.",
               "A flood leaves half of the {o}."),
 }
+# The change as every one of its sentences words it ("{n} more {o}" and "{n} fewer {o}" appear
+# verbatim in each add/subtract template): the quoted chain of thought's line labels.
+_QUOTE = {"add": "{n} more {o}", "sub": "{n} fewer {o}", "double": "double the {o}",
+          "halve": "half of the {o}"}
 _QUESTION = ("How many {o} are there now?", "How many {o} does the {place} have at the end?",
              "How many {o} are left in the end?")
 
@@ -507,16 +511,20 @@ def write_solution(problem: Problem, cot: str = "equations") -> str:
     """The canonical chain of thought in style `cot` (TaskConfigV2.cot), then the boxed answer.
     "equations": one equation per operation, prefixed by its object when there are two
     counters. "state": the start values, then per operation every counter, the changed one as
-    its equation (one counter: the same lines as "equations")."""
+    its equation; "quoted": "state" with each operation's line led by the words its sentence
+    uses for the change (one counter: both are the same lines as "equations")."""
     two = len(problem.starts) == 2
-    if cot == "state" and two:
+    if cot in ("state", "quoted") and two:
         values = [str(v) for v in problem.starts]
         lines = [", ".join(values)]
-        for target, symbol, a, n, b in problem.equations():
+        for (op, _, _), (target, symbol, a, n, b) in zip(problem.ops, problem.equations(),
+                                                         strict=True):
             shown = list(values)
             shown[target] = f"{a} {symbol} {n} = {b}"
             values[target] = str(b)
-            lines.append(", ".join(shown))
+            quote = (_QUOTE[op].format(n=n, o=problem.objects[target]) + ": "
+                     if cot == "quoted" else "")
+            lines.append(quote + ", ".join(shown))
     else:
         lines = [(f"{problem.objects[target]}: " if two else "") + f"{a} {symbol} {n} = {b}"
                  for target, symbol, a, n, b in problem.equations()]
