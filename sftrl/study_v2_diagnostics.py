@@ -10,6 +10,9 @@ Both chain-of-thought styles of `sftrl.data.synthetic_v2` are read:
     state       "30, 18" then "30 + 17 = 47, 18": every count on every line
     quoted      "30, 18" then "17 more apples: 30 + 17 = 47, 18": state lines led by the
                 change as its sentence words it
+    named       "apples 30, bottles 18" then "17 more apples: apples 30 + 17 = 47, bottles 18":
+                quoted lines with every count led by its object (names are dropped before
+                the counts are read)
 (and task v1's short chain of thought, "Then 31 - 2 = 29.", read like "equations").
 
 The start values are read from the problem's first sentence ("... 30 apples and 18 bottles.")
@@ -27,6 +30,8 @@ from sftrl.data.synthetic_v2 import sentences, start_counts
 _EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 _LABELLED = re.compile(r"(?:([a-z]+): )?(\d+) ([-+*/]) (\d+) = (\d+)")
 _CHANGE = re.compile(r"\d+ (?:more|fewer) [a-z]+|double the [a-z]+|half of the [a-z]+")
+# a count led by its object's name ("named" style): "apples 30" or "apples 30 + 17 = 47"
+_NAMED_SLOT = re.compile(r"(?:(?<=, )|^)[a-z]+ (?=\d)")
 _APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
           "/": lambda a, b: a / b}
 
@@ -54,11 +59,14 @@ def _tally(response: str, problem: str, counts: dict[str, int]) -> None:
     lines = [line for line in response.split("\n") if line and not line.startswith("The answer")]
     values = list(starts.values())
     quotes = [line.split(": ", 1)[0] for line in lines[1:] if ": " in line]
-    if quotes and _state_lines(lines[:1]):  # quoted: the i-th quote is the i-th sentence's
+    # quoted and named styles: the i-th line's quote should be the i-th sentence's change
+    if quotes and _state_lines([_NAMED_SLOT.sub("", lines[0])]):
         wanted = changes(problem)
         counts["quotes"] += len(quotes)
         counts["quotes_right"] += sum(q == w for q, w in zip(quotes, wanted, strict=False))
         lines = lines[:1] + [line.split(": ", 1)[-1] for line in lines[1:]]
+    if lines and _NAMED_SLOT.match(lines[0]):
+        lines = [_NAMED_SLOT.sub("", line) for line in lines]
     state = _state_lines(lines) if len(values) == 2 else None
     if state is not None:
         counts["first_line"] += 1

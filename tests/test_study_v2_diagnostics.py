@@ -78,3 +78,17 @@ def test_quoted_style_counts_quotes_in_sentence_order():
     assert out["starts_read_right"] == 1.0
     assert out["equations"] == 4 and out["equations_right"] == 1.0
     assert out["carried"] == 8 and out["carried_right"] == 1.0
+
+
+def test_named_style_reads_counts_behind_their_names():
+    right = ("apples 30, bottles 18\n17 more apples: apples 30 + 17 = 47, bottles 18\n"
+             "7 fewer bottles: apples 47, bottles 18 - 7 = 11\nThe answer is \\boxed{47, 11}.")
+    # the bottles count changed where the apples sentence was (wrong slot), carried right
+    wrong = ("apples 30, bottles 18\n17 more apples: apples 30, bottles 18 + 17 = 35\n"
+             "7 fewer bottles: apples 30, bottles 35 - 7 = 28\nThe answer is \\boxed{30, 28}.")
+    out = diagnose([{"problem": PROBLEM, "responses": [right, wrong],
+                     "correct": [True, False]}])
+    assert out["quotes"] == 4 and out["quotes_right"] == 1.0
+    assert out["starts_read_right"] == 1.0
+    assert out["equations"] == 4 and out["equations_right"] == 1.0
+    assert out["carried"] == 8 and out["carried_right"] == 1.0

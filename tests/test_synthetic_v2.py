@@ -255,6 +255,27 @@ def test_quoted_chain_of_thought_leads_each_line_with_its_sentence_words():
             assert re.fullmatch(r"\d+ (more|fewer) [a-z]+", quote) and quote in sentence, line
 
 
+def test_named_chain_of_thought_is_quoted_with_each_count_behind_its_object():
+    kwargs = dict(ops="add,sub", counters=2, min_start=10, max_start=89, max_value=99,
+                  max_operand=9)
+    variant = v2.VariantV2("diverse", "varied", 60)
+    named = v2.sft_records(variant, v2.TaskConfigV2(cot="named", **kwargs))[0]
+    quoted = v2.sft_records(variant, v2.TaskConfigV2(cot="quoted", **kwargs))[0]
+    for n, q in zip(named, quoted, strict=True):
+        problem = n["messages"][0]["content"]
+        objects = re.findall(r"\d+ ([a-z]+)", problem.split(". ")[0])[:2]
+        n_lines = n["messages"][1]["content"].split("\n")
+        q_lines = q["messages"][1]["content"].split("\n")
+        assert n_lines[-1] == q_lines[-1]
+        for n_line, q_line in zip(n_lines[:-1], q_lines[:-1], strict=True):
+            head, _, slots = n_line.rpartition(": ")
+            q_head, _, q_slots = q_line.rpartition(": ")
+            assert head == q_head
+            pairs = [slot.split(" ", 1) for slot in slots.split(", ")]
+            assert [name for name, _ in pairs] == objects, n_line
+            assert ", ".join(rest for _, rest in pairs) == q_slots
+
+
 def test_unknown_chain_of_thought_style_is_refused():
     with pytest.raises(v2.TaskConfigError, match="cot"):
         v2.TaskConfigV2(cot="prose")

@@ -104,7 +104,7 @@ MIN_START, MAX_START = 100, 999
 # v1's 1..20 operands are learnt by this model size.
 MIN_OPERAND, MAX_OPERAND = 2, 20
 MIN_VALUE, MAX_VALUE = 10, 4999
-COT_STYLES = ("equations", "state", "quoted")
+COT_STYLES = ("equations", "state", "quoted", "named")
 _SYMBOL = {"add": "+", "sub": "-", "double": "*", "halve": "/"}
 _STREAMS = {"test": 0, "rl": 1, "common_heldout": 2, "heldout": 3, "train": 4}
 _RENDER = 1
@@ -147,7 +147,9 @@ class TaskConfigV2:
     # first line reads values out of the wording (PLAN.md, "Change after the start (3)");
     # "quoted" is "state" with each later line led by its sentence's change as the sentence
     # words it ("8 more apples: 30 + 8 = 38, 18"), so each line says which sentence it carries
-    # out (PLAN.md, pilot P9).
+    # out (PLAN.md, pilot P9); "named" is "quoted" with every count led by its object
+    # ("2 fewer beads: shells 18, beads 65 - 2 = 63"), so the count a sentence changes is found
+    # by its name on the line, not by the order the problem introduced the objects (pilot P10).
     cot: str = "equations"
     # The largest add/subtract operand (from MIN_OPERAND). 9 keeps every addend one digit, so
     # an equation's units digit depends on two digits only (PLAN.md, pilot P8).
@@ -512,19 +514,22 @@ def write_solution(problem: Problem, cot: str = "equations") -> str:
     "equations": one equation per operation, prefixed by its object when there are two
     counters. "state": the start values, then per operation every counter, the changed one as
     its equation; "quoted": "state" with each operation's line led by the words its sentence
-    uses for the change (one counter: both are the same lines as "equations")."""
+    uses for the change; "named": "quoted" with each count led by its object (one counter:
+    all three are the same lines as "equations")."""
     two = len(problem.starts) == 2
-    if cot in ("state", "quoted") and two:
+    if cot in ("state", "quoted", "named") and two:
+        names = [f"{o} " if cot == "named" else "" for o in problem.objects]
         values = [str(v) for v in problem.starts]
-        lines = [", ".join(values)]
+        lines = [", ".join(name + v for name, v in zip(names, values, strict=True))]
         for (op, _, _), (target, symbol, a, n, b) in zip(problem.ops, problem.equations(),
                                                          strict=True):
             shown = list(values)
             shown[target] = f"{a} {symbol} {n} = {b}"
             values[target] = str(b)
             quote = (_QUOTE[op].format(n=n, o=problem.objects[target]) + ": "
-                     if cot == "quoted" else "")
-            lines.append(quote + ", ".join(shown))
+                     if cot in ("quoted", "named") else "")
+            lines.append(quote + ", ".join(name + v for name, v in zip(names, shown,
+                                                                          strict=True)))
     else:
         lines = [(f"{problem.objects[target]}: " if two else "") + f"{a} {symbol} {n} = {b}"
                  for target, symbol, a, n, b in problem.equations()]
