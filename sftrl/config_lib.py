@@ -656,6 +656,10 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
                           f"{', '.join(BENCHMARKS)})")
     if e.stage not in ("sft", "rl"):
         raise ConfigError(f"eval.stage: {e.stage!r} is not 'sft' or 'rl'")
+    # the pipeline names it itself; a standalone eval of RL checkpoints cannot know it
+    if config.stage == "eval" and e.stage == "rl" and not e.sft_checkpoint:
+        raise ConfigError("eval.sft_checkpoint: evaluating RL checkpoints (eval.stage='rl') "
+                          "needs the eval name of the SFT checkpoint they started from")
     if e.checkpoints not in ("latest", "all") and not all(
         part.strip().isdigit() for part in e.checkpoints.split(",")
     ):

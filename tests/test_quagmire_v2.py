@@ -143,6 +143,19 @@ def test_findings_verdict_and_report_from_data():
         "inconclusive: gate G1 guessing")
 
 
+def test_the_mixed_reward_share_is_reported_but_does_not_decide_the_verdict():
+    """PLAN.md, change (3): G5 became descriptive; G4 still gates the RL signal."""
+    rows = _fake_rows()
+    for row in rows:
+        for seed in row["rl"].values():
+            seed["learnable_groups_share"] = 0.3
+    data = study_v2.findings(rows, n_bootstrap=50)
+    g5 = data["gates"]["G5 RL prompts"]
+    assert not g5["pass"] and g5["descriptive"] and g5["mean_learnable_share"] == 0.3
+    assert "G5" not in data["verdict"]
+    assert "| G5 RL prompts | no (reported only) |" in study_v2.render(data)
+
+
 def test_sign_test_and_paired_delta():
     y = np.arange(6.0)
     x = y.copy()

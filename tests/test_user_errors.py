@@ -221,3 +221,14 @@ def test_evaluating_a_checkpoint_that_is_not_there_is_one_line(tmp_path: Path, m
         "(has [200, 400])")
     config = config_lib.apply_overrides(config_lib.base_config(), ["eval.checkpoints='400'"])
     assert eval_stage.steps_to_evaluate(config, tmp_path) == [400]
+
+
+def test_evaluating_rl_checkpoints_without_their_sft_checkpoint_is_refused_at_start() -> None:
+    """`--stage=eval --config.eval.stage=rl` without eval.sft_checkpoint ran the model load and
+    then printed a ValueError traceback."""
+    config = config_lib.apply_overrides(config_lib.base_config(),
+                                        ["stage='eval'", "eval.stage='rl'"])
+    with pytest.raises(config_lib.ConfigError, match=r"^eval\.sft_checkpoint: "):
+        config_lib.validate(config, num_devices=1)
+    config = config_lib.apply_overrides(config, ["eval.sft_checkpoint='p10-step2000'"])
+    config_lib.validate(config, num_devices=1)

@@ -158,13 +158,13 @@ def evaluate_run(
     if stage == "rl":
         meta["sft_checkpoint"] = sft_checkpoint or config.eval.sft_checkpoint
         if not meta["sft_checkpoint"]:
-            raise ValueError("eval.sft_checkpoint: an RL checkpoint needs the name of the SFT "
-                             "checkpoint it started from")
+            raise UserError("eval.sft_checkpoint: an RL checkpoint needs the name of the SFT "
+                            "checkpoint it started from")
     steps = steps_to_evaluate(config, run_dir) if step is None else [step]
     written: dict[str, Any] = {}
     if not steps:
         if not config.model.hf_path:
-            raise ValueError(f"{run_dir}: no checkpoints to evaluate and no model.hf_path")
+            raise UserError(f"{run_dir}: no checkpoints to evaluate and no model.hf_path")
         ckpt_name = f"{name}-base"
         if not (out_dir / "eval" / f"{ckpt_name}.json").exists():
             model = common.load_model(config, layout)
