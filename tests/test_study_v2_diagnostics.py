@@ -66,29 +66,25 @@ def test_cli_prints_one_line_per_file(tmp_path):
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
 
 
-def test_quoted_style_counts_quotes_in_sentence_order():
-    right = ("30, 18\n17 more apples: 30 + 17 = 47, 18\n7 fewer bottles: 47, 18 - 7 = 11\n"
-             "The answer is \\boxed{47, 11}.")
-    # the second sentence skipped: the first quote repeated, applied again
-    skipped = ("30, 18\n17 more apples: 30 + 17 = 47, 18\n17 more apples: 47 + 17 = 64, 18\n"
-               "The answer is \\boxed{64, 18}.")
-    out = diagnose([{"problem": PROBLEM, "responses": [right, skipped],
-                     "correct": [True, False]}])
-    assert out["quotes"] == 4 and out["quotes_right"] == 0.75
-    assert out["starts_read_right"] == 1.0
-    assert out["equations"] == 4 and out["equations_right"] == 1.0
-    assert out["carried"] == 8 and out["carried_right"] == 1.0
+# quoted: the second sentence skipped (the first quote repeated and applied again);
+# named: the bottles count changed where the apples sentence was (wrong slot), carried right
+_QUOTED = ("30, 18\n17 more apples: 30 + 17 = 47, 18\n7 fewer bottles: 47, 18 - 7 = 11\n"
+           "The answer is \\boxed{47, 11}.",
+           "30, 18\n17 more apples: 30 + 17 = 47, 18\n17 more apples: 47 + 17 = 64, 18\n"
+           "The answer is \\boxed{64, 18}.", 0.75)
+_NAMED = ("apples 30, bottles 18\n17 more apples: apples 30 + 17 = 47, bottles 18\n"
+          "7 fewer bottles: apples 47, bottles 18 - 7 = 11\nThe answer is \\boxed{47, 11}.",
+          "apples 30, bottles 18\n17 more apples: apples 30, bottles 18 + 17 = 35\n"
+          "7 fewer bottles: apples 30, bottles 35 - 7 = 28\nThe answer is \\boxed{30, 28}.", 1.0)
 
 
-def test_named_style_reads_counts_behind_their_names():
-    right = ("apples 30, bottles 18\n17 more apples: apples 30 + 17 = 47, bottles 18\n"
-             "7 fewer bottles: apples 47, bottles 18 - 7 = 11\nThe answer is \\boxed{47, 11}.")
-    # the bottles count changed where the apples sentence was (wrong slot), carried right
-    wrong = ("apples 30, bottles 18\n17 more apples: apples 30, bottles 18 + 17 = 35\n"
-             "7 fewer bottles: apples 30, bottles 35 - 7 = 28\nThe answer is \\boxed{30, 28}.")
+@pytest.mark.parametrize("right, wrong, quotes_right", [_QUOTED, _NAMED], ids=["quoted", "named"])
+def test_quoted_and_named_styles(right: str, wrong: str, quotes_right: float):
+    """Quotes are compared with the sentences in order; names are dropped before the counts
+    are read, so the counts, equations and carries are all right in both samples."""
     out = diagnose([{"problem": PROBLEM, "responses": [right, wrong],
                      "correct": [True, False]}])
-    assert out["quotes"] == 4 and out["quotes_right"] == 1.0
+    assert out["quotes"] == 4 and out["quotes_right"] == quotes_right
     assert out["starts_read_right"] == 1.0
     assert out["equations"] == 4 and out["equations_right"] == 1.0
     assert out["carried"] == 8 and out["carried_right"] == 1.0

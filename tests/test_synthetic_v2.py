@@ -232,16 +232,21 @@ def test_state_chain_of_thought_tracks_both_counters(split: str):
         assert record["answer"] == f"{values[0]}, {values[1]}"
 
 
+def _same_problems_in_two_styles(cot: str, other: str, size: int) -> list[tuple[dict, dict]]:
+    """The SFT records of one two-counter data set written in two chain-of-thought styles."""
+    kwargs = dict(ops="add,sub", counters=2, min_start=10, max_start=89, max_value=99,
+                  max_operand=9)
+    variant = v2.VariantV2("diverse", "varied", size)
+    first, second = (v2.sft_records(variant, v2.TaskConfigV2(cot=style, **kwargs))[0]
+                     for style in (cot, other))
+    return list(zip(first, second, strict=True))
+
+
 def test_quoted_chain_of_thought_leads_each_line_with_its_sentence_words():
     """cot="quoted": each line after the first starts with words copied verbatim from the
     operation sentence it carries out, in the problem's order, then the state line "state"
     writes for the same problem."""
-    kwargs = dict(ops="add,sub", counters=2, min_start=10, max_start=89, max_value=99,
-                  max_operand=9)
-    variant = v2.VariantV2("diverse", "varied", 100)
-    quoted = v2.sft_records(variant, v2.TaskConfigV2(cot="quoted", **kwargs))[0]
-    state = v2.sft_records(variant, v2.TaskConfigV2(cot="state", **kwargs))[0]
-    for q, s in zip(quoted, state, strict=True):
+    for q, s in _same_problems_in_two_styles("quoted", "state", 100):
         problem, solution = (m["content"] for m in q["messages"])
         assert s["messages"][0]["content"] == problem
         q_lines, s_lines = solution.split("\n"), s["messages"][1]["content"].split("\n")
@@ -256,12 +261,7 @@ def test_quoted_chain_of_thought_leads_each_line_with_its_sentence_words():
 
 
 def test_named_chain_of_thought_is_quoted_with_each_count_behind_its_object():
-    kwargs = dict(ops="add,sub", counters=2, min_start=10, max_start=89, max_value=99,
-                  max_operand=9)
-    variant = v2.VariantV2("diverse", "varied", 60)
-    named = v2.sft_records(variant, v2.TaskConfigV2(cot="named", **kwargs))[0]
-    quoted = v2.sft_records(variant, v2.TaskConfigV2(cot="quoted", **kwargs))[0]
-    for n, q in zip(named, quoted, strict=True):
+    for n, q in _same_problems_in_two_styles("named", "quoted", 60):
         problem = n["messages"][0]["content"]
         objects = re.findall(r"\d+ ([a-z]+)", problem.split(". ")[0])[:2]
         n_lines = n["messages"][1]["content"].split("\n")
