@@ -54,14 +54,15 @@ def changes(problem: str) -> list[str]:
     return [match[0] if match else "" for match in found]
 
 
-def _tally(response: str, problem: str, counts: dict[str, int]) -> None:
-    starts = start_counts(problem)
+def _tally(response: str, starts: dict[str, int], wanted: Sequence[str],
+           counts: dict[str, int]) -> None:
+    """Adds one response's counts; `starts` and `wanted` (the sentences' changes) are read from
+    its problem once per prompt."""
     lines = [line for line in response.split("\n") if line and not line.startswith("The answer")]
     values = list(starts.values())
     quotes = [line.split(": ", 1)[0] for line in lines[1:] if ": " in line]
     # quoted and named styles: the i-th line's quote should be the i-th sentence's change
     if quotes and _state_lines([_NAMED_SLOT.sub("", lines[0])]):
-        wanted = changes(problem)
         counts["quotes"] += len(quotes)
         counts["quotes_right"] += sum(q == w for q, w in zip(quotes, wanted, strict=False))
         lines = lines[:1] + [line.split(": ", 1)[-1] for line in lines[1:]]
@@ -118,10 +119,11 @@ def diagnose(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
                                  "first_operands_right", "carried", "carried_right",
                                  "quotes", "quotes_right")}
     for row in rows:
+        starts, wanted = start_counts(row["problem"]), changes(row["problem"])
         for response, correct in zip(row["responses"], row["correct"], strict=True):
             counts["samples"] += 1
             counts["right"] += bool(correct)
-            _tally(response, row["problem"], counts)
+            _tally(response, starts, wanted, counts)
 
     def share(part: str, whole: str) -> float | None:
         return counts[part] / counts[whole] if counts[whole] else None

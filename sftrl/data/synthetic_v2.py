@@ -105,6 +105,8 @@ MIN_START, MAX_START = 100, 999
 MIN_OPERAND, MAX_OPERAND = 2, 20
 MIN_VALUE, MAX_VALUE = 10, 4999
 COT_STYLES = ("equations", "state", "quoted", "named")
+_STATE_STYLES = ("state", "quoted", "named")  # every count on every line (two counters)
+_QUOTED_STYLES = ("quoted", "named")  # each line led by its sentence's change
 _SYMBOL = {"add": "+", "sub": "-", "double": "*", "halve": "/"}
 _STREAMS = {"test": 0, "rl": 1, "common_heldout": 2, "heldout": 3, "train": 4}
 _RENDER = 1
@@ -517,7 +519,7 @@ def write_solution(problem: Problem, cot: str = "equations") -> str:
     uses for the change; "named": "quoted" with each count led by its object (one counter:
     all three are the same lines as "equations")."""
     two = len(problem.starts) == 2
-    if cot in ("state", "quoted", "named") and two:
+    if cot in _STATE_STYLES and two:
         names = [f"{o} " if cot == "named" else "" for o in problem.objects]
         values = [str(v) for v in problem.starts]
         lines = [", ".join(name + v for name, v in zip(names, values, strict=True))]
@@ -527,7 +529,7 @@ def write_solution(problem: Problem, cot: str = "equations") -> str:
             shown[target] = f"{a} {symbol} {n} = {b}"
             values[target] = str(b)
             quote = (_QUOTE[op].format(n=n, o=problem.objects[target]) + ": "
-                     if cot in ("quoted", "named") else "")
+                     if cot in _QUOTED_STYLES else "")
             lines.append(quote + ", ".join(name + v for name, v in zip(names, shown,
                                                                           strict=True)))
     else:
