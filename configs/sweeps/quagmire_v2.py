@@ -3,7 +3,7 @@ with two seeds per SFT checkpoint, every checkpoint's generalization loss on one
 set. The plan, hypotheses and gates: docs/quagmire_v2/PLAN.md (committed before any result).
 
     python -m sftrl.launch --sweep=configs/sweeps/quagmire_v2.py --workdir=runs/quagmire_v2 \
-        --max_parallel=1
+        --max_parallel=2
 
 Four SFT trajectories of one model on task v2 (`sftrl.data.synthetic_v2`: answers over
 thousands of values, one canonical CoT), each trained with a CONSTANT learning rate (after a
