@@ -447,8 +447,8 @@ def _end_attempt(status: Status, name: str, **fields: Any) -> None:
     """Marks a run's attempt ended and adds its duration to the run's `elapsed_s` (the time
     summed over every attempt: a resumed run's `start` is only its last attempt's)."""
     start, end = status.entry(name).get("start"), _now()
-    _add_elapsed(status, name, _seconds_between(start, end) if start else 0.0, end=end,
-                 **fields)
+    _add_elapsed(status, name, _seconds_between(start, end) if start else 0.0,
+                 (start, end) if start else None, end=end, **fields)
 
 
 def _close_stale_attempt(status: Status, job: Job) -> None:
@@ -463,13 +463,20 @@ def _close_stale_attempt(status: Status, job: Job) -> None:
     if not writes:
         return
     last_write = datetime.datetime.fromtimestamp(max(writes), datetime.UTC)
-    seconds = max(0.0, _seconds_between(entry["start"], last_write.isoformat(timespec="seconds")))
-    _add_elapsed(status, job.name, seconds,
+    end = last_write.isoformat(timespec="seconds")
+    seconds = max(0.0, _seconds_between(entry["start"], end))
+    _add_elapsed(status, job.name, seconds, (entry["start"], end),
                  estimated_attempts=int(entry.get("estimated_attempts") or 0) + 1)
 
 
-def _add_elapsed(status: Status, name: str, seconds: float, **fields: Any) -> None:
-    elapsed = float(status.entry(name).get("elapsed_s") or 0.0) + seconds
+def _add_elapsed(status: Status, name: str, seconds: float,
+                 interval: tuple[str, str] | None, **fields: Any) -> None:
+    """Adds an attempt's duration to `elapsed_s` and its [start, end] to `attempts`: a sweep's
+    wall time is the union of its runs' attempts (parallel runs overlap; resumes leave gaps)."""
+    entry = status.entry(name)
+    elapsed = float(entry.get("elapsed_s") or 0.0) + seconds
+    if interval is not None:
+        fields["attempts"] = [*entry.get("attempts", []), list(interval)]
     status.update(name, elapsed_s=elapsed, **fields)
 
 

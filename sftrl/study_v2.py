@@ -3,7 +3,7 @@
     python -m sftrl.study_v2 --gates SAMPLES.jsonl [SAMPLES.jsonl ...]     # pilots
     python -m sftrl.study_v2 --sweep_dir=runs/quagmire_v2 --out=docs/quagmire_v2  # the report
 
-The report (`findings.json`, then `README.md` rendered from it, nothing typed in) follows
+The report (`study.json`, then `README.md` rendered from it, nothing typed in) follows
 docs/quagmire_v2/PLAN.md: gates per checkpoint, the primary statistic (instance-level Spearman ρ
 of each proxy minus post-SFT pass@1's, paired bootstrap over checkpoints, sign test on the pairs
 where pass@1 and the proxy disagree), the verdict, Spearman and calibration R² (mean, std and
@@ -147,11 +147,14 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def run_times(sweep_dir: Path) -> dict[str, Any]:
-    """Per run: the launcher's elapsed time, and per pipeline step the time since the step
-    before it (pipeline.json's completion stamps, in the order they were written)."""
+    """{"runs": per run the launcher's state and elapsed time (summed over its attempts) and per
+    pipeline step the time since the step before it (pipeline.json's completion stamps, in the
+    order they were written); "wall_s": the sweep's end-to-end time, the union of every ended
+    attempt of every run (parallel runs overlap, a resumed sweep's idle gaps do not count)}."""
     status_path = sweep_dir / "sweep.json"
     status = json.loads(status_path.read_text())["runs"] if status_path.exists() else {}
-    out: dict[str, Any] = {}
+    runs: dict[str, Any] = {}
+    spans: list[tuple[float, float]] = []
     for name, entry in sorted(status.items()):
         start = entry.get("start")
         steps: dict[str, float] = {}
@@ -162,9 +165,23 @@ def run_times(sweep_dir: Path) -> dict[str, Any]:
             for step, info in sorted(done.items(), key=lambda kv: kv[1].get("time", 0)):
                 steps[step] = max(0.0, float(info["time"]) - previous)
                 previous = float(info["time"])
-        out[name] = {"elapsed_s": entry.get("elapsed_s"), "state": entry.get("state"),
-                     "steps_s": steps}
-    return out
+        runs[name] = {"elapsed_s": entry.get("elapsed_s"), "state": entry.get("state"),
+                      "steps_s": steps}
+        attempts = [tuple(a) for a in entry.get("attempts", [])]
+        if start and entry.get("end") and (start, entry["end"]) not in attempts:
+            attempts.append((start, entry["end"]))  # written by a launcher that kept no list
+        spans += [(datetime.datetime.fromisoformat(a).timestamp(),
+                   datetime.datetime.fromisoformat(b).timestamp()) for a, b in attempts]
+    return {"runs": runs, "wall_s": _union_length(spans) if spans else None}
+
+
+def _union_length(spans: Sequence[tuple[float, float]]) -> float:
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 # --------------------------------------------------------------------------------- statistics
@@ -288,7 +305,13 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
         return bool(values) and all(not math.isnan(v) and test(v) for v in values)
 
     mean_gain = float(gains.mean()) if len(gains) else math.nan
-    gate_results = {
+    gate_results: dict[str, dict[str, Any]] = {}
+    if times is not None:  # G0: a partial sweep gives no verdict (PLAN.md, change (4))
+        states = {name: t["state"] for name, t in times["runs"].items() if name != "predict"}
+        done = sum(state == "done" for state in states.values())
+        gate_results["G0 sweep complete"] = {"pass": bool(states) and done == len(states),
+                                             "runs_done": done, "runs": len(states)}
+    gate_results |= {
         "G1 guessing": {"pass": ok(sft_shares, lambda v: v < CONTROL_SHARE_MAX)
                         and ok(rl_shares, lambda v: v < CONTROL_SHARE_MAX),
                         "sft_max_share": max(sft_shares, default=math.nan),
@@ -323,7 +346,8 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
         return {"checkpoints": checkpoints, "gates": gate_results,
                 "verdict": f"inconclusive: {reason}", "primary_proxy": PRIMARY, "tests": {},
                 "instance": {}, "within_run": {}, "between_runs": {}, "spearman_by_k": {},
-                "axes": [], "over_training": [], "times": times or {}, "proxies": {}}
+                "axes": [], "over_training": [], "times": times or {"runs": {}, "wall_s": None},
+                "proxies": {}}
     y = outcome(rows)
     table = proxy_table(rows)
     base = table[BASELINE]
@@ -379,7 +403,7 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
         # draw these)
         "proxies": {name: [float(v) for v in x] for name, x in table.items()},
         "over_training": [{"step": s, "sft_pass@1": a, "rl_pass@1": b} for s, a, b in base_steps],
-        "times": times or {},
+        "times": times or {"runs": {}, "wall_s": None},
     }
 
 
@@ -463,8 +487,13 @@ def render(data: dict[str, Any]) -> str:
               "| step | SFT pass@1 | RL pass@1 |", "|---|---|---|"]
     lines += [f"| {o['step']} | {_f(o['sft_pass@1'], 4)} | {_f(o['rl_pass@1'], 4)} |"
               for o in data["over_training"]]
-    lines += ["", "## Run time", "", "| run | state | total | slowest steps |", "|---|---|---|---|"]
-    for name, t in data["times"].items():
+    wall = data["times"]["wall_s"]
+    lines += ["", "## Run time", "",
+              f"The sweep end to end: {_f(wall / 3600 if wall else None, 2)} h of wall time "
+              "(every run's attempts, overlapping runs counted once). Per run, its own time "
+              "summed over its attempts:", "",
+              "| run | state | total | slowest steps |", "|---|---|---|---|"]
+    for name, t in data["times"]["runs"].items():
         slow = sorted(t["steps_s"].items(), key=lambda kv: -kv[1])[:3]
         lines.append(f"| {name} | {t['state']} | {_f(t['elapsed_s'], 0)} s | "
                      + ", ".join(f"{k} {v:.0f} s" for k, v in slow) + " |")
@@ -505,7 +534,7 @@ def write_report(sweep_dir: Path, out: Path, n_bootstrap: int = N_BOOTSTRAP) -> 
 
     data = findings(collect(sweep_dir), run_times(sweep_dir), n_bootstrap=n_bootstrap)
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "findings.json",
+    atomic.write_text(out / "study.json",
                       json.dumps(data, indent=1, sort_keys=True, default=float) + "\n")
     figures = study_v2_plots.write_figures(data, out)
     text = render(data)

@@ -250,6 +250,12 @@ def test_local_launcher_concurrency_logs_status_failure_and_resume(tmp_path, cap
     for name in NAMES:
         last = launch._seconds_between(status[name]["start"], status[name]["end"])
         assert status[name]["elapsed_s"] >= last >= 0
+        # every attempt's span is kept: the failed-then-rerun run has two, the others one
+        attempts = status[name]["attempts"]
+        assert len(attempts) == (2 if name == NAMES[1] else 1)
+        assert attempts[-1] == [status[name]["start"], status[name]["end"]]
+        assert status[name]["elapsed_s"] == pytest.approx(
+            sum(launch._seconds_between(s, e) for s, e in attempts))
 
 
 def test_a_run_left_running_by_a_killed_launcher_keeps_its_time(tmp_path):
@@ -276,6 +282,8 @@ def test_a_run_left_running_by_a_killed_launcher_keeps_its_time(tmp_path):
     assert entry["state"] == "done" and entry["estimated_attempts"] == 1
     last = launch._seconds_between(entry["start"], entry["end"])
     assert entry["elapsed_s"] == pytest.approx(5.0 + 1200.0 + last)
+    # the killed attempt's span ends at that last write
+    assert entry["attempts"][0] == ["2026-01-01T00:00:00+00:00", "2026-01-01T00:20:00+00:00"]
 
 
 def test_relaunch_with_changed_arguments_is_refused(tmp_path, capsys):

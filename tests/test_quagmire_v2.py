@@ -3,6 +3,7 @@ only where it should, the plan's sizes hold, and the CI-sized variant runs end t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -98,7 +99,7 @@ def test_the_ci_sweep_runs_end_to_end(tmp_path):
     text = readme.read_text()
     assert "**Verdict: inconclusive: gate" in text and "| base | done |" in text
     assert "| G4 RL signal | **no** |" in text  # no gain at all is no RL signal
-    assert len(json.loads((tmp_path / "docs" / "findings.json").read_text())["checkpoints"]) == 4
+    assert len(json.loads((tmp_path / "docs" / "study.json").read_text())["checkpoints"]) == 4
 
 
 def _fake_rows(seed: int = 0) -> list[dict]:
@@ -208,3 +209,75 @@ def test_gates_command_names_a_missing_or_malformed_file(tmp_path, capsys):
     assert study_v2.main(["--gates", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "bad.jsonl: line 1 has no field 'correct'" in err
+
+
+def _status(runs: dict[str, dict]) -> dict:
+    return {"sweep": "quagmire_v2", "runs": {"predict": {"state": "pending"}, **runs}}
+
+
+def test_sweep_wall_time_is_the_union_of_attempts_and_a_partial_sweep_gives_no_verdict(tmp_path):
+    day = "2026-12-04T"
+    # base: one attempt 00:00-02:00; repeat beside it 00:00-01:00, killed, resumed 03:00-03:30
+    # (the last attempt written by a launcher that kept no attempts list): 2 h + 0.5 h of wall
+    status = _status({
+        "base": {"state": "done", "start": f"{day}00:00:00+00:00", "end": f"{day}02:00:00+00:00",
+                 "elapsed_s": 7200.0,
+                 "attempts": [[f"{day}00:00:00+00:00", f"{day}02:00:00+00:00"]]},
+        "repeat": {"state": "running", "start": f"{day}03:00:00+00:00",
+                   "end": f"{day}03:30:00+00:00", "elapsed_s": 5400.0,
+                   "attempts": [[f"{day}00:00:00+00:00", f"{day}01:00:00+00:00"]]}})
+    (tmp_path / "sweep.json").write_text(json.dumps(status))
+    times = study_v2.run_times(tmp_path)
+    assert times["wall_s"] == 2.5 * 3600
+    assert times["runs"]["repeat"]["elapsed_s"] == 5400.0
+    data = study_v2.findings(_fake_rows(), times, n_bootstrap=50)
+    assert data["gates"]["G0 sweep complete"] == {"pass": False, "runs_done": 1, "runs": 2}
+    assert data["verdict"] == "inconclusive: gate G0 sweep complete failed"
+    assert "The sweep end to end: 2.50 h" in study_v2.render(data)
+    status["runs"]["repeat"]["state"] = "done"
+    (tmp_path / "sweep.json").write_text(json.dumps(status))
+    data = study_v2.findings(_fake_rows(), study_v2.run_times(tmp_path), n_bootstrap=50)
+    assert data["gates"]["G0 sweep complete"]["pass"] and "G0" not in data["verdict"]
+
+
+def test_every_rho_and_r2_recomputes_from_the_study_json(tmp_path):
+    """Issue 21's "done when": from study.json's per-checkpoint values alone, scipy's Spearman
+    and a by-hand leave-out line fit give the report's ρ and R² (instance and between runs)."""
+    data = study_v2.findings(_fake_rows(seed=3), n_bootstrap=50)
+    saved = json.loads(json.dumps(data, default=float))
+    with_rl = [c for c in saved["checkpoints"] if c["rl_pass@1"] is not None]
+    y = np.array([c["rl_pass@1"] for c in with_rl])
+    assert np.allclose(y, [np.mean(list(c["rl_pass@1_by_seed"].values())) for c in with_rl])
+
+    def z(v):
+        return (v - v.mean()) / v.std()
+
+    loss = -np.array([c["generalization_loss"] for c in with_rl])
+    p64 = np.array([c["sft_pass@k"]["64"] for c in with_rl])
+    proxies = {"post-SFT pass@1": np.array([c["sft_pass@1"] for c in with_rl]),
+               "-generalization loss (common)": loss, "pass@64": p64,
+               "combination (loss + pass@k, no pass@1)": (z(loss) + z(p64)) / 2,
+               "-own held-out loss": -np.array([c["own_heldout_loss"] for c in with_rl])}
+    assert set(proxies) == set(saved["instance"])
+    for name, x in proxies.items():
+        assert saved["instance"][name]["rho"] == pytest.approx(sp_stats.spearmanr(x, y)[0])
+        for m in (3, 4):
+            scores = []
+            for cal in itertools.combinations(range(len(y)), m):
+                rest = [i for i in range(len(y)) if i not in cal]
+                slope, intercept, *_ = sp_stats.linregress(x[list(cal)], y[list(cal)])
+                pred = slope * x[rest] + intercept
+                scores.append(1 - np.sum((y[rest] - pred) ** 2)
+                              / np.sum((y[rest] - y[rest].mean()) ** 2))
+            r2 = saved["instance"][name]["r2"][str(m)]
+            assert r2["mean"] == pytest.approx(np.mean(scores))
+            assert r2["median"] == pytest.approx(np.median(scores))
+        runs = sorted({c["run"] for c in with_rl})
+        means = [(np.mean([x[i] for i, c in enumerate(with_rl) if c["run"] == r]),
+                  np.mean([y[i] for i, c in enumerate(with_rl) if c["run"] == r])) for r in runs]
+        between = sp_stats.spearmanr([a for a, _ in means], [b for _, b in means])[0]
+        assert saved["between_runs"][name]["rho"] == pytest.approx(between)
+        for run in runs:
+            idx = [i for i, c in enumerate(with_rl) if c["run"] == run]
+            assert saved["within_run"][run][name] == pytest.approx(
+                sp_stats.spearmanr(x[idx], y[idx])[0])
