@@ -532,7 +532,12 @@ def render_plan(plan: str) -> str:
 def write_report(sweep_dir: Path, out: Path, n_bootstrap: int = N_BOOTSTRAP) -> Path:
     from sftrl import atomic, study_v2_plots
 
-    data = findings(collect(sweep_dir), run_times(sweep_dir), n_bootstrap=n_bootstrap)
+    if not sweep_dir.is_dir():
+        raise ValueError(f"{sweep_dir}: no such sweep directory")
+    rows = collect(sweep_dir)
+    if not rows:
+        raise ValueError(f"{sweep_dir}: no SFT checkpoint evaluated yet (no */eval/*-sft.json)")
+    data = findings(rows, run_times(sweep_dir), n_bootstrap=n_bootstrap)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "study.json",
                       json.dumps(data, indent=1, sort_keys=True, default=float) + "\n")

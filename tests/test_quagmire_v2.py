@@ -209,6 +209,12 @@ def test_gates_command_names_a_missing_or_malformed_file(tmp_path, capsys):
     assert study_v2.main(["--gates", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "bad.jsonl: line 1 has no field 'correct'" in err
+    # the report: a missing sweep directory, and one with nothing evaluated yet
+    assert study_v2.main(["--sweep_dir", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+    assert "nowhere: no such sweep directory" in capsys.readouterr().err
+    (tmp_path / "sweep" / "base" / "eval").mkdir(parents=True)
+    assert study_v2.main(["--sweep_dir", str(tmp_path / "sweep"), "--out", str(tmp_path)]) == 2
+    assert "sweep: no SFT checkpoint evaluated yet" in capsys.readouterr().err
 
 
 def _status(runs: dict[str, dict]) -> dict:
