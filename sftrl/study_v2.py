@@ -274,6 +274,10 @@ def calibration_r2(x: np.ndarray, y: np.ndarray, m: int) -> dict[str, Any]:
             "median": float(np.median(scores)), "subsets": len(scores)}
 
 
+def _winner(treatment: float, control: float) -> str:
+    return "treatment" if treatment > control else "control" if control > treatment else "tie"
+
+
 def _rho(x: np.ndarray, y: np.ndarray) -> float | None:
     return None if min(np.ptp(x), np.ptp(y)) == 0 else float(spearman(x, y))
 
@@ -391,7 +395,8 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
             if other == run and ("base", step) in by_key:
                 sft0, rl0 = by_key[("base", step)]
                 axes.append({"treatment": run, "control": "base", "step": step,
-                             "sft_pass@1": [sft, sft0], "rl_pass@1": [rl, rl0]})
+                             "sft_pass@1": [sft, sft0], "rl_pass@1": [rl, rl0],
+                             "sft_winner": _winner(sft, sft0), "rl_winner": _winner(rl, rl0)})
     base_steps = sorted((r["step"], r["pass@k"]["1"], y[i]) for i, r in enumerate(rows)
                         if r["run"] == "base")
     return {
@@ -477,12 +482,14 @@ def render(data: dict[str, Any]) -> str:
               "|---|" + "---|" * len(data["spearman_by_k"]),
               "| ρ | " + " | ".join(_f(v) for v in data["spearman_by_k"].values()) + " |",
               "", "## Axes (treatment vs control at equal SFT steps)", "",
-              "| treatment | control | step | SFT pass@1 (treatment / control) | "
-              "RL pass@1 (treatment / control) |", "|---|---|---|---|---|"]
+              "| treatment | control | step | SFT pass@1 (treatment / control) | wins after SFT | "
+              "RL pass@1 (treatment / control) | wins after RL |", "|---|---|---|---|---|---|---|"]
     for a in data["axes"]:
         lines.append(f"| {a['treatment']} | {a['control']} | {a['step']} | "
                      f"{_f(a['sft_pass@1'][0], 4)} / {_f(a['sft_pass@1'][1], 4)} | "
-                     f"{_f(a['rl_pass@1'][0], 4)} / {_f(a['rl_pass@1'][1], 4)} |")
+                     f"{a['sft_winner']} | "
+                     f"{_f(a['rl_pass@1'][0], 4)} / {_f(a['rl_pass@1'][1], 4)} | "
+                     f"{a['rl_winner']} |")
     lines += ["", "Over-training (the base run along its trajectory):", "",
               "| step | SFT pass@1 | RL pass@1 |", "|---|---|---|"]
     lines += [f"| {o['step']} | {_f(o['sft_pass@1'], 4)} | {_f(o['rl_pass@1'], 4)} |"

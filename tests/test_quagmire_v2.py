@@ -133,6 +133,10 @@ def test_findings_verdict_and_report_from_data():
     assert primary["delta"] > 0 and primary["sign_test"]["pairs"] > 0
     assert data["verdict"].startswith(("reproduces", "inconclusive: gate G3"))
     assert len(data["axes"]) == 12 and len(data["over_training"]) == 4
+    for axis in data["axes"]:  # the winner is the side with the higher pass@1
+        for level in ("sft", "rl"):
+            treatment, control = axis[f"{level}_pass@1"]
+            assert axis[f"{level}_winner"] == ("treatment" if treatment > control else "control")
     assert set(data["instance"][study_v2.BASELINE]["r2"]) == {"3", "4"}
     assert "median" in data["instance"][study_v2.BASELINE]["r2"]["4"]
     text = study_v2.render(data)
