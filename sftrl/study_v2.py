@@ -84,6 +84,10 @@ def gates(rows: Sequence[dict[str, Any]], k: int | None = None) -> dict[str, flo
     golds = [r["answer"] for r in rows]
     out = {"prompts": float(len(rows)), "k": float(k),
            "pass@1": float(np.mean(pass_at_k(n, c, 1))),
+           # the sampling noise of that mean with the prompts held fixed: each prompt's share
+           # right is binomial, its variance estimated without bias by p(1-p)/(n-1)
+           "pass@1_sampling_se": float(np.sqrt(np.sum(
+               (c / n) * (1 - c / n) / np.maximum(n - 1, 1))) / len(rows)),
            f"pass@{k}": float(np.mean(pass_at_k(n, c, k))),
            "control@1": mismatched_answer_pass_at_k(answers, golds, 1),
            f"control@{k}": mismatched_answer_pass_at_k(answers, golds, k),
@@ -295,6 +299,7 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
                   if "gates" in r]
     rl_gates = [g["gates"] for r in rows for g in r["rl"].values() if "gates" in g]
     rl_shares = [g[f"control_share@{int(g['k'])}"] for g in rl_gates]
+    rl_ses = [g["pass@1_sampling_se"] for g in rl_gates if "pass@1_sampling_se" in g]
     sft_p1 = np.array([r["pass@k"]["1"] for r in all_rows])
     gains = np.array([np.mean([s["pass@1"] for s in r["rl"].values()]) - r["pass@k"]["1"]
                       for r in rows])
@@ -328,7 +333,10 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
         "G4 RL signal": {"pass": bool(not math.isnan(spread) and not math.isnan(mean_gain)
                                       and mean_gain > 0
                                       and mean_gain >= GAIN_OVER_SPREAD * spread),
-                         "mean_gain": mean_gain, "seed_spread": spread},
+                         "mean_gain": mean_gain, "seed_spread": spread,
+                         # beside the spread: how much of it one eval's sampling alone makes
+                         "rl_eval_sampling_se": (
+                             float(np.sqrt(np.mean(np.square(rl_ses)))) if rl_ses else math.nan)},
         "G5 RL prompts": {"pass": bool(learnable) and float(np.mean(learnable)) >= LEARNABLE_MIN,
                           "mean_learnable_share": float(np.mean(learnable)) if learnable
                           else math.nan},

@@ -65,6 +65,12 @@ def test_gates_on_hand_made_samples():
     # prompt p's wrong answers (101 + p) are prompt p+1's gold: of the 4 x 3 shifted pairs, only
     # shift 1 of prompts 0-2 matches (prompt 3's shift 1 wraps round to gold 100)
     assert g["control@4"] == pytest.approx(3 / 12) and g["best_constant"] == 0.25
+    # binomial sampling SE of the mean with the prompts fixed: each prompt 2 of 4 right
+    assert g["pass@1_sampling_se"] == pytest.approx(np.sqrt(4 * 0.5 * 0.5 / 3) / 4)
+    uneven = [{"answer": "7", "extracted": ["7"] * 8, "correct": [True] * 8},
+              {"answer": "8", "extracted": ["8", "1"], "correct": [True, False]}]
+    assert study_v2.gates(uneven)["pass@1_sampling_se"] == pytest.approx(
+        np.sqrt(0 + 0.25 / 1) / 2)
 
 
 @pytest.mark.slow
@@ -115,7 +121,8 @@ def _fake_rows(seed: int = 0) -> list[dict]:
                      for k in (1, 2, 4, 8, 16, 32, 64)}
             rl = {s: {"pass@1": 0.1 + 0.05 * p1 + 0.5 * quality + rng.normal(0, 0.003),
                       "learnable_groups_share": 0.6,
-                      "gates": {"k": 16.0, "control_share@16": 0.01}} for s in ("1", "2")}
+                      "gates": {"k": 16.0, "control_share@16": 0.01,
+                                "pass@1_sampling_se": 0.004}} for s in ("1", "2")}
             rows.append({"checkpoint": f"{run}-v2-x-step{step}-sft", "run": run,
                          "dataset": "v2-x", "step": step, "pass@k": curve,
                          "generalization_loss": 1.0 - quality + rng.normal(0, 0.01),
@@ -129,6 +136,7 @@ def test_findings_verdict_and_report_from_data():
     rows = _fake_rows()
     data = study_v2.findings(rows, n_bootstrap=200)
     assert all(g["pass"] for name, g in data["gates"].items() if name != "G3 SFT strength")
+    assert data["gates"]["G4 RL signal"]["rl_eval_sampling_se"] == pytest.approx(0.004)
     primary = data["tests"][study_v2.PRIMARY]
     assert primary["delta"] > 0 and primary["sign_test"]["pairs"] > 0
     assert data["verdict"].startswith(("reproduces", "inconclusive: gate G3"))
