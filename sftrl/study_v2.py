@@ -161,22 +161,31 @@ def run_times(sweep_dir: Path) -> dict[str, Any]:
     spans: list[tuple[float, float]] = []
     for name, entry in sorted(status.items()):
         start = entry.get("start")
-        steps: dict[str, float] = {}
-        progress = sweep_dir / name / "pipeline.json"
-        if progress.exists() and start:
-            previous = datetime.datetime.fromisoformat(start).timestamp()
-            done = json.loads(progress.read_text())
-            for step, info in sorted(done.items(), key=lambda kv: kv[1].get("time", 0)):
-                steps[step] = max(0.0, float(info["time"]) - previous)
-                previous = float(info["time"])
-        runs[name] = {"elapsed_s": entry.get("elapsed_s"), "state": entry.get("state"),
-                      "steps_s": steps}
         attempts = [tuple(a) for a in entry.get("attempts", [])]
         if start and entry.get("end") and (start, entry["end"]) not in attempts:
             attempts.append((start, entry["end"]))  # written by a launcher that kept no list
-        spans += [(datetime.datetime.fromisoformat(a).timestamp(),
-                   datetime.datetime.fromisoformat(b).timestamp()) for a, b in attempts]
+        ended = [(_stamp(a), _stamp(b)) for a, b in attempts]
+        spans += ended
+        # A step's time runs from the stamp before it or, after a resume, from the start of the
+        # attempt that wrote it: the gap between attempts is nobody's time.
+        attempt_starts = sorted({a for a, _ in ended} | ({_stamp(start)} if start else set()))
+        steps: dict[str, float] = {}
+        progress = sweep_dir / name / "pipeline.json"
+        if progress.exists() and attempt_starts:
+            previous = attempt_starts[0]
+            done = json.loads(progress.read_text())
+            for step, info in sorted(done.items(), key=lambda kv: kv[1].get("time", 0)):
+                stamp = float(info["time"])
+                began = max((a for a in attempt_starts if a <= stamp), default=previous)
+                steps[step] = max(0.0, stamp - max(previous, began))
+                previous = stamp
+        runs[name] = {"elapsed_s": entry.get("elapsed_s"), "state": entry.get("state"),
+                      "steps_s": steps}
     return {"runs": runs, "wall_s": _union_length(spans) if spans else None}
+
+
+def _stamp(iso: str) -> float:
+    return datetime.datetime.fromisoformat(iso).timestamp()
 
 
 def _union_length(spans: Sequence[tuple[float, float]]) -> float:

@@ -3,6 +3,7 @@ only where it should, the plan's sizes hold, and the CI-sized variant runs end t
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import os
@@ -256,6 +257,24 @@ def test_sweep_wall_time_is_the_union_of_attempts_and_a_partial_sweep_gives_no_v
     (tmp_path / "sweep.json").write_text(json.dumps(status))
     data = study_v2.findings(_fake_rows(), study_v2.run_times(tmp_path), n_bootstrap=50)
     assert data["gates"]["G0 sweep complete"]["pass"] and "G0" not in data["verdict"]
+
+
+def test_a_resumed_runs_step_times_leave_out_the_gap_between_attempts(tmp_path):
+    def at(hour: float) -> float:
+        return datetime.datetime(2026, 12, 4, tzinfo=datetime.UTC).timestamp() + hour * 3600
+
+    day = "2026-12-04T"
+    # short: sft done at 01:00, rl at 01:30, killed at 02:00; resumed at 05:00, eval done 05:10
+    status = _status({"short": {
+        "state": "done", "start": f"{day}05:00:00+00:00", "end": f"{day}05:10:00+00:00",
+        "attempts": [[f"{day}00:00:00+00:00", f"{day}02:00:00+00:00"]]}})
+    (tmp_path / "sweep.json").write_text(json.dumps(status))
+    (tmp_path / "short").mkdir()
+    (tmp_path / "short" / "pipeline.json").write_text(json.dumps({
+        "eval": {"done": True, "time": at(5 + 1 / 6)}, "sft": {"done": True, "time": at(1)},
+        "rl": {"done": True, "time": at(1.5)}}))
+    steps = study_v2.run_times(tmp_path)["runs"]["short"]["steps_s"]
+    assert steps == {"sft": 3600.0, "rl": 1800.0, "eval": 600.0}
 
 
 def test_every_rho_and_r2_recomputes_from_the_study_json(tmp_path):
