@@ -287,6 +287,10 @@ def calibration_r2(x: np.ndarray, y: np.ndarray, m: int) -> dict[str, Any]:
             "median": float(np.median(scores)), "subsets": len(scores)}
 
 
+# what an axis says after RL where a side ran none (PLAN.md's compute-saving rule)
+NO_RL = f"no RL (post-SFT pass@1 < {SFT_MIN})"
+
+
 def _winner(treatment: float, control: float) -> str:
     return "treatment" if treatment > control else "control" if control > treatment else "tie"
 
@@ -319,6 +323,17 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
                  if "learnable_groups_share" in g]
     constants = [r["gates"]["best_constant"] for r in all_rows if "gates" in r]
 
+    def above_control(share: float) -> bool:  # nan: no pass@k to compare the control with
+        return math.isnan(share) or share >= CONTROL_SHARE_MAX
+
+    def share(g: dict[str, float]) -> float:
+        return g[f"control_share@{int(g['k'])}"]
+
+    guessable = [r["checkpoint"] for r in all_rows
+                 if "gates" in r and above_control(share(r["gates"]))]
+    guessable += [f"{r['checkpoint']} RL seed {seed}" for r in rows for seed, g in r["rl"].items()
+                  if "gates" in g and above_control(share(g["gates"]))]
+
     def ok(values: Sequence[float], test: Any) -> bool:
         return bool(values) and all(not math.isnan(v) and test(v) for v in values)
 
@@ -333,12 +348,15 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
         "G1 guessing": {"pass": ok(sft_shares, lambda v: v < CONTROL_SHARE_MAX)
                         and ok(rl_shares, lambda v: v < CONTROL_SHARE_MAX),
                         "sft_max_share": max(sft_shares, default=math.nan),
-                        "rl_max_share": max(rl_shares, default=math.nan)},
+                        "rl_max_share": max(rl_shares, default=math.nan),
+                        "failing": guessable},
         "G2 constant": {"pass": ok(constants, lambda v: v < CONSTANT_MAX),
                         "max": max(constants, default=math.nan)},
         "G3 SFT strength": {"pass": bool(sft_p1.min() >= SFT_MIN and sft_p1.min() <= SFT_LOW
                                          and sft_p1.max() >= SFT_HIGH),
-                            "min": float(sft_p1.min()), "max": float(sft_p1.max())},
+                            "min": float(sft_p1.min()), "max": float(sft_p1.max()),
+                            "below_floor": [r["checkpoint"] for r in all_rows
+                                            if r["pass@k"]["1"] < SFT_MIN]},
         "G4 RL signal": {"pass": bool(not math.isnan(spread) and not math.isnan(mean_gain)
                                       and mean_gain > 0
                                       and mean_gain >= GAIN_OVER_SPREAD * spread),
@@ -404,20 +422,22 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
     by_k = {str(k): _rho(np.array([r["pass@k"][str(k)] for r in rows]), y) for k in ks}
     # axes: each treatment run vs the base run at equal steps
     axes = []
-    by_key = {(r["run"], r["step"]): (r["pass@k"]["1"], y[i]) for i, r in enumerate(rows)}
-    for run in runs:
-        if run == "base":
-            continue
+    rl_of = {r["checkpoint"]: float(y[i]) for i, r in enumerate(rows)}
+    by_key = {(r["run"], r["step"]): (r["pass@k"]["1"], rl_of.get(r["checkpoint"]))
+              for r in all_rows}
+    for run in sorted({r["run"] for r in all_rows} - {"base"}):
         for (other, step), (sft, rl) in sorted(by_key.items()):
             if other == run and ("base", step) in by_key:
                 sft0, rl0 = by_key[("base", step)]
                 axes.append({"treatment": run, "control": "base", "step": step,
                              "sft_pass@1": [sft, sft0], "rl_pass@1": [rl, rl0],
-                             "sft_winner": _winner(sft, sft0), "rl_winner": _winner(rl, rl0)})
+                             "sft_winner": _winner(sft, sft0),
+                             "rl_winner": (_winner(rl, rl0) if rl is not None and rl0 is not None
+                                           else NO_RL)})
     base_steps = sorted((r["step"], r["pass@k"]["1"], y[i]) for i, r in enumerate(rows)
                         if r["run"] == "base")
     return {
-        "checkpoints": checkpoints,
+        "checkpoints": checkpoints, "with_rl": len(rows),
         "gates": gate_results, "verdict": verdict, "primary_proxy": PRIMARY,
         "tests": tests, "instance": instance, "within_run": within, "between_runs": between,
         "spearman_by_k": by_k, "axes": axes,
@@ -448,8 +468,9 @@ def render(data: dict[str, Any]) -> str:
              f"**Verdict: {data['verdict']}** (primary proxy: {data['primary_proxy']}).", "",
              "## Gates", "", "| gate | pass | values |", "|---|---|---|"]
     for name, g in data["gates"].items():
-        values = ", ".join(f"{k} {_f(v, 4)}" for k, v in g.items()
-                           if k not in ("pass", "descriptive"))
+        values = ", ".join(
+            f"{k} {'; '.join(v) if v else 'none'}" if isinstance(v, list) else f"{k} {_f(v, 4)}"
+            for k, v in g.items() if k not in ("pass", "descriptive"))
         shown = "yes" if g["pass"] else "no (reported only)" if g.get("descriptive") else "**no**"
         lines.append(f"| {name} | {shown} | {values} |")
     lines += ["", "## Checkpoints", "",
@@ -463,7 +484,15 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"| {c['checkpoint']} | {c['step']} | {_f(c['generalization_loss'], 4)} | "
                      f"{_f(c['own_heldout_loss'], 4)} | {_f(c['sft_pass@1'], 4)} | "
                      f"{_f(share)} | {_f(c['rl_pass@1'], 4)} | {seeds} |")
-    lines += ["", "## Primary statistic (instance level)", "",
+    total, with_rl = len(data["checkpoints"]), data.get("with_rl", len(data["checkpoints"]))
+    scope = [f"Every statistic below is over the {with_rl} checkpoints with post-RL results, "
+             f"of {total}"
+             + (f"; the other {total - with_rl} ran no RL (post-SFT pass@1 below {SFT_MIN}, "
+                "the plan's compute-saving rule)" if total > with_rl else "") + "."]
+    if data["verdict"].startswith("inconclusive: gate"):
+        scope.append("A gate failed, so they describe the sweep and decide nothing "
+                     "(the plan's rule).")
+    lines += ["", "## Primary statistic (instance level)", "", " ".join(scope), "",
               "Spearman ρ(proxy, post-RL pass@1) minus ρ(post-SFT pass@1, post-RL pass@1); "
               f"{int(CONFIDENCE * 100)}% paired bootstrap interval over checkpoints; sign test "
               "on the pairs where the proxy and pass@1 disagree.", "",

@@ -259,6 +259,28 @@ def test_sweep_wall_time_is_the_union_of_attempts_and_a_partial_sweep_gives_no_v
     assert data["gates"]["G0 sweep complete"]["pass"] and "G0" not in data["verdict"]
 
 
+def test_a_failed_gate_names_its_checkpoints_and_an_axis_without_rl_keeps_its_sft_side():
+    rows = _fake_rows()
+    for row in rows:  # the sweep's outcome: homogeneous data never leaves the guessing floor
+        if row["run"] == "homogeneous":
+            row["pass@k"] = {k: 0.0 if row["step"] == 900 else 0.0004 for k in row["pass@k"]}
+            row["gates"]["control_share@64"] = 0.0 if row["step"] == 900 else 0.125
+            row["rl"] = {}
+    rows[0]["gates"]["control_share@64"] = float("nan")  # pass@64 of 0: nothing to compare
+    data = study_v2.findings(rows, n_bootstrap=50)
+    homogeneous = [r["checkpoint"] for r in rows if r["run"] == "homogeneous"]
+    assert data["gates"]["G3 SFT strength"]["below_floor"] == homogeneous
+    assert data["gates"]["G1 guessing"]["failing"] == [rows[0]["checkpoint"], *homogeneous[:3]]
+    assert data["verdict"] == "inconclusive: gate G1 guessing, G3 SFT strength failed"
+    assert data["with_rl"] == 12 and len(data["checkpoints"]) == 16
+    no_rl = [a for a in data["axes"] if a["treatment"] == "homogeneous"]
+    assert [a["rl_winner"] for a in no_rl] == [study_v2.NO_RL] * 4
+    assert all(a["sft_winner"] == "control" for a in no_rl)
+    text = study_v2.render(data)
+    assert "over the 12 checkpoints with post-RL results, of 16" in text
+    assert "decide nothing" in text and homogeneous[0] in text
+
+
 def test_a_resumed_runs_step_times_leave_out_the_gap_between_attempts(tmp_path):
     def at(hour: float) -> float:
         return datetime.datetime(2026, 12, 4, tzinfo=datetime.UTC).timestamp() + hour * 3600
