@@ -554,7 +554,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def plan_sections(plan: str) -> dict[str, list[str]]:
-    """The plan's text the report quotes: {"quoted": the hypotheses and the decision rule,
+    """The plan's text the report quotes: {"quoted": the hypotheses, the gates and the decision rule,
     "deviations": every "Change after the start" section}, each a list of markdown blocks."""
     sections: list[tuple[str, list[str]]] = []
     for line in plan.splitlines():
@@ -563,7 +563,7 @@ def plan_sections(plan: str) -> dict[str, list[str]]:
         elif sections:
             sections[-1][1].append(line)
     quoted = [f"### {title}\n" + "\n".join(body).strip() for title, body in sections
-              if title.startswith(("Hypotheses", "Primary statistic"))]
+              if title.startswith(("Hypotheses", "Gates", "Primary statistic"))]
     deviations = [f"### {title}\n" + "\n".join(body).strip() for title, body in sections
                   if title.startswith("Change after the start")]
     return {"quoted": quoted, "deviations": deviations}

@@ -203,12 +203,13 @@ def test_figures_and_plan_quote_from_the_findings(tmp_path):
     assert [p.name for p in written] == list(study_v2_plots.FIGURES)
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
     plan = ("# Plan\n\n## Hypotheses\n\n* H1: x.\n\n## Design\n\nnot quoted\n\n"
+            "## Gates (all must pass)\n\n| G1 | x |\n\n"
             "## Primary statistic and decision rule\n\nrule text\n\n"
             "## Change after the start (one)\n\nsteps changed\n\n"
             "## Change after the start (two)\n\ntask changed\n")
     parts = study_v2.plan_sections(plan)
     assert [b.splitlines()[0] for b in parts["quoted"]] == [
-        "### Hypotheses", "### Primary statistic and decision rule"]
+        "### Hypotheses", "### Gates (all must pass)", "### Primary statistic and decision rule"]
     assert [b.splitlines()[-1] for b in parts["deviations"]] == ["steps changed", "task changed"]
     text = study_v2.render_plan(plan)
     assert "> * H1: x." in text and "not quoted" not in text
