@@ -554,8 +554,9 @@ def render(data: dict[str, Any]) -> str:
 
 
 def plan_sections(plan: str) -> dict[str, list[str]]:
-    """The plan's text the report quotes: {"quoted": the hypotheses, the gates and the decision rule,
-    "deviations": every "Change after the start" section}, each a list of markdown blocks."""
+    """The plan's text the report quotes: {"quoted": the hypotheses, the gates and the decision
+    rule, "deviations": every "Change after the start" section}, each a list of markdown
+    blocks."""
     sections: list[tuple[str, list[str]]] = []
     for line in plan.splitlines():
         if line.startswith("## "):
