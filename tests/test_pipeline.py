@@ -93,3 +93,19 @@ def test_pipeline_end_to_end_and_interrupted_rerun(tmp_path):
     assert a["groups"].keys() == b["groups"].keys()
     for group in a["groups"]:
         assert a["groups"][group]["scores"] == b["groups"][group]["scores"]
+
+
+def test_progress_keeps_the_time_a_step_first_finished(tmp_path, monkeypatch):
+    """A resumed pipeline passes its finished steps again; their stamps must not move to the
+    resume (study_v2's per-step run times are measured from them)."""
+    from sftrl.stages import pipeline
+
+    clock = iter([100.0, 900.0, 950.0])
+    monkeypatch.setattr(pipeline.time, "time", lambda: next(clock))
+    pipeline.Progress(tmp_path).done("sft", final_step=4)
+    resumed = pipeline.Progress(tmp_path)  # a new process reads pipeline.json
+    resumed.done("sft", final_step=4)
+    resumed.done("eval")
+    steps = json.loads((tmp_path / "pipeline.json").read_text())
+    assert steps == {"sft": {"done": True, "time": 100.0, "final_step": 4},
+                     "eval": {"done": True, "time": 900.0}}

@@ -66,7 +66,11 @@ class Progress:
                 self.steps = {}
 
     def done(self, step: str, **info: Any) -> None:
-        self.steps[step] = {"done": True, "time": time.time(), **info}
+        # A resumed pipeline passes its finished steps again (their outputs make them no-ops);
+        # they keep the time they first finished, which run-time reports measure from.
+        first = self.steps.get(step, {})
+        stamp = first["time"] if first.get("done") and "time" in first else time.time()
+        self.steps[step] = {"done": True, "time": stamp, **info}
         if jax.process_index() == 0:
             atomic.write_json(self.path, self.steps, indent=1)
 
