@@ -181,7 +181,16 @@ def run_times(sweep_dir: Path) -> dict[str, Any]:
                 previous = stamp
         runs[name] = {"elapsed_s": entry.get("elapsed_s"), "state": entry.get("state"),
                       "steps_s": steps}
-    return {"runs": runs, "wall_s": _union_length(spans) if spans else None}
+    # per stage (the part of a step name after its "/": sft, eval-sft, rl, eval-rl, ...), summed
+    # over every run: where the sweep's compute went
+    stages: dict[str, dict[str, float]] = {}
+    for info in runs.values():
+        for step, seconds in info["steps_s"].items():
+            stage = stages.setdefault(step.rsplit("/", 1)[-1], {"count": 0, "total_s": 0.0})
+            stage["count"] += 1
+            stage["total_s"] += seconds
+    return {"runs": runs, "stages": stages,
+            "wall_s": _union_length(spans) if spans else None}
 
 
 def _stamp(iso: str) -> float:
@@ -550,6 +559,13 @@ def render(data: dict[str, Any]) -> str:
         slow = sorted(t["steps_s"].items(), key=lambda kv: -kv[1])[:3]
         lines.append(f"| {name} | {t['state']} | {_f(t['elapsed_s'], 0)} s | "
                      + ", ".join(f"{k} {v:.0f} s" for k, v in slow) + " |")
+    stages = data["times"].get("stages") or {}
+    if stages:
+        lines += ["", "Per stage, summed over the runs (a run's own time; runs that ran side by "
+                  "side each count in full):", "",
+                  "| stage | steps | total | mean per step |", "|---|---|---|---|"]
+        lines += [f"| {name} | {int(v['count'])} | {v['total_s'] / 3600:.2f} h | "
+                  f"{v['total_s'] / v['count']:.0f} s |" for name, v in stages.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -298,6 +298,9 @@ def test_a_resumed_runs_step_times_leave_out_the_gap_between_attempts(tmp_path):
         "rl": {"done": True, "time": at(1.5)}}))
     steps = study_v2.run_times(tmp_path)["runs"]["short"]["steps_s"]
     assert steps == {"sft": 3600.0, "rl": 1800.0, "eval": 600.0}
+    assert study_v2.run_times(tmp_path)["stages"] == {
+        "sft": {"count": 1, "total_s": 3600.0}, "rl": {"count": 1, "total_s": 1800.0},
+        "eval": {"count": 1, "total_s": 600.0}}
 
 
 def test_every_rho_and_r2_recomputes_from_the_study_json(tmp_path):
