@@ -387,7 +387,13 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
                     "rl_pass@1": (float(np.mean([v["pass@1"] for v in r["rl"].values()]))
                                   if r["rl"] else None),
                     "rl_pass@1_by_seed": {s: v["pass@1"] for s, v in r["rl"].items()},
-                    "gates": r.get("gates")} for r in all_rows]
+                    "gates": r.get("gates"),
+                    # the gates this checkpoint fails on its own (G1 after SFT or after RL, G3's
+                    # floor); the others are properties of the whole sweep
+                    "gates_failed": [gate for gate, fails in (
+                        ("G1", any(g == r["checkpoint"] or g.startswith(r["checkpoint"] + " RL")
+                                   for g in guessable)),
+                        ("G3", r["pass@k"]["1"] < SFT_MIN)) if fails]} for r in all_rows]
     if len(rows) < 3:
         reason = (f"gate {', '.join(failed)} failed" if failed
                   else f"{len(rows)} checkpoints with RL results")
@@ -484,15 +490,16 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"| {name} | {shown} | {values} |")
     lines += ["", "## Checkpoints", "",
               "| checkpoint | step | gen. loss (common) | own held-out loss | SFT pass@1 | "
-              f"control share@{LARGE_K} | RL pass@1 (mean) | RL pass@1 by seed |",
-              "|---|---|---|---|---|---|---|---|"]
+              f"control share@{LARGE_K} | RL pass@1 (mean) | RL pass@1 by seed | gates failed |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for c in data["checkpoints"]:
         g = c.get("gates") or {}
         share = g.get(f"control_share@{int(g['k'])}") if g else None
         seeds = ", ".join(f"{s}: {_f(v, 4)}" for s, v in c["rl_pass@1_by_seed"].items())
         lines.append(f"| {c['checkpoint']} | {c['step']} | {_f(c['generalization_loss'], 4)} | "
                      f"{_f(c['own_heldout_loss'], 4)} | {_f(c['sft_pass@1'], 4)} | "
-                     f"{_f(share)} | {_f(c['rl_pass@1'], 4)} | {seeds} |")
+                     f"{_f(share)} | {_f(c['rl_pass@1'], 4)} | {seeds} | "
+                     f"{', '.join(c.get('gates_failed') or []) or 'none'} |")
     total, with_rl = len(data["checkpoints"]), data.get("with_rl", len(data["checkpoints"]))
     scope = [f"Every statistic below is over the {with_rl} checkpoints with post-RL results, "
              f"of {total}"

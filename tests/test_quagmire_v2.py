@@ -274,6 +274,9 @@ def test_a_failed_gate_names_its_checkpoints_and_an_axis_without_rl_keeps_its_sf
     assert data["gates"]["G1 guessing"]["failing"] == [rows[0]["checkpoint"], *homogeneous[:3]]
     assert data["verdict"] == "inconclusive: gate G1 guessing, G3 SFT strength failed"
     assert data["with_rl"] == 12 and len(data["checkpoints"]) == 16
+    failed = {c["checkpoint"]: c["gates_failed"] for c in data["checkpoints"]}
+    assert failed[rows[0]["checkpoint"]] == ["G1"] and failed[rows[1]["checkpoint"]] == []
+    assert [failed[name] for name in homogeneous] == [["G1", "G3"]] * 3 + [["G3"]]
     no_rl = [a for a in data["axes"] if a["treatment"] == "homogeneous"]
     assert [a["rl_winner"] for a in no_rl] == [study_v2.NO_RL] * 4
     assert all(a["sft_winner"] == "control" for a in no_rl)
