@@ -317,10 +317,23 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
     if not all_rows:
         raise ValueError("no SFT checkpoints found")
     rows = [r for r in all_rows if r["rl"]]
-    sft_shares = [r["gates"][f"control_share@{int(r['gates']['k'])}"] for r in all_rows
-                  if "gates" in r]
+
+    def share(g: dict[str, float]) -> float:
+        return g[f"control_share@{int(g['k'])}"]
+
+    def above_control(value: float) -> bool:  # nan: no pass@k to compare the control with
+        return math.isnan(value) or value >= CONTROL_SHARE_MAX
+
+    sft_shares = [share(r["gates"]) for r in all_rows if "gates" in r]
     rl_gates = [g["gates"] for r in rows for g in r["rl"].values() if "gates" in g]
-    rl_shares = [g[f"control_share@{int(g['k'])}"] for g in rl_gates]
+    rl_shares = [share(g) for g in rl_gates]
+    # per checkpoint, what of it fails G1 (its post-SFT samples, each RL seed's) and whether it
+    # is below G3's floor: the gate table and the checkpoint table both read these
+    guessed = {r["checkpoint"]: [
+        label for label, g in [(r["checkpoint"], r.get("gates"))]
+        + [(f"{r['checkpoint']} RL seed {seed}", s.get("gates")) for seed, s in r["rl"].items()]
+        if g is not None and above_control(share(g))] for r in all_rows}
+    below_floor = [r["checkpoint"] for r in all_rows if r["pass@k"]["1"] < SFT_MIN]
     rl_ses = [g["pass@1_sampling_se"] for g in rl_gates if "pass@1_sampling_se" in g]
     sft_p1 = np.array([r["pass@k"]["1"] for r in all_rows])
     gains = np.array([np.mean([s["pass@1"] for s in r["rl"].values()]) - r["pass@k"]["1"]
@@ -331,17 +344,6 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
     learnable = [g["learnable_groups_share"] for r in rows for g in r["rl"].values()
                  if "learnable_groups_share" in g]
     constants = [r["gates"]["best_constant"] for r in all_rows if "gates" in r]
-
-    def above_control(share: float) -> bool:  # nan: no pass@k to compare the control with
-        return math.isnan(share) or share >= CONTROL_SHARE_MAX
-
-    def share(g: dict[str, float]) -> float:
-        return g[f"control_share@{int(g['k'])}"]
-
-    guessable = [r["checkpoint"] for r in all_rows
-                 if "gates" in r and above_control(share(r["gates"]))]
-    guessable += [f"{r['checkpoint']} RL seed {seed}" for r in rows for seed, g in r["rl"].items()
-                  if "gates" in g and above_control(share(g["gates"]))]
 
     def ok(values: Sequence[float], test: Any) -> bool:
         return bool(values) and all(not math.isnan(v) and test(v) for v in values)
@@ -354,18 +356,17 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
         gate_results["G0 sweep complete"] = {"pass": bool(states) and done == len(states),
                                              "runs_done": done, "runs": len(states)}
     gate_results |= {
-        "G1 guessing": {"pass": ok(sft_shares, lambda v: v < CONTROL_SHARE_MAX)
-                        and ok(rl_shares, lambda v: v < CONTROL_SHARE_MAX),
+        "G1 guessing": {"pass": bool(sft_shares) and bool(rl_shares)
+                        and not any(guessed.values()),
                         "sft_max_share": max(sft_shares, default=math.nan),
                         "rl_max_share": max(rl_shares, default=math.nan),
-                        "failing": guessable},
+                        "failing": [part for parts in guessed.values() for part in parts]},
         "G2 constant": {"pass": ok(constants, lambda v: v < CONSTANT_MAX),
                         "max": max(constants, default=math.nan)},
         "G3 SFT strength": {"pass": bool(sft_p1.min() >= SFT_MIN and sft_p1.min() <= SFT_LOW
                                          and sft_p1.max() >= SFT_HIGH),
                             "min": float(sft_p1.min()), "max": float(sft_p1.max()),
-                            "below_floor": [r["checkpoint"] for r in all_rows
-                                            if r["pass@k"]["1"] < SFT_MIN]},
+                            "below_floor": below_floor},
         "G4 RL signal": {"pass": bool(not math.isnan(spread) and not math.isnan(mean_gain)
                                       and mean_gain > 0
                                       and mean_gain >= GAIN_OVER_SPREAD * spread),
@@ -391,13 +392,12 @@ def findings(rows: list[dict[str, Any]], times: dict[str, Any] | None = None,
                     # the gates this checkpoint fails on its own (G1 after SFT or after RL, G3's
                     # floor); the others are properties of the whole sweep
                     "gates_failed": [gate for gate, fails in (
-                        ("G1", any(g == r["checkpoint"] or g.startswith(r["checkpoint"] + " RL")
-                                   for g in guessable)),
-                        ("G3", r["pass@k"]["1"] < SFT_MIN)) if fails]} for r in all_rows]
+                        ("G1", bool(guessed[r["checkpoint"]])),
+                        ("G3", r["checkpoint"] in below_floor)) if fails]} for r in all_rows]
     if len(rows) < 3:
         reason = (f"gate {', '.join(failed)} failed" if failed
                   else f"{len(rows)} checkpoints with RL results")
-        return {"checkpoints": checkpoints, "gates": gate_results,
+        return {"checkpoints": checkpoints, "with_rl": len(rows), "gates": gate_results,
                 "verdict": f"inconclusive: {reason}", "primary_proxy": PRIMARY, "tests": {},
                 "instance": {}, "within_run": {}, "between_runs": {}, "spearman_by_k": {},
                 "axes": [], "over_training": [], "times": times or {"runs": {}, "wall_s": None},
@@ -500,7 +500,7 @@ def render(data: dict[str, Any]) -> str:
                      f"{_f(c['own_heldout_loss'], 4)} | {_f(c['sft_pass@1'], 4)} | "
                      f"{_f(share)} | {_f(c['rl_pass@1'], 4)} | {seeds} | "
                      f"{', '.join(c.get('gates_failed') or []) or 'none'} |")
-    total, with_rl = len(data["checkpoints"]), data.get("with_rl", len(data["checkpoints"]))
+    total, with_rl = len(data["checkpoints"]), data["with_rl"]
     scope = [f"Every statistic below is over the {with_rl} checkpoints with post-RL results, "
              f"of {total}"
              + (f"; the other {total - with_rl} ran no RL (post-SFT pass@1 below {SFT_MIN}, "

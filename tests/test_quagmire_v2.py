@@ -299,9 +299,9 @@ def test_a_resumed_runs_step_times_leave_out_the_gap_between_attempts(tmp_path):
     (tmp_path / "short" / "pipeline.json").write_text(json.dumps({
         "eval": {"done": True, "time": at(5 + 1 / 6)}, "sft": {"done": True, "time": at(1)},
         "rl": {"done": True, "time": at(1.5)}}))
-    steps = study_v2.run_times(tmp_path)["runs"]["short"]["steps_s"]
-    assert steps == {"sft": 3600.0, "rl": 1800.0, "eval": 600.0}
-    assert study_v2.run_times(tmp_path)["stages"] == {
+    times = study_v2.run_times(tmp_path)
+    assert times["runs"]["short"]["steps_s"] == {"sft": 3600.0, "rl": 1800.0, "eval": 600.0}
+    assert times["stages"] == {
         "sft": {"count": 1, "total_s": 3600.0}, "rl": {"count": 1, "total_s": 1800.0},
         "eval": {"count": 1, "total_s": 600.0}}
 
